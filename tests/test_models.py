@@ -1,0 +1,97 @@
+"""build_model: shapes on every dataset's input, the CIFAR ResNet-18 surgery, seeding."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from fedsweep.data import load_dataset
+from fedsweep.errors import ConfigError
+from fedsweep.models import MODELS, build_model
+
+INPUT_SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]  # digits, (fashion-)mnist, cifar10
+
+
+@pytest.mark.parametrize("shape", INPUT_SHAPES)
+@pytest.mark.parametrize("name", MODELS)
+def test_output_shape(name: str, shape: tuple[int, int, int]) -> None:
+    model = build_model(name, input_shape=shape, num_classes=7, seed=0).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, *shape))
+    assert out.shape == (2, 7)
+
+
+@pytest.mark.parametrize("norm", ["batch", "group", "none"])
+def test_cnn_norm_options(norm: str) -> None:
+    model = build_model("cnn", input_shape=(1, 28, 28), num_classes=10, norm=norm)
+    kinds = {type(m) for m in model.modules()}
+    assert (nn.BatchNorm2d in kinds) == (norm == "batch")
+    assert (nn.GroupNorm in kinds) == (norm == "group")
+    assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_resnet18_cifar_stem_and_size() -> None:
+    model = build_model("resnet18", input_shape=(3, 32, 32), num_classes=10)
+    conv1 = model.conv1
+    assert conv1.kernel_size == (3, 3) and conv1.stride == (1, 1) and conv1.padding == (1, 1)
+    assert conv1.in_channels == 3 and conv1.out_channels == 64
+    assert isinstance(model.maxpool, nn.Identity)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert n_params == 11_173_962  # the well-known CIFAR ResNet-18 count, ~11.2M
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def test_resnet18_group_norm_and_channels() -> None:
+    model = build_model("resnet18", input_shape=(1, 28, 28), num_classes=10, norm="group")
+    assert model.conv1.in_channels == 1
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    groups = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
+    assert groups and all(m.num_channels % m.num_groups == 0 and m.num_groups <= 32 for m in groups)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_seed_determinism_without_touching_global_rng(name: str) -> None:
+    state = torch.get_rng_state()
+    a = build_model(name, input_shape=(3, 32, 32), num_classes=10, seed=1)
+    b = build_model(name, input_shape=(3, 32, 32), num_classes=10, seed=1)
+    c = build_model(name, input_shape=(3, 32, 32), num_classes=10, seed=2)
+    assert torch.equal(torch.get_rng_state(), state)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"name": "vgg"}, "name='vgg'"),
+        ({"norm": "layer"}, "norm='layer'"),
+        ({"input_shape": (8, 8)}, "input_shape=(8, 8)"),
+        ({"num_classes": 0}, "num_classes=0"),
+        ({"hidden": 0}, "hidden=0"),
+    ],
+)
+def test_bad_arguments(kwargs: dict, needle: str) -> None:
+    args = {"name": "mlp", "input_shape": (1, 8, 8), "num_classes": 10, **kwargs}
+    with pytest.raises(ConfigError) as info:
+        build_model(args.pop("name"), **args)
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_mlp_trains_on_digits_quickly() -> None:
+    data = load_dataset("digits", root="unused")
+    model = build_model("mlp", input_shape=data.input_shape, num_classes=data.num_classes, seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    start = time.perf_counter()
+    for _ in range(200):  # full batch
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(data.train.x), data.train.y).backward()
+        opt.step()
+    elapsed = time.perf_counter() - start
+    with torch.no_grad():
+        acc = (model(data.train.x).argmax(1) == data.train.y).float().mean().item()
+    assert acc > 0.9
+    assert elapsed < 10.0

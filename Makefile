@@ -1,0 +1,26 @@
+# Two commands take a fresh machine to a running sweep and to a passing test suite:
+#   make sweep   # create .venv if missing, install, run sweeps/vrcs_grid.yaml
+#   make test    # create .venv if missing, install, run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SWEEP ?= sweeps/vrcs_grid.yaml
+
+.PHONY: sweep test bench install
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+sweep: $(VENV)/.installed
+	$(PY) -m fedsweep.tune $(SWEEP)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.installed
+	$(PY) bench/weights.py

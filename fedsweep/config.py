@@ -1,0 +1,113 @@
+"""Composing and checking experiment configs.
+
+``compose`` builds a config from ``configs/`` with Hydra's compose API (used by
+the sweep driver and tests; ``fedsweep.run`` gets the same tree from
+``@hydra.main``). ``validate`` checks every value a run will use and raises a
+one-line :class:`ConfigError` naming the bad one, before any work starts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from fedsweep.data import DATASETS
+from fedsweep.errors import ConfigError
+from fedsweep.methods.vrcs import VRCSConfig
+from fedsweep.models import MODELS
+
+CONFIG_DIR = Path(os.environ.get("FEDSWEEP_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
+METHODS = ("vrcs",)
+RUNTIMES = ("local", "ray")
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """The experiment config from ``configs/config.yaml`` with Hydra-style overrides."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        try:
+            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+        except (HydraException, OmegaConfBaseException) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"bad override in {list(overrides)}: {first}") from None
+    return cfg
+
+
+def to_container(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """A plain, resolved dict (what Ray Tune trials receive)."""
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return dict(cfg)
+
+
+def _positive_int_or_none(name: str, value: Any) -> None:
+    if value is not None and not (isinstance(value, int) and value >= 1):
+        raise ConfigError(f"{name} must be a positive integer or null, got {name}={value}")
+
+
+def _require(cfg: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise ConfigError(f"missing config key {dotted}")
+        node = node[part]
+    return node
+
+
+def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
+    """Raise a one-line ConfigError for the first bad value; return None if all are fine."""
+    c = to_container(cfg)
+    method = _require(c, "method.name")
+    if method not in METHODS:
+        raise ConfigError(f"unknown method.name={method!r}; known: {', '.join(METHODS)}")
+    VRCSConfig(theta=_require(c, "theta"), p=_require(c, "p"), q=_require(c, "q"))
+    for key in ("rounds", "server.epochs"):
+        value = _require(c, key)
+        if not (isinstance(value, int) and value >= 1):
+            raise ConfigError(f"{key} must be a positive integer, got {key}={value}")
+    for key in ("server.batch_size", "server.grad_batch_size", "client.batch_size"):
+        _positive_int_or_none(key, _require(c, key))
+    for key in ("client.num_cpus", "client.num_gpus"):
+        value = _require(c, key)
+        if not (isinstance(value, (int, float)) and value >= 0):
+            raise ConfigError(f"{key} must be a number >= 0, got {key}={value}")
+    data = _require(c, "data.name")
+    if data not in DATASETS:
+        raise ConfigError(f"unknown data.name={data!r}; known: {', '.join(DATASETS)}")
+    model = _require(c, "model.name")
+    if model not in MODELS:
+        raise ConfigError(f"unknown model.name={model!r}; known: {', '.join(MODELS)}")
+    opt = _require(c, "optimizer.name")
+    if not (isinstance(opt, str) and isinstance(getattr(torch.optim, opt, None), type)):
+        raise ConfigError(f"optimizer.name={opt!r} is not a torch.optim optimizer (e.g. SGD, Adam, AdamW)")
+    lr = _require(c, "optimizer.lr")
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ConfigError(f"optimizer.lr must be > 0, got optimizer.lr={lr}")
+    runtime = _require(c, "runtime.name")
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"unknown runtime.name={runtime!r}; known: {', '.join(RUNTIMES)}")
+    device = _require(c, "device")
+    if device not in ("auto", "cpu") and not str(device).startswith("cuda"):
+        raise ConfigError(f"device must be auto, cpu or cuda[:N], got device={device!r}")
+    _require(c, "seed")
+    _require(c, "partition.scheme")
+
+
+def make_optimizer_factory(opt_cfg: Mapping[str, Any]):
+    """``params -> torch.optim.<name>(params, **rest)`` from the optimizer config group."""
+    kwargs = {k: v for k, v in opt_cfg.items() if k != "name"}
+    cls = getattr(torch.optim, opt_cfg["name"])
+
+    def make(params):
+        return cls(params, **kwargs)
+
+    return make

@@ -1,0 +1,158 @@
+"""One experiment: build data, model, server, runtime and method from a config, then run the rounds.
+
+The loop in :func:`run_experiment` is the whole story of a run, top to bottom:
+round → evaluate → log. Methods do the maths; runtimes reach the clients.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from fedsweep.config import make_optimizer_factory, to_container, validate
+from fedsweep.data import DataBundle, Dataset, Partition, load_dataset, make_partition
+from fedsweep.methods.vrcs import VRCS
+from fedsweep.models import build_model
+from fedsweep.oracle import FederatedOracle
+from fedsweep.runtime.base import ClientResources, Runtime
+from fedsweep.runtime.local import LocalRuntime
+from fedsweep.server import Server, ServerConfig
+from fedsweep.task import evaluate, resolve_device
+from fedsweep.weights import Weights
+
+Reporter = Callable[[dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything a run needs that does not change between rounds."""
+
+    bundle: DataBundle
+    partition: Partition
+    model_fn: Callable[[], torch.nn.Module]
+    device: torch.device
+
+
+def prepare(cfg: Mapping[str, Any]) -> Setup:
+    """Load data, partition it and fix the model constructor (deterministic for ``cfg['seed']``)."""
+    data, part, model = cfg["data"], cfg["partition"], cfg["model"]
+    bundle = load_dataset(data["name"], root=data["root"], seed=cfg["seed"], test_fraction=data["test_fraction"])
+    partition = make_partition(
+        bundle.train,
+        num_classes=bundle.num_classes,
+        seed=cfg["seed"],
+        **{k: v for k, v in part.items()},
+    )
+    model_fn = functools.partial(
+        build_model,
+        model["name"],
+        input_shape=bundle.input_shape,
+        num_classes=bundle.num_classes,
+        hidden=model["hidden"],
+        norm=model["norm"],
+        seed=cfg["seed"],
+    )
+    return Setup(bundle, partition, model_fn, resolve_device(cfg["device"]))
+
+
+def make_runtime(cfg: Mapping[str, Any], setup: Setup) -> Runtime:
+    shards = {"f": setup.partition.clients_f, "g": setup.partition.clients_g}
+    client = cfg["client"]
+    if cfg["runtime"]["name"] == "ray":
+        from fedsweep.runtime.ray_runtime import RayRuntime  # Ray is imported only when asked for
+
+        resources = ClientResources(num_cpus=client["num_cpus"], num_gpus=client["num_gpus"])
+        return RayRuntime(shards, setup.model_fn, batch_size=client["batch_size"], resources=resources)
+    return LocalRuntime(shards, setup.model_fn, batch_size=client["batch_size"], device=str(setup.device))
+
+
+def _on(data: Dataset, device: torch.device) -> Dataset:
+    return Dataset(data.x.to(device), data.y.to(device))
+
+
+@contextmanager
+def _ray_if_needed(cfg: Mapping[str, Any]) -> Iterator[None]:
+    """Start (and later stop) Ray for a ``runtime=ray`` run outside Tune."""
+    if cfg["runtime"]["name"] != "ray":
+        yield
+        return
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        ray.init(address=cfg["runtime"]["address"], log_to_driver=False)
+        started = True
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_experiment(
+    cfg: Mapping[str, Any],
+    *,
+    log_dir: str | Path,
+    report: Reporter | None = None,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Run ``cfg['rounds']`` rounds; log every metric to TensorBoard in ``log_dir``.
+
+    ``report`` (e.g. ``ray.tune.report``) receives each round's metrics. Returns
+    the last round's metrics.
+    """
+    cfg = to_container(cfg)
+    validate(cfg)
+    torch.manual_seed(cfg["seed"])
+    setup = prepare(cfg)
+    device = setup.device
+    server_data = {"f": _on(setup.partition.server_f, device), "g": _on(setup.partition.server_g, device)}
+    test_data = _on(setup.bundle.test, device)
+    server = Server(
+        setup.model_fn().to(device),
+        server_data,
+        config=ServerConfig(**cfg["server"]),
+        make_optimizer=make_optimizer_factory(cfg["optimizer"]),
+    )
+    deterministic = cfg["client"]["batch_size"] is None and cfg["server"]["grad_batch_size"] is None
+    method = VRCS(theta=cfg["theta"], p=cfg["p"], q=cfg["q"])
+    state = method.init(Weights.from_model(server.model).clone(), seed=cfg["seed"])
+
+    metrics: dict[str, float] = {}
+    writer = SummaryWriter(log_dir=str(log_dir))
+    with _ray_if_needed(cfg), make_runtime(cfg, setup) as runtime:
+        oracle = FederatedOracle(runtime, server, deterministic=deterministic, device=device)
+        bar = tqdm(range(1, cfg["rounds"] + 1), desc=method.name, disable=not progress, unit="round")
+        for rnd in bar:
+            state, stats = method.round(state, oracle)
+            state.x.to_model(server.model)
+            metrics = {**stats, **_evaluate(server.model, server_data, test_data), **oracle.comm.as_metrics()}
+            metrics["round"] = float(rnd)
+            for tag, value in metrics.items():
+                if tag != "round":
+                    writer.add_scalar(tag, value, rnd)
+            bar.set_postfix({"acc": f"{metrics['accuracy/test']:.3f}", "loss": f"{metrics['loss/test']:.3f}"})
+            if report is not None:
+                report(metrics)
+    writer.close()
+    return metrics
+
+
+def _evaluate(model: torch.nn.Module, server_data: dict[str, Dataset], test: Dataset) -> dict[str, float]:
+    """Test loss/accuracy, and the server's h1 = (f1 + g1)/2 with accuracy averaged the same way."""
+    test_loss, test_acc = evaluate(model, test)
+    (f_loss, f_acc), (g_loss, g_acc) = evaluate(model, server_data["f"]), evaluate(model, server_data["g"])
+    return {
+        "accuracy/test": test_acc,
+        "loss/test": test_loss,
+        "accuracy/server": (f_acc + g_acc) / 2,
+        "loss/server": (f_loss + g_loss) / 2,
+    }

@@ -1,0 +1,138 @@
+"""VRCS: variance-reduced complexity separation (sliding with a snapshot and random groups).
+
+Setting. The server holds h1 = (f1 + g1)/2 on its own data; clients are split
+into a frequent group f and a rare group g with h = (f + g)/2. One round at x_t:
+
+1. Full communication:  e = ∇h(x_t) − ∇h1(x_t) = ½[(∇f − ∇f1) + (∇g − ∇g1)](x_t).
+2. Proximal step:       x¹ = argmin_x ⟨e, x⟩ + ‖x − x_t‖²/(2θ) + h1(x).
+3. Snapshot x_0 = x_t (its difference e is already known).
+4. K ~ Geometric(q) local steps, K ∈ {0, 1, 2, …} with P(K = k) = (1 − q)^k q
+   (mean (1 − q)/q; q = 1 gives no local step). Step k draws G = f with
+   probability p, else g, with weight w_f = 1/(2p), w_g = 1/(2(1 − p)), and uses
+
+       ĝ_k = e + w_G · ([∇G − ∇G1](x^k) − [∇G − ∇G1](x_0))
+
+   which is unbiased: E ĝ_k = ∇h(x^k) − ∇h1(x^k). The same minibatch is used at
+   x^k and x_0. Then x^{k+1} = argmin_x ⟨ĝ_k, x⟩ + ‖x − x^k‖²/(2θ) + h1(x).
+5. x_{t+1} = x^{K+1}.
+
+Each local step talks to one group only, so group f is contacted about p/q
+times per round and group g about (1 − p)/q times, plus one full communication.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedsweep.errors import ConfigError
+from fedsweep.methods.oracle import GROUPS, GradientOracle, Group
+from fedsweep.weights import Weights
+
+
+@dataclass(frozen=True)
+class VRCSConfig:
+    """Hyperparameters of VRCS."""
+
+    theta: float  # θ > 0: proximal step size; ≈ 1/δ for server–client similarity δ
+    p: float  # probability of drawing group f in a local step, in (0, 1)
+    q: float  # parameter of the Geometric number of local steps, in (0, 1]
+
+    def __post_init__(self) -> None:
+        if not self.theta > 0:
+            raise ConfigError(f"theta must be > 0, got theta={self.theta}")
+        if not 0 < self.p < 1:
+            raise ConfigError(f"p must be in (0, 1), got p={self.p}")
+        if not 0 < self.q <= 1:
+            raise ConfigError(f"q must be in (0, 1], got q={self.q}")
+
+
+@dataclass
+class VRCSState:
+    x: Weights  # the current iterate x_t
+    rng: np.random.Generator  # draws K, groups and minibatch seeds
+    round: int = 0
+
+
+def group_weight(group: Group, p: float) -> float:
+    """w_f = 1/(2p), w_g = 1/(2(1 − p)): the importance weights that make ĝ unbiased."""
+    return 1.0 / (2.0 * p) if group == "f" else 1.0 / (2.0 * (1.0 - p))
+
+
+def sample_local_steps(rng: np.random.Generator, q: float) -> int:
+    """K ~ Geometric(q) on {0, 1, 2, …}: P(K = k) = (1 − q)^k q."""
+    return int(rng.geometric(q)) - 1  # numpy's support is {1, 2, …}
+
+
+def sample_group(rng: np.random.Generator, p: float) -> Group:
+    """f with probability p, else g."""
+    return "f" if rng.random() < p else "g"
+
+
+def corrected_difference(
+    snapshot_diff: Weights, group: Group, diff_x: Weights, diff_snapshot: Weights, p: float
+) -> Weights:
+    """ĝ = e + w_G·(d_G(x) − d_G(x_0)) with d_G = ∇G − ∇G1 (a new Weights)."""
+    w = group_weight(group, p)
+    out = snapshot_diff.clone()
+    out.axpy_(w, diff_x).axpy_(-w, diff_snapshot)
+    return out
+
+
+def _seed(rng: np.random.Generator) -> int:
+    return int(rng.integers(2**31 - 1))
+
+
+class VRCS:
+    """VRCS over a :class:`GradientOracle`; ``init`` then ``round`` repeatedly."""
+
+    name = "vrcs"
+
+    def __init__(self, *, theta: float, p: float, q: float) -> None:
+        self.config = VRCSConfig(theta=theta, p=p, q=q)
+
+    def init(self, x0: Weights, *, seed: int) -> VRCSState:
+        return VRCSState(x=x0.clone(), rng=np.random.default_rng(seed))
+
+    def round(self, state: VRCSState, oracle: GradientOracle) -> tuple[VRCSState, dict[str, float]]:
+        cfg, rng, x_t = self.config, state.rng, state.x
+
+        # 1. full communication at x_t: d_G(x_t) = ∇G(x_t) − ∇G1(x_t) for both groups
+        seed = _seed(rng)
+        snapshot_diffs = {}
+        for group in GROUPS:
+            (client_grad,) = oracle.clients(group, [x_t], seed)
+            (server_grad,) = oracle.server(group, [x_t], seed)
+            snapshot_diffs[group] = client_grad.sub_(server_grad)
+        extragrad = (snapshot_diffs["f"] + snapshot_diffs["g"]) / 2
+
+        # 2. proximal step around x_t
+        x, objective = oracle.argmin(extragrad, x_t, cfg.theta, _seed(rng))
+
+        # 3.–4. snapshot x_0 = x_t, then K local steps with one group each
+        local_steps = sample_local_steps(rng, cfg.q)
+        for _ in range(local_steps):
+            group = sample_group(rng, cfg.p)
+            seed = _seed(rng)
+            if oracle.deterministic:  # d_G(x_0) is exactly the snapshot's
+                (client_x,) = oracle.clients(group, [x], seed)
+                (server_x,) = oracle.server(group, [x], seed)
+                diff_snapshot = snapshot_diffs[group]
+            else:  # same minibatch at x and x_0
+                client_x, client_0 = oracle.clients(group, [x, x_t], seed)
+                server_x, server_0 = oracle.server(group, [x, x_t], seed)
+                diff_snapshot = client_0.sub_(server_0)
+            estimate = corrected_difference(extragrad, group, client_x.sub_(server_x), diff_snapshot, cfg.p)
+            x, objective = oracle.argmin(estimate, x, cfg.theta, _seed(rng))
+
+        state.x = x
+        state.round += 1
+        stats = {
+            "norm/extragrad/full": extragrad.norm().item(),
+            "norm/extragrad/f": snapshot_diffs["f"].norm().item(),
+            "norm/extragrad/g": snapshot_diffs["g"].norm().item(),
+            "loss/argmin": objective,
+            "local_steps": float(local_steps),
+        }
+        return state, stats

@@ -1,0 +1,42 @@
+"""How the driver reaches clients: one small interface, two implementations."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fedsweep.methods.oracle import Group
+from fedsweep.weights import Weights
+
+
+@dataclass(frozen=True)
+class ClientResources:
+    """What each client asks of the scheduler (fractions share a device)."""
+
+    num_cpus: float = 0.25
+    num_gpus: float = 0.0
+
+
+class Runtime(ABC):
+    """Broadcasts points to a group's clients and gathers their replies.
+
+    It does no maths: aggregation belongs to the caller.
+    """
+
+    @abstractmethod
+    def sizes(self, group: Group) -> list[int]:
+        """Examples held by each client of ``group``, in client order."""
+
+    @abstractmethod
+    def gather_grads(self, group: Group, points: Sequence[Weights], seed: int | None) -> list[list[Weights]]:
+        """Each client's gradients at ``points`` (outer list: clients in order)."""
+
+    def close(self) -> None:
+        """Release clients (actors, devices)."""
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,136 @@
+"""Sweep files: parse, check and expand into a Ray Tune ``param_space``.
+
+A sweep file is YAML:
+
+    name: vrcs_grid                  # results/<name>/ holds everything the sweep writes
+    overrides: [runtime=ray, rounds=20]   # Hydra overrides of configs/config.yaml
+    grid:                            # dotted config keys → lists of values (a full grid)
+      theta: [0.05, 0.5]
+      p: [0.2, 0.8]
+    metric: accuracy/test            # what the table ranks by (optional)
+    mode: max                        # max | min (optional)
+    max_concurrent_trials: 2         # optional
+
+Everything here runs before Ray starts, so a bad file costs nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedsweep.config import compose, to_container, validate
+from fedsweep.errors import ConfigError
+
+SWEEP_KEYS = ("name", "overrides", "grid", "metric", "mode", "max_concurrent_trials")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    overrides: tuple[str, ...]
+    grid: dict[str, list[Any]]
+    metric: str = "accuracy/test"
+    mode: str = "max"
+    max_concurrent_trials: int | None = None
+    source: str = field(default="", compare=False)  # the file's text, kept beside the results
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Parse and check a sweep file; one-line ConfigError on anything wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep file not found: {path}")
+    text = path.read_text()
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{path}: a sweep file is a mapping with keys {', '.join(SWEEP_KEYS)}")
+    unknown = [k for k in raw if k not in SWEEP_KEYS]
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; known: {', '.join(SWEEP_KEYS)}")
+    name = raw.get("name", path.stem)
+    if not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", name)):
+        raise ConfigError(f"{path}: name must be letters, digits, '_', '-' or '.', got name={name!r}")
+    overrides = raw.get("overrides") or []
+    if not (isinstance(overrides, list) and all(isinstance(o, str) for o in overrides)):
+        raise ConfigError(f"{path}: overrides must be a list of key=value strings, got {overrides!r}")
+    grid = raw.get("grid")
+    if not isinstance(grid, Mapping) or not grid:
+        raise ConfigError(f"{path}: grid must be a non-empty mapping of config keys to lists of values")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{path}: grid.{key} must be a non-empty list, got {values!r}")
+    mode = raw.get("mode", "max")
+    if mode not in ("max", "min"):
+        raise ConfigError(f"{path}: mode must be max or min, got mode={mode!r}")
+    mct = raw.get("max_concurrent_trials")
+    if mct is not None and not (isinstance(mct, int) and mct >= 1):
+        raise ConfigError(f"{path}: max_concurrent_trials must be a positive integer, got {mct!r}")
+    return Sweep(
+        name=name,
+        overrides=tuple(overrides),
+        grid={str(k): list(v) for k, v in grid.items()},
+        metric=str(raw.get("metric", "accuracy/test")),
+        mode=mode,
+        max_concurrent_trials=mct,
+        source=text,
+    )
+
+
+def _set(cfg: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = cfg
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+
+
+def _has(cfg: Mapping[str, Any], dotted: str) -> bool:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def expand(sweep: Sweep) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The base config and every grid point's full config, each validated.
+
+    Raises ConfigError naming the first bad key or value.
+    """
+    base = to_container(compose(sweep.overrides))
+    validate(base)
+    for key in sweep.grid:
+        if not _has(base, key):
+            raise ConfigError(f"grid key {key!r} is not a config key (see configs/config.yaml)")
+    points = []
+    for values in itertools.product(*sweep.grid.values()):
+        cfg = copy.deepcopy(base)
+        for key, value in zip(sweep.grid, values):
+            _set(cfg, key, value)
+        validate(cfg)
+        points.append(cfg)
+    return base, points
+
+
+def param_space(sweep: Sweep, base: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with every grid key replaced by ``tune.grid_search(values)``."""
+    from ray import tune
+
+    space = copy.deepcopy(dict(base))
+    for key, values in sweep.grid.items():
+        _set(space, key, tune.grid_search(values))
+    return space

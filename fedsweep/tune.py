@@ -1,0 +1,132 @@
+"""Grid-search a config with Ray Tune: ``python -m fedsweep.tune sweeps/vrcs_grid.yaml``.
+
+Every trial is a plain function that runs one experiment (``fedsweep.experiment``),
+reports each round with ``tune.report`` and streams its metrics to its own
+TensorBoard directory, ``results/<name>/tensorboard/<trial>``. The sweep ends
+with a table (``results/<name>/results.csv``) and plots. Running the same
+command again resumes a stopped sweep without redoing finished trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from fedsweep.errors import ConfigError
+from fedsweep.sweep import Sweep, expand, load_sweep, param_space
+
+RESULTS_DIR = Path("results")
+
+
+def trial_resources(config: dict[str, Any]):
+    """One empty bundle for the trial itself and one per client actor (Ray ≥ 2.x: actors a
+    trial creates must fit its placement group). A local-runtime trial computes in-process."""
+    from ray import tune
+
+    if config["runtime"]["name"] != "ray":
+        return tune.PlacementGroupFactory([{"CPU": 1}])
+    client = config["client"]
+    bundle = {"CPU": client["num_cpus"]}
+    if client["num_gpus"]:
+        bundle["GPU"] = client["num_gpus"]
+    n = config["partition"]["clients_f"] + config["partition"]["clients_g"]
+    return tune.PlacementGroupFactory([{}] + [dict(bundle) for _ in range(n)])
+
+
+def trial(config: dict[str, Any], *, tensorboard_root: str) -> None:
+    """A Tune trial: one experiment, reported every round."""
+    import torch
+    from ray import tune
+
+    from fedsweep.experiment import run_experiment
+
+    torch.set_num_threads(1)  # the trial's own bundle holds no CPU; clients do the heavy lifting
+    log_dir = Path(tensorboard_root) / tune.get_context().get_trial_name()
+    run_experiment(config, log_dir=log_dir, report=tune.report, progress=False)
+
+
+def trial_name(sweep: Sweep):
+    def name(t) -> str:
+        parts = []
+        for key in sweep.grid:
+            node: Any = t.config
+            for part in key.split("."):
+                node = node[part]
+            parts.append(f"{key.split('.')[-1]}={node}")
+        return f"{t.trial_id}_" + ",".join(parts)
+
+    return name
+
+
+def run_sweep(sweep: Sweep, *, results_dir: Path = RESULTS_DIR, address: str | None = None) -> Path:
+    """Run (or resume) ``sweep``; returns its results directory."""
+    import ray
+    from ray import tune
+
+    base, _ = expand(sweep)  # validates every grid point before Ray starts
+    exp_dir = (results_dir / sweep.name).resolve()
+    saved = exp_dir / "sweep.yaml"
+    if saved.exists() and saved.read_text() != sweep.source:
+        raise ConfigError(
+            f"{exp_dir} holds a different sweep named {sweep.name!r}; change 'name' or move that directory"
+        )
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    saved.write_text(sweep.source)
+    tensorboard_root = exp_dir / "tensorboard"
+
+    started = not ray.is_initialized()
+    if started:
+        context = ray.init(address=address, log_to_driver=False)
+        if context.dashboard_url:
+            print(f"Ray dashboard: http://{context.dashboard_url}")
+    try:
+        trainable = tune.with_resources(
+            tune.with_parameters(trial, tensorboard_root=str(tensorboard_root)), trial_resources
+        )
+        if tune.Tuner.can_restore(str(exp_dir)):
+            print(f"Resuming {exp_dir} (finished trials are kept)")
+            tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space(sweep, base),
+                tune_config=tune.TuneConfig(
+                    max_concurrent_trials=sweep.max_concurrent_trials,
+                    trial_name_creator=trial_name(sweep),
+                    trial_dirname_creator=trial_name(sweep),
+                ),
+                run_config=tune.RunConfig(name=sweep.name, storage_path=str(results_dir.resolve()), verbose=1),
+            )
+        results = tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()
+
+    from fedsweep.report import write_report
+
+    table = write_report(results, sweep, exp_dir)
+    print(f"\nTensorBoard logs: {tensorboard_root}   (tensorboard --logdir {tensorboard_root})")
+    print(f"Results: {exp_dir / 'results.csv'}\n")
+    print(table.to_string(index=False))
+    return exp_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fedsweep.tune", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", help="sweep file, e.g. sweeps/vrcs_grid.yaml")
+    parser.add_argument("--results", default=str(RESULTS_DIR), help="where results/<name>/ goes (default: results)")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
+    args = parser.parse_args(argv)
+    try:
+        sweep = load_sweep(args.sweep)
+        run_sweep(sweep, results_dir=Path(args.results), address=args.address)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

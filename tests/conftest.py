@@ -1,0 +1,27 @@
+"""Shared fixtures: one Ray for the whole session (starting Ray costs seconds)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+
+
+@pytest.fixture(scope="session")
+def ray_session(tmp_path_factory):
+    """A local Ray with 2 CPUs, no dashboard, torn down at the end (never `ray stop`)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            object_store_memory=300 * 1024**2,
+            _temp_dir=str(tmp_path_factory.mktemp("ray")),
+        )
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,92 @@
+"""Sweep files and configs: bad input stops with one line naming the value, before Ray starts."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from fedsweep import tune as fedsweep_tune
+from fedsweep.config import compose, to_container, validate
+from fedsweep.errors import ConfigError
+from fedsweep.sweep import expand, load_sweep
+
+GOOD = """
+name: small
+overrides: [rounds=2]
+grid:
+  theta: [0.1, 1.0]
+  p: [0.5]
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_good_sweep_expands_to_the_full_grid(tmp_path):
+    sweep = load_sweep(write(tmp_path, GOOD))
+    base, points = expand(sweep)
+    assert base["rounds"] == 2
+    assert [(c["theta"], c["p"]) for c in points] == [(0.1, 0.5), (1.0, 0.5)]
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        (GOOD + "colour: blue\n", "'colour'"),
+        ("grid:\n  theta: [0.1, -0.5]\n", "theta=-0.5"),
+        ("grid:\n  theta: [0.0]\n", "theta=0.0"),
+        ("grid:\n  p: [0.5, 1.5]\n", "p=1.5"),
+        ("grid:\n  p: [-0.1]\n", "p=-0.1"),
+        ("grid:\n  q: [0.0]\n", "q=0.0"),
+        ("grid:\n  q: [1.5]\n", "q=1.5"),
+        ("grid:\n  thetaa: [0.1]\n", "'thetaa'"),
+        ("grid:\n  theta: 0.1\n", "grid.theta"),
+        ("grid: [1, 2\n", "not valid YAML"),
+        ("overrides: [data=imagenet]\ngrid:\n  theta: [0.1]\n", "imagenet"),
+        ("overrides: [no_such_key=1]\ngrid:\n  theta: [0.1]\n", "no_such_key"),
+    ],
+)
+def test_bad_sweep_files_fail_in_one_line_before_ray(tmp_path, monkeypatch, capsys, text, needle):
+    import ray
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray must not start for a bad sweep file")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    path = write(tmp_path, text)
+    assert fedsweep_tune.main([str(path), "--results", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and needle in err
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "results").exists()  # nothing written
+
+
+def test_missing_sweep_file(capsys, tmp_path):
+    assert fedsweep_tune.main([str(tmp_path / "nope.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("model=transformer", "model"),
+        ("optimizer.lr=-1", "optimizer.lr=-1"),
+        ("rounds=0", "rounds=0"),
+        ("optimizer.name=Sgdx", "Sgdx"),
+        ("runtime.name=spark", "spark"),
+    ],
+)
+def test_bad_config_values(override, needle):
+    with pytest.raises(ConfigError, match=needle):
+        validate(compose([override]))
+
+
+def test_missing_key_is_named():
+    cfg = to_container(compose([]))
+    del cfg["theta"]
+    with pytest.raises(ConfigError, match="theta"):
+        validate(cfg)

@@ -1,0 +1,114 @@
+"""VRCS maths: Geometric convention, unbiased correction, convergence on least squares."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedsweep.errors import ConfigError
+from fedsweep.methods.vrcs import VRCS, corrected_difference, group_weight, sample_local_steps
+from fedsweep.weights import Weights
+from tests.quadratic import QuadraticOracle
+
+
+@pytest.mark.parametrize("q", [0.2, 0.5, 1.0])
+def test_local_steps_are_geometric_from_zero(q):
+    rng = np.random.default_rng(0)
+    draws = np.array([sample_local_steps(rng, q) for _ in range(40_000)])
+    assert draws.min() == 0
+    assert abs((draws == 0).mean() - q) < 0.01  # P(K = 0) = q
+    assert abs(draws.mean() - (1 - q) / q) < 0.05 * max(1.0, (1 - q) / q)
+    if q == 1.0:
+        assert draws.max() == 0
+
+
+def test_group_weights():
+    assert group_weight("f", 0.25) == pytest.approx(2.0)
+    assert group_weight("g", 0.25) == pytest.approx(1 / 1.5)
+
+
+def test_correction_expectation_is_exact():
+    """p·ĝ(f) + (1 − p)·ĝ(g) = ∇h − ∇h1 at x, for any snapshot."""
+    oracle = QuadraticOracle()
+    x, x0 = torch.randn(oracle.dim, dtype=torch.float64), torch.randn(oracle.dim, dtype=torch.float64)
+    def diff(G, point):
+        w = oracle.wrap(point)
+        return oracle.clients(G, [w], None)[0] - oracle.server(G, [w], None)[0]
+
+    snapshot = (diff("f", x0) + diff("g", x0)) / 2
+    target = oracle.grad_h(x) - oracle.grad_h1(x)
+    for p in (0.1, 0.5, 0.9):
+        est_f = corrected_difference(snapshot, "f", diff("f", x), diff("f", x0), p)
+        est_g = corrected_difference(snapshot, "g", diff("g", x), diff("g", x0), p)
+        mean = p * est_f["x"] + (1 - p) * est_g["x"]
+        torch.testing.assert_close(mean, target, rtol=1e-10, atol=1e-10)
+
+
+class SpyOracle(QuadraticOracle):
+    """The argmin returns a fixed point and records every linear term it is given."""
+
+    def __init__(self, point: torch.Tensor) -> None:
+        super().__init__()
+        self.point = point
+        self.linear: list[torch.Tensor] = []
+
+    def argmin(self, linear, center, theta, seed):
+        self.linear.append(linear["x"].clone())
+        return self.wrap(self.point), 0.0
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_vrcs_correction_is_unbiased_monte_carlo(p):
+    """The estimates VRCS forms in its local steps average to ∇h − ∇h1 at the local iterate."""
+    gen = torch.Generator().manual_seed(1)
+    x_t = torch.randn(8, generator=gen, dtype=torch.float64)
+    x_local = x_t + torch.randn(8, generator=gen, dtype=torch.float64)
+    oracle = SpyOracle(x_local)
+    method = VRCS(theta=0.5, p=p, q=0.05)
+    state = method.init(Weights({"x": x_t}), seed=3)
+    estimates, f_calls, steps = [], 0, 0
+    while len(estimates) < 6000:
+        state.x = Weights({"x": x_t.clone()})  # every round starts at the same x_t
+        oracle.linear.clear()
+        calls_before = dict(oracle.calls)
+        state, stats = method.round(state, oracle)
+        estimates.extend(oracle.linear[1:])  # [0] is the full-communication extragrad
+        steps += int(stats["local_steps"])
+        f_calls += oracle.calls["f"] - calls_before["f"] - 1  # minus the full communication
+    samples = torch.stack(estimates)
+    target = oracle.grad_h(x_local) - oracle.grad_h1(x_local)
+    stderr = samples.std(dim=0) / len(samples) ** 0.5
+    assert torch.all((samples.mean(dim=0) - target).abs() <= 5 * stderr + 1e-12)
+    assert abs(f_calls / steps - p) < 0.03  # group f drawn with probability p
+
+
+def test_vrcs_solves_least_squares():
+    """On heterogeneous least squares, ‖∇h(x_t)‖ falls below 1e-3 of its start."""
+    oracle = QuadraticOracle()
+    method = VRCS(theta=0.5, p=0.5, q=0.5)
+    x0 = torch.zeros(oracle.dim, dtype=torch.float64)
+    state = method.init(Weights({"x": x0}), seed=0)
+    start = oracle.grad_h(x0).norm()
+    for _ in range(200):
+        state, _ = method.round(state, oracle)
+        if oracle.grad_h(state.x["x"]).norm() <= 1e-3 * start:
+            break
+    assert oracle.grad_h(state.x["x"]).norm() <= 1e-3 * start
+    torch.testing.assert_close(state.x["x"], oracle.optimum(), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize(
+    "kwargs, bad",
+    [
+        ({"theta": 0.0, "p": 0.5, "q": 0.5}, "theta=0.0"),
+        ({"theta": -1.0, "p": 0.5, "q": 0.5}, "theta=-1.0"),
+        ({"theta": 0.1, "p": 1.5, "q": 0.5}, "p=1.5"),
+        ({"theta": 0.1, "p": 0.0, "q": 0.5}, "p=0.0"),
+        ({"theta": 0.1, "p": 0.5, "q": 0.0}, "q=0.0"),
+        ({"theta": 0.1, "p": 0.5, "q": 1.2}, "q=1.2"),
+    ],
+)
+def test_bad_hyperparameters_name_the_value(kwargs, bad):
+    with pytest.raises(ConfigError, match=bad.replace(".", r"\.")):
+        VRCS(**kwargs)

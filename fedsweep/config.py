@@ -18,11 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedsweep.data import DATASETS
 from fedsweep.errors import ConfigError
-from fedsweep.methods.vrcs import VRCSConfig
+from fedsweep.methods import METHODS, build_method
 from fedsweep.models import MODELS
 
 CONFIG_DIR = Path(os.environ.get("FEDSWEEP_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
-METHODS = ("vrcs",)
 RUNTIMES = ("local", "ray")
 
 
@@ -69,7 +68,12 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
     method = _require(c, "method.name")
     if method not in METHODS:
         raise ConfigError(f"unknown method.name={method!r}; known: {', '.join(METHODS)}")
-    VRCSConfig(theta=_require(c, "theta"), p=_require(c, "p"), q=_require(c, "q"))
+    for key in {"vrcs": ("theta", "p", "q"), "sliding": ("theta",), "server_only": ("theta",)}.get(method, ()):
+        _require(c, key)
+    if method == "fedavg":
+        for key in ("method.local_epochs", "method.lr", "method.batch_size"):
+            _require(c, key)
+    build_method(c)  # checks the method's own hyperparameters
     for key in ("rounds", "server.epochs"):
         value = _require(c, key)
         if not (isinstance(value, int) and value >= 1):
@@ -99,6 +103,15 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
     if device not in ("auto", "cpu") and not str(device).startswith("cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda[:N], got device={device!r}")
     _require(c, "seed")
+    target = _require(c, "target_accuracy")
+    if target is not None and not (isinstance(target, (int, float)) and 0 < target <= 1):
+        raise ConfigError(f"target_accuracy must be in (0, 1] or null, got target_accuracy={target}")
+    every = _require(c, "checkpoint.every")
+    if not (isinstance(every, int) and every >= 0):
+        raise ConfigError(f"checkpoint.every must be an integer >= 0, got checkpoint.every={every}")
+    resume = _require(c, "checkpoint.resume")
+    if resume is not None and not Path(resume).is_file():
+        raise ConfigError(f"checkpoint.resume file not found: {resume}")
     _require(c, "partition.scheme")
 
 

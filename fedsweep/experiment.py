@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from fedsweep.config import make_optimizer_factory, to_container, validate
 from fedsweep.data import DataBundle, Dataset, Partition, load_dataset, make_partition
-from fedsweep.methods.vrcs import VRCS
+from fedsweep.checkpoint import FILENAME as CHECKPOINT
+from fedsweep.checkpoint import load_checkpoint, restore, save_checkpoint
+from fedsweep.methods import build_method
+from fedsweep.metrics import RunLogger, TargetTracker
 from fedsweep.models import build_model
 from fedsweep.oracle import FederatedOracle
 from fedsweep.runtime.base import ClientResources, Runtime
@@ -106,11 +108,14 @@ def run_experiment(
 ) -> dict[str, float]:
     """Run ``cfg['rounds']`` rounds; log every metric to TensorBoard in ``log_dir``.
 
-    ``report`` (e.g. ``ray.tune.report``) receives each round's metrics. Returns
-    the last round's metrics.
+    ``report`` (e.g. ``ray.tune.report``) receives each round's metrics. With
+    ``checkpoint.every: N`` the run saves ``log_dir/checkpoint.pt`` every N
+    rounds; ``checkpoint.resume: <file>`` continues from one. Returns the last
+    round's metrics.
     """
     cfg = to_container(cfg)
     validate(cfg)
+    log_dir = Path(log_dir)
     torch.manual_seed(cfg["seed"])
     setup = prepare(cfg)
     device = setup.device
@@ -123,26 +128,32 @@ def run_experiment(
         make_optimizer=make_optimizer_factory(cfg["optimizer"]),
     )
     deterministic = cfg["client"]["batch_size"] is None and cfg["server"]["grad_batch_size"] is None
-    method = VRCS(theta=cfg["theta"], p=cfg["p"], q=cfg["q"])
-    state = method.init(Weights.from_model(server.model).clone(), seed=cfg["seed"])
+    method = build_method(cfg)
+    state = method.init(Weights.from_model(server.model), seed=cfg["seed"])
+    tracker = TargetTracker(cfg["target_accuracy"])
+    checkpoint_every, resume = cfg["checkpoint"]["every"], cfg["checkpoint"]["resume"]
 
     metrics: dict[str, float] = {}
-    writer = SummaryWriter(log_dir=str(log_dir))
     with _ray_if_needed(cfg), make_runtime(cfg, setup) as runtime:
         oracle = FederatedOracle(runtime, server, deterministic=deterministic, device=device)
-        bar = tqdm(range(1, cfg["rounds"] + 1), desc=method.name, disable=not progress, unit="round")
+        done = 0
+        if resume:
+            done, state = restore(load_checkpoint(resume), oracle.comm, tracker)
+        logger = RunLogger(log_dir, purge_step=done + 1 if resume else None)
+        bar = tqdm(range(done + 1, cfg["rounds"] + 1), desc=method.name, disable=not progress, unit="round")
         for rnd in bar:
             state, stats = method.round(state, oracle)
             state.x.to_model(server.model)
             metrics = {**stats, **_evaluate(server.model, server_data, test_data), **oracle.comm.as_metrics()}
             metrics["round"] = float(rnd)
-            for tag, value in metrics.items():
-                if tag != "round":
-                    writer.add_scalar(tag, value, rnd)
+            metrics.update(tracker.update(metrics))
+            logger.log(metrics, rnd)
             bar.set_postfix({"acc": f"{metrics['accuracy/test']:.3f}", "loss": f"{metrics['loss/test']:.3f}"})
             if report is not None:
                 report(metrics)
-    writer.close()
+            if checkpoint_every and rnd % checkpoint_every == 0:
+                save_checkpoint(log_dir / CHECKPOINT, rnd=rnd, state=state, comm=oracle.comm, tracker=tracker)
+        logger.close()
     return metrics
 
 

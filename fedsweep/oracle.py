@@ -21,7 +21,10 @@ from fedsweep.weights import Weights
 
 @dataclass
 class CommStats:
-    """Cumulative communication: group contacts and bytes (float32 payloads, both ways)."""
+    """Cumulative communication: group contacts and bytes (float32 payloads, both ways).
+
+    A contact is one request to every client of a group and their replies.
+    """
 
     rounds: dict[str, int] = field(default_factory=lambda: {"f": 0, "g": 0})
     bytes_sent: int = 0
@@ -31,6 +34,7 @@ class CommStats:
         return {
             "comm/f": float(self.rounds["f"]),
             "comm/g": float(self.rounds["g"]),
+            "comm/total": float(self.rounds["f"] + self.rounds["g"]),
             "comm/bytes_sent": float(self.bytes_sent),
             "comm/bytes_received": float(self.bytes_received),
         }
@@ -52,16 +56,27 @@ class FederatedOracle:
     def clients(self, group: Group, points: Sequence[Weights], seed: int | None) -> list[Weights]:
         replies = self.runtime.gather_grads(group, points, seed)
         sizes = self._sizes[group]
-        payload = sum(p.numel * p.dtype.itemsize for p in points)
-        self.comm.rounds[group] += 1
-        self.comm.bytes_sent += payload * len(sizes)
-        self.comm.bytes_received += payload * len(sizes)
+        self._count(group, sum(p.numel * p.dtype.itemsize for p in points))
         return [
             weighted_mean([reply[i] for reply in replies], sizes).to(self.device) for i in range(len(points))
         ]
 
+    def local_updates(
+        self, group: Group, x: Weights, *, epochs: int, lr: float, batch_size: int | None, seed: int
+    ) -> Weights:
+        models = self.runtime.gather_updates(group, x, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+        self._count(group, x.numel * x.dtype.itemsize)
+        return weighted_mean(models, self._sizes[group]).to(self.device)
+
     def server(self, group: Group, points: Sequence[Weights], seed: int | None) -> list[Weights]:
         return self.server_node.grads(group, points, seed)
+
+    def _count(self, group: Group, payload: int) -> None:
+        """One contact with every client of ``group``: ``payload`` bytes each way per client."""
+        clients = len(self._sizes[group])
+        self.comm.rounds[group] += 1
+        self.comm.bytes_sent += payload * clients
+        self.comm.bytes_received += payload * clients
 
     def argmin(self, linear: Weights, center: Weights, theta: float, seed: int) -> tuple[Weights, float]:
         return self.server_node.argmin(linear, center, theta, seed)

@@ -73,6 +73,33 @@ def mean_grads(
     return grads
 
 
+def local_sgd(
+    model: nn.Module,
+    data: Dataset,
+    start: Weights,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int | None,
+    seed: int | None,
+) -> Weights:
+    """``epochs`` passes of plain SGD (step ``lr``) from ``start``; a detached copy of the result."""
+    start.to_model(model)
+    model.train()
+    n = len(data)
+    gen = torch.Generator().manual_seed(int(seed or 0))
+    b = n if batch_size is None else min(batch_size, n)
+    params = Weights.from_model(model)
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen).to(data.x.device) if b < n else None
+        for start_i in range(0, n, b):
+            batch = data if perm is None else data.subset(perm[start_i : start_i + b])
+            model.zero_grad(set_to_none=False)
+            loss_fn(model, batch.x, batch.y).backward()
+            params.detach().axpy_(-lr, Weights.grad_views(model))
+    return params.clone()
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset) -> tuple[float, float]:
     """(mean loss, accuracy) of ``model`` on ``data``; one host sync at the end."""

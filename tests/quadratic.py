@@ -67,6 +67,15 @@ class QuadraticOracle:
         loss = self.f1 if group == "f" else self.g1
         return [self.wrap(loss.grad(p["x"])) for p in points]
 
+    def local_updates(self, group: str, x: Weights, *, epochs: int, lr: float, batch_size, seed) -> Weights:
+        """Full-batch gradient descent: one step per epoch."""
+        self.calls[group] += 1
+        loss = self.f if group == "f" else self.g
+        w = x["x"].clone()
+        for _ in range(epochs):
+            w = w - lr * loss.grad(w)
+        return self.wrap(w)
+
     def argmin(self, linear: Weights, center: Weights, theta: float, seed: int) -> tuple[Weights, float]:
         # (H1 + I/θ) x = −v + c/θ − ∇h1(0)
         H1 = (self.f1.hessian + self.g1.hessian) / 2

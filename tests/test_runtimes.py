@@ -23,7 +23,7 @@ def test_local_and_ray_runtimes_agree(ray_session, tmp_path):
     for a, b in zip(local, remote):
         assert a.keys() == b.keys()
         for key in a:
-            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6, nan_ok=True), key
 
 
 def test_minibatch_runs_agree_too(ray_session, tmp_path):
@@ -32,14 +32,14 @@ def test_minibatch_runs_agree_too(ray_session, tmp_path):
     remote = history(mb + ["runtime=ray", "client.num_cpus=0.5"], tmp_path, "ray")
     for a, b in zip(local, remote):
         for key in a:
-            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6, nan_ok=True), key
 
 
 def test_same_seed_same_run_different_seed_different_run(tmp_path):
     a = history(SHORT, tmp_path, "a")
     b = history(SHORT, tmp_path, "b")
     c = history(SHORT[:-1] + ["seed=8"], tmp_path, "c")
-    assert a == b
+    assert str(a) == str(b)  # identical, nan included
     assert a[-1]["loss/test"] != c[-1]["loss/test"]
 
 

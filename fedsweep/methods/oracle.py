@@ -35,5 +35,10 @@ class GradientOracle(Protocol):
     def server(self, group: Group, points: Sequence[Weights], seed: int | None) -> list[Weights]:
         """∇G1 at each point: the server's f-like (G=f) or g-like (G=g) data."""
 
+    def local_updates(
+        self, group: Group, x: Weights, *, epochs: int, lr: float, batch_size: int | None, seed: int
+    ) -> Weights:
+        """Every client of the group runs ``epochs`` of SGD from x; their example-weighted mean."""
+
     def argmin(self, linear: Weights, center: Weights, theta: float, seed: int) -> tuple[Weights, float]:
         """``argmin_x ⟨linear, x⟩ + ‖x − center‖²/(2θ) + h1(x)`` and its objective value."""

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedsweep.errors import ConfigError
-from fedsweep.methods.oracle import GROUPS, GradientOracle, Group
+from fedsweep.methods.base import MethodState, difference_norms, draw_seed, full_difference
+from fedsweep.methods.oracle import GradientOracle, Group
 from fedsweep.weights import Weights
 
 
@@ -46,13 +47,6 @@ class VRCSConfig:
             raise ConfigError(f"p must be in (0, 1), got p={self.p}")
         if not 0 < self.q <= 1:
             raise ConfigError(f"q must be in (0, 1], got q={self.q}")
-
-
-@dataclass
-class VRCSState:
-    x: Weights  # the current iterate x_t
-    rng: np.random.Generator  # draws K, groups and minibatch seeds
-    round: int = 0
 
 
 def group_weight(group: Group, p: float) -> float:
@@ -80,10 +74,6 @@ def corrected_difference(
     return out
 
 
-def _seed(rng: np.random.Generator) -> int:
-    return int(rng.integers(2**31 - 1))
-
-
 class VRCS:
     """VRCS over a :class:`GradientOracle`; ``init`` then ``round`` repeatedly."""
 
@@ -92,29 +82,23 @@ class VRCS:
     def __init__(self, *, theta: float, p: float, q: float) -> None:
         self.config = VRCSConfig(theta=theta, p=p, q=q)
 
-    def init(self, x0: Weights, *, seed: int) -> VRCSState:
-        return VRCSState(x=x0.clone(), rng=np.random.default_rng(seed))
+    def init(self, x0: Weights, *, seed: int) -> MethodState:
+        return MethodState(x=x0.clone(), rng=np.random.default_rng(seed))
 
-    def round(self, state: VRCSState, oracle: GradientOracle) -> tuple[VRCSState, dict[str, float]]:
+    def round(self, state: MethodState, oracle: GradientOracle) -> tuple[MethodState, dict[str, float]]:
         cfg, rng, x_t = self.config, state.rng, state.x
 
         # 1. full communication at x_t: d_G(x_t) = ∇G(x_t) − ∇G1(x_t) for both groups
-        seed = _seed(rng)
-        snapshot_diffs = {}
-        for group in GROUPS:
-            (client_grad,) = oracle.clients(group, [x_t], seed)
-            (server_grad,) = oracle.server(group, [x_t], seed)
-            snapshot_diffs[group] = client_grad.sub_(server_grad)
-        extragrad = (snapshot_diffs["f"] + snapshot_diffs["g"]) / 2
+        extragrad, snapshot_diffs = full_difference(oracle, x_t, draw_seed(rng))
 
         # 2. proximal step around x_t
-        x, objective = oracle.argmin(extragrad, x_t, cfg.theta, _seed(rng))
+        x, objective = oracle.argmin(extragrad, x_t, cfg.theta, draw_seed(rng))
 
         # 3.–4. snapshot x_0 = x_t, then K local steps with one group each
         local_steps = sample_local_steps(rng, cfg.q)
         for _ in range(local_steps):
             group = sample_group(rng, cfg.p)
-            seed = _seed(rng)
+            seed = draw_seed(rng)
             if oracle.deterministic:  # d_G(x_0) is exactly the snapshot's
                 (client_x,) = oracle.clients(group, [x], seed)
                 (server_x,) = oracle.server(group, [x], seed)
@@ -124,14 +108,12 @@ class VRCS:
                 server_x, server_0 = oracle.server(group, [x, x_t], seed)
                 diff_snapshot = client_0.sub_(server_0)
             estimate = corrected_difference(extragrad, group, client_x.sub_(server_x), diff_snapshot, cfg.p)
-            x, objective = oracle.argmin(estimate, x, cfg.theta, _seed(rng))
+            x, objective = oracle.argmin(estimate, x, cfg.theta, draw_seed(rng))
 
         state.x = x
         state.round += 1
         stats = {
-            "norm/extragrad/full": extragrad.norm().item(),
-            "norm/extragrad/f": snapshot_diffs["f"].norm().item(),
-            "norm/extragrad/g": snapshot_diffs["g"].norm().item(),
+            **difference_norms(extragrad, snapshot_diffs),
             "loss/argmin": objective,
             "local_steps": float(local_steps),
         }

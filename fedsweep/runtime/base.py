@@ -32,6 +32,12 @@ class Runtime(ABC):
     def gather_grads(self, group: Group, points: Sequence[Weights], seed: int | None) -> list[list[Weights]]:
         """Each client's gradients at ``points`` (outer list: clients in order)."""
 
+    @abstractmethod
+    def gather_updates(
+        self, group: Group, x: Weights, *, epochs: int, lr: float, batch_size: int | None, seed: int
+    ) -> list[Weights]:
+        """Each client's model after local SGD from x (clients in order)."""
+
     def close(self) -> None:
         """Release clients (actors, devices)."""
 

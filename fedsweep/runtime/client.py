@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from fedsweep.data import Dataset
-from fedsweep.task import mean_grads, resolve_device
+from fedsweep.task import local_sgd, mean_grads, resolve_device
 from fedsweep.weights import Weights
 
 
@@ -53,3 +53,10 @@ class Client:
         points = [p.to(self.device) for p in points]
         grads = mean_grads(self.model, self.data, points, batch_size=self.batch_size, seed=client_seed(seed, self.index))
         return [g.to("cpu") for g in grads]
+
+    def train(self, point: Weights, *, epochs: int, lr: float, batch_size: int | None, seed: int) -> Weights:
+        """The model after ``epochs`` of plain SGD from ``point`` on this shard (FedAvg's local work)."""
+        return local_sgd(
+            self.model, self.data, point.to(self.device),
+            epochs=epochs, lr=lr, batch_size=batch_size, seed=client_seed(seed, self.index),
+        ).to("cpu")

@@ -35,3 +35,8 @@ class LocalRuntime(Runtime):
 
     def gather_grads(self, group: Group, points: Sequence[Weights], seed: int | None) -> list[list[Weights]]:
         return [c.grads(points, seed) for c in self.clients[group]]
+
+    def gather_updates(
+        self, group: Group, x: Weights, *, epochs: int, lr: float, batch_size: int | None, seed: int
+    ) -> list[Weights]:
+        return [c.train(x, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed) for c in self.clients[group]]

@@ -59,6 +59,17 @@ class RayRuntime(Runtime):
         points_ref = ray.put(list(points))  # one broadcast for the whole group
         return ray.get([a.grads.remote(points_ref, seed) for a in self.actors[group]])
 
+    def gather_updates(
+        self, group: Group, x: Weights, *, epochs: int, lr: float, batch_size: int | None, seed: int
+    ) -> list[Weights]:
+        x_ref = ray.put(x)
+        return ray.get(
+            [
+                a.train.remote(x_ref, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+                for a in self.actors[group]
+            ]
+        )
+
     def close(self) -> None:
         for actors in self.actors.values():
             for actor in actors:

@@ -1,0 +1,63 @@
+"""What every method is, and the pieces the sliding methods share.
+
+A method is a small object in the spirit of optax's ``GradientTransformation``:
+``init(x0, seed=...)`` gives a state, ``round(state, oracle)`` returns the next
+state and the round's statistics. All maths is here; the driver only calls it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from fedsweep.methods.oracle import GROUPS, GradientOracle, Group
+from fedsweep.weights import Weights
+
+
+@dataclass
+class MethodState:
+    x: Weights  # the current iterate x_t
+    rng: np.random.Generator  # every random draw of the method (groups, K, minibatch seeds)
+    round: int = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"x": self.x.clone(), "rng": self.rng.bit_generator.state, "round": self.round}
+
+    @classmethod
+    def from_state_dict(cls, d: dict[str, Any]) -> "MethodState":
+        rng = np.random.default_rng()
+        rng.bit_generator.state = d["rng"]
+        return cls(x=d["x"].clone(), rng=rng, round=d["round"])
+
+
+class Method(Protocol):
+    name: str
+
+    def init(self, x0: Weights, *, seed: int) -> MethodState: ...
+
+    def round(self, state: MethodState, oracle: GradientOracle) -> tuple[MethodState, dict[str, float]]: ...
+
+
+def draw_seed(rng: np.random.Generator) -> int:
+    """A minibatch/solver seed drawn from the method's generator."""
+    return int(rng.integers(2**31 - 1))
+
+
+def full_difference(oracle: GradientOracle, x: Weights, seed: int) -> tuple[Weights, dict[Group, Weights]]:
+    """One full communication at x: ``(∇h − ∇h1)(x)`` and the per-group ``(∇G − ∇G1)(x)``."""
+    diffs = {}
+    for group in GROUPS:
+        (client_grad,) = oracle.clients(group, [x], seed)
+        (server_grad,) = oracle.server(group, [x], seed)
+        diffs[group] = client_grad.sub_(server_grad)
+    return (diffs["f"] + diffs["g"]) / 2, diffs
+
+
+def difference_norms(extragrad: Weights, diffs: dict[Group, Weights]) -> dict[str, float]:
+    return {
+        "norm/extragrad/full": extragrad.norm().item(),
+        "norm/extragrad/f": diffs["f"].norm().item(),
+        "norm/extragrad/g": diffs["g"].norm().item(),
+    }

@@ -1,0 +1,56 @@
+"""Per-round metrics to TensorBoard, also indexed by communication, and the target tracker."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch.utils.tensorboard import SummaryWriter
+
+# curves re-indexed by cumulative communication: tag prefix → the counter used as step
+COMM_AXES = {"f": "comm/f", "g": "comm/g", "total": "comm/total"}
+COMM_CURVES = ("accuracy/test", "loss/test")
+
+
+@dataclass
+class TargetTracker:
+    """Records the first round whose test accuracy reaches ``target`` and what it cost."""
+
+    target: float | None
+    reached: dict[str, float] = field(default_factory=dict)
+
+    def update(self, metrics: dict[str, float]) -> dict[str, float]:
+        if self.target is not None and not self.reached and metrics["accuracy/test"] >= self.target:
+            self.reached = {
+                "target/round": metrics["round"],
+                "target/comm_f": metrics["comm/f"],
+                "target/comm_g": metrics["comm/g"],
+                "target/bytes": metrics["comm/bytes_sent"] + metrics["comm/bytes_received"],
+            }
+        if self.target is None:
+            return {}
+        return self.reached or dict.fromkeys(("target/round", "target/comm_f", "target/comm_g", "target/bytes"), math.nan)
+
+
+class RunLogger:
+    """Writes every metric per round, and ``COMM_CURVES`` against each communication counter."""
+
+    def __init__(self, log_dir: str | Path, *, purge_step: int | None = None) -> None:
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
+        self._last_step: dict[str, int] = {}
+
+    def log(self, metrics: dict[str, float], rnd: int) -> None:
+        for tag, value in metrics.items():
+            if tag != "round" and not tag.startswith("target/"):
+                self.writer.add_scalar(tag, value, rnd)
+        for axis, counter in COMM_AXES.items():
+            step = int(metrics.get(counter, 0))
+            if step == 0 or self._last_step.get(axis) == step:
+                continue  # no communication yet, or none since the last point
+            self._last_step[axis] = step
+            for curve in COMM_CURVES:
+                self.writer.add_scalar(f"{curve}/vs_comm_{axis}", metrics[curve], step)
+
+    def close(self) -> None:
+        self.writer.close()

@@ -3,34 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
 import pandas as pd
 
-from fedsweep.sweep import Sweep
+from fedsweep.sweep import Sweep, label
 
 FINAL = ("accuracy/test", "loss/test", "accuracy/server", "comm/f", "comm/g", "round")
-
-
-def _get(config: dict[str, Any], dotted: str) -> Any:
-    for part in dotted.split("."):
-        config = config[part]
-    return config
+TARGET = ("target/round", "target/comm_f", "target/comm_g")
 
 
 def write_report(results, sweep: Sweep, out_dir: Path) -> pd.DataFrame:
     """Write ``results.csv`` and ``accuracy.png`` to ``out_dir``; return the table (best first)."""
     rows, curves = [], {}
     for result in results:
-        row = {key: _get(result.config, key) for key in sweep.grid}
+        row = {key: label(result.config, key) for key in sweep.grid}
         metrics = result.metrics or {}
-        row.update({name: metrics.get(name) for name in FINAL})
+        row.update({name: metrics.get(name) for name in FINAL + TARGET if name in metrics or name in FINAL})
         row["status"] = "error" if result.error else "done"
         rows.append(row)
         history = result.metrics_dataframe
         if history is not None and "accuracy/test" in history:
-            label = ", ".join(f"{k.split('.')[-1]}={row[k]}" for k in sweep.grid)
-            curves[label] = history[["round", "accuracy/test"]]
+            legend = ", ".join(f"{k.split('.')[-1]}={row[k]}" for k in sweep.grid)
+            curves[legend] = history[["round", "accuracy/test"]]
     table = pd.DataFrame(rows)
     if sweep.metric in table:
         table = table.sort_values(sweep.metric, ascending=sweep.mode == "min", na_position="last")

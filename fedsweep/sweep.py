@@ -7,6 +7,7 @@ A sweep file is YAML:
     grid:                            # dotted config keys → lists of values (a full grid)
       theta: [0.05, 0.5]
       p: [0.2, 0.8]
+      method: [vrcs, fedavg]         # a config group (configs/<group>/) → its options
     metric: accuracy/test            # what the table ranks by (optional)
     mode: max                        # max | min (optional)
     max_concurrent_trials: 2         # optional
@@ -26,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from fedsweep.config import compose, to_container, validate
+from fedsweep.config import CONFIG_DIR, compose, to_container, validate
 from fedsweep.errors import ConfigError
 
 SWEEP_KEYS = ("name", "overrides", "grid", "metric", "mode", "max_concurrent_trials")
@@ -106,31 +107,58 @@ def _has(cfg: Mapping[str, Any], dotted: str) -> bool:
     return True
 
 
-def expand(sweep: Sweep) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The base config and every grid point's full config, each validated.
+def config_groups() -> set[str]:
+    """Config groups: the folders of ``configs/`` (data, model, method, ...)."""
+    return {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()}
+
+
+def grid_values(sweep: Sweep) -> dict[str, list[Any]]:
+    """Each grid key's values as config values: a group's options become their composed sub-configs."""
+    groups = config_groups()
+    values = {}
+    for key, options in sweep.grid.items():
+        if key in groups:
+            values[key] = [to_container(compose([*sweep.overrides, f"{key}={option}"]))[key] for option in options]
+        else:
+            values[key] = list(options)
+    return values
+
+
+def expand(sweep: Sweep) -> tuple[dict[str, Any], dict[str, list[Any]], list[dict[str, Any]]]:
+    """The base config, the grid's config values and every grid point's full config, each validated.
 
     Raises ConfigError naming the first bad key or value.
     """
     base = to_container(compose(sweep.overrides))
-    validate(base)
     for key in sweep.grid:
         if not _has(base, key):
             raise ConfigError(f"grid key {key!r} is not a config key (see configs/config.yaml)")
+    grid = grid_values(sweep)
     points = []
-    for values in itertools.product(*sweep.grid.values()):
+    for values in itertools.product(*grid.values()):
         cfg = copy.deepcopy(base)
-        for key, value in zip(sweep.grid, values):
-            _set(cfg, key, value)
+        for key, value in zip(grid, values):
+            _set(cfg, key, copy.deepcopy(value))
         validate(cfg)
         points.append(cfg)
-    return base, points
+    return base, grid, points
 
 
-def param_space(sweep: Sweep, base: Mapping[str, Any]) -> dict[str, Any]:
+def param_space(base: Mapping[str, Any], grid: Mapping[str, list[Any]]) -> dict[str, Any]:
     """``base`` with every grid key replaced by ``tune.grid_search(values)``."""
     from ray import tune
 
     space = copy.deepcopy(dict(base))
-    for key, values in sweep.grid.items():
+    for key, values in grid.items():
         _set(space, key, tune.grid_search(values))
     return space
+
+
+def label(config: Mapping[str, Any], key: str) -> Any:
+    """A grid key's value in ``config`` as a short label (a group's ``name`` for config groups)."""
+    node: Any = config
+    for part in key.split("."):
+        node = node[part]
+    if isinstance(node, Mapping):
+        return node.get("name", node.get("scheme", "?"))
+    return node

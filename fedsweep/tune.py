@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsweep.errors import ConfigError
-from fedsweep.sweep import Sweep, expand, load_sweep, param_space
+from fedsweep.sweep import Sweep, expand, label, load_sweep, param_space
 
 RESULTS_DIR = Path("results")
 
@@ -49,13 +49,7 @@ def trial(config: dict[str, Any], *, tensorboard_root: str) -> None:
 
 def trial_name(sweep: Sweep):
     def name(t) -> str:
-        parts = []
-        for key in sweep.grid:
-            node: Any = t.config
-            for part in key.split("."):
-                node = node[part]
-            parts.append(f"{key.split('.')[-1]}={node}")
-        return f"{t.trial_id}_" + ",".join(parts)
+        return f"{t.trial_id}_" + ",".join(f"{key.split('.')[-1]}={label(t.config, key)}" for key in sweep.grid)
 
     return name
 
@@ -65,7 +59,7 @@ def run_sweep(sweep: Sweep, *, results_dir: Path = RESULTS_DIR, address: str | N
     import ray
     from ray import tune
 
-    base, _ = expand(sweep)  # validates every grid point before Ray starts
+    base, grid, _ = expand(sweep)  # validates every grid point before Ray starts
     exp_dir = (results_dir / sweep.name).resolve()
     saved = exp_dir / "sweep.yaml"
     if saved.exists() and saved.read_text() != sweep.source:
@@ -91,7 +85,7 @@ def run_sweep(sweep: Sweep, *, results_dir: Path = RESULTS_DIR, address: str | N
         else:
             tuner = tune.Tuner(
                 trainable,
-                param_space=param_space(sweep, base),
+                param_space=param_space(base, grid),
                 tune_config=tune.TuneConfig(
                     max_concurrent_trials=sweep.max_concurrent_trials,
                     trial_name_creator=trial_name(sweep),

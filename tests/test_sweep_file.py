@@ -28,7 +28,7 @@ def write(tmp_path, text):
 
 def test_good_sweep_expands_to_the_full_grid(tmp_path):
     sweep = load_sweep(write(tmp_path, GOOD))
-    base, points = expand(sweep)
+    base, _, points = expand(sweep)
     assert base["rounds"] == 2
     assert [(c["theta"], c["p"]) for c in points] == [(0.1, 0.5), (1.0, 0.5)]
 
@@ -90,3 +90,16 @@ def test_missing_key_is_named():
     del cfg["theta"]
     with pytest.raises(ConfigError, match="theta"):
         validate(cfg)
+
+
+def test_grid_over_a_config_group(tmp_path):
+    sweep = load_sweep(write(tmp_path, "grid:\n  method: [vrcs, fedavg]\n  theta: [0.5]\n"))
+    _, grid, points = expand(sweep)
+    assert [c["method"]["name"] for c in points] == ["vrcs", "fedavg"]
+    assert points[1]["method"]["local_epochs"] >= 1  # the option's own keys come along
+
+
+def test_unknown_group_option_is_named(tmp_path, capsys):
+    path = write(tmp_path, "grid:\n  method: [vrcs, fedprox]\n")
+    assert fedsweep_tune.main([str(path), "--results", str(tmp_path / "r")]) == 2
+    assert "fedprox" in capsys.readouterr().err

@@ -106,6 +106,9 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
     target = _require(c, "target_accuracy")
     if target is not None and not (isinstance(target, (int, float)) and 0 < target <= 1):
         raise ConfigError(f"target_accuracy must be in (0, 1] or null, got target_accuracy={target}")
+    iterations = _require(c, "similarity.iterations")
+    if not (isinstance(iterations, int) and iterations >= 1):
+        raise ConfigError(f"similarity.iterations must be a positive integer, got similarity.iterations={iterations}")
     every = _require(c, "checkpoint.every")
     if not (isinstance(every, int) and every >= 0):
         raise ConfigError(f"checkpoint.every must be an integer >= 0, got checkpoint.every={every}")

@@ -21,6 +21,7 @@ from fedsweep.data import DataBundle, Dataset, Partition, load_dataset, make_par
 from fedsweep.checkpoint import FILENAME as CHECKPOINT
 from fedsweep.checkpoint import load_checkpoint, restore, save_checkpoint
 from fedsweep.methods import build_method
+from fedsweep.methods.similarity import estimate_similarity
 from fedsweep.metrics import RunLogger, TargetTracker
 from fedsweep.models import build_model
 from fedsweep.oracle import FederatedOracle
@@ -140,12 +141,20 @@ def run_experiment(
         if resume:
             done, state = restore(load_checkpoint(resume), oracle.comm, tracker)
         logger = RunLogger(log_dir, purge_step=done + 1 if resume else None)
+        similarity = {}
+        if cfg["similarity"]["estimate"]:
+            similarity = estimate_similarity(
+                oracle, state.x, iterations=cfg["similarity"]["iterations"], seed=cfg["seed"]
+            )
+            logger.log_once(similarity)
+            _print_similarity(similarity, cfg["theta"])
         bar = tqdm(range(done + 1, cfg["rounds"] + 1), desc=method.name, disable=not progress, unit="round")
         for rnd in bar:
             state, stats = method.round(state, oracle)
             state.x.to_model(server.model)
             metrics = {**stats, **_evaluate(server.model, server_data, test_data), **oracle.comm.as_metrics()}
             metrics["round"] = float(rnd)
+            metrics.update(similarity)
             metrics.update(tracker.update(metrics))
             logger.log(metrics, rnd)
             bar.set_postfix({"acc": f"{metrics['accuracy/test']:.3f}", "loss": f"{metrics['loss/test']:.3f}"})
@@ -155,6 +164,12 @@ def run_experiment(
                 save_checkpoint(log_dir / CHECKPOINT, rnd=rnd, state=state, comm=oracle.comm, tracker=tracker)
         logger.close()
     return metrics
+
+
+def _print_similarity(similarity: dict[str, float], theta: float) -> None:
+    df, dg = similarity["similarity/delta_f"], similarity["similarity/delta_g"]
+    delta = max(df, dg, 1e-12)
+    print(f"similarity at x0: delta_f = {df:.4g}, delta_g = {dg:.4g}; theta ~ 1/delta = {1 / delta:.4g} (theta={theta})")
 
 
 def _evaluate(model: torch.nn.Module, server_data: dict[str, Dataset], test: Dataset) -> dict[str, float]:

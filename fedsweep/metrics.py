@@ -42,7 +42,7 @@ class RunLogger:
 
     def log(self, metrics: dict[str, float], rnd: int) -> None:
         for tag, value in metrics.items():
-            if tag != "round" and not tag.startswith("target/"):
+            if tag != "round" and not tag.startswith(("target/", "similarity/")):
                 self.writer.add_scalar(tag, value, rnd)
         for axis, counter in COMM_AXES.items():
             step = int(metrics.get(counter, 0))
@@ -51,6 +51,11 @@ class RunLogger:
             self._last_step[axis] = step
             for curve in COMM_CURVES:
                 self.writer.add_scalar(f"{curve}/vs_comm_{axis}", metrics[curve], step)
+
+    def log_once(self, metrics: dict[str, float]) -> None:
+        """Scalars measured once, before the first round (step 0)."""
+        for tag, value in metrics.items():
+            self.writer.add_scalar(tag, value, 0)
 
     def close(self) -> None:
         self.writer.close()

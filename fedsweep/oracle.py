@@ -71,6 +71,13 @@ class FederatedOracle:
     def server(self, group: Group, points: Sequence[Weights], seed: int | None) -> list[Weights]:
         return self.server_node.grads(group, points, seed)
 
+    def client_hvp(self, group: Group, point: Weights, vector: Weights, seed: int | None) -> Weights:
+        """∇²G(point) · vector. A diagnostic: not counted in ``comm``, which measures the methods."""
+        return weighted_mean(self.runtime.gather_hvps(group, point, vector, seed), self._sizes[group]).to(self.device)
+
+    def server_hvp(self, group: Group, point: Weights, vector: Weights, seed: int | None) -> Weights:
+        return self.server_node.hvp(group, point, vector, seed)
+
     def _count(self, group: Group, payload: int) -> None:
         """One contact with every client of ``group``: ``payload`` bytes each way per client."""
         clients = len(self._sizes[group])

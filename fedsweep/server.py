@@ -12,7 +12,7 @@ from torch import nn
 from fedsweep.data import Dataset
 from fedsweep.methods.argmin import OptimizerFactory, solve_argmin
 from fedsweep.methods.oracle import Group
-from fedsweep.task import loss_fn, mean_grads
+from fedsweep.task import loss_fn, mean_grads, mean_hvp
 from fedsweep.weights import Weights
 
 
@@ -42,6 +42,10 @@ class Server:
     def grads(self, group: Group, points: Sequence[Weights], seed: int | None) -> list[Weights]:
         """∇G1 at each point on the same minibatch."""
         return mean_grads(self.model, self.data[group], points, batch_size=self.config.grad_batch_size, seed=seed)
+
+    def hvp(self, group: Group, point: Weights, vector: Weights, seed: int | None) -> Weights:
+        """∇²G1(point) · vector."""
+        return mean_hvp(self.model, self.data[group], point, vector, batch_size=self.config.grad_batch_size, seed=seed)
 
     def steps_per_epoch(self) -> int:
         bs = self.config.batch_size

@@ -73,6 +73,32 @@ def mean_grads(
     return grads
 
 
+def mean_hvp(
+    model: nn.Module,
+    data: Dataset,
+    point: Weights,
+    vector: Weights,
+    *,
+    batch_size: int | None,
+    seed: int | None,
+) -> Weights:
+    """∇²(mean loss)(point) · vector by double backward, on the minibatch drawn by ``seed``."""
+    batch = sample_batch(data, batch_size, seed)
+    point.to_model(model)
+    model.train()
+    params = Weights.from_model(model)
+    out = Weights.zeros_like(vector)
+    n = len(batch)
+    for start in range(0, n, CHUNK):
+        xs, ys = batch.x[start : start + CHUNK], batch.y[start : start + CHUNK]
+        loss = loss_fn(model, xs, ys) * (len(ys) / n)
+        grads = torch.autograd.grad(loss, params.tensors, create_graph=True)
+        gv = Weights.dot(Weights(dict(zip(params.names, grads))), vector)
+        hv = torch.autograd.grad(gv, params.tensors)
+        out.add_(Weights(dict(zip(params.names, hv))))
+    return out
+
+
 def local_sgd(
     model: nn.Module,
     data: Dataset,

@@ -38,6 +38,10 @@ class Runtime(ABC):
     ) -> list[Weights]:
         """Each client's model after local SGD from x (clients in order)."""
 
+    @abstractmethod
+    def gather_hvps(self, group: Group, point: Weights, vector: Weights, seed: int | None) -> list[Weights]:
+        """Each client's Hessian-vector product at ``point`` (clients in order)."""
+
     def close(self) -> None:
         """Release clients (actors, devices)."""
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from fedsweep.data import Dataset
-from fedsweep.task import local_sgd, mean_grads, resolve_device
+from fedsweep.task import local_sgd, mean_grads, mean_hvp, resolve_device
 from fedsweep.weights import Weights
 
 
@@ -60,3 +60,11 @@ class Client:
             self.model, self.data, point.to(self.device),
             epochs=epochs, lr=lr, batch_size=batch_size, seed=client_seed(seed, self.index),
         ).to("cpu")
+
+    def hvp(self, point: Weights, vector: Weights, seed: int | None) -> Weights:
+        """∇²(mean loss on this shard)(point) · vector."""
+        out = mean_hvp(
+            self.model, self.data, point.to(self.device), vector.to(self.device),
+            batch_size=self.batch_size, seed=client_seed(seed, self.index),
+        )
+        return out.to("cpu")

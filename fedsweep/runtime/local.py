@@ -40,3 +40,6 @@ class LocalRuntime(Runtime):
         self, group: Group, x: Weights, *, epochs: int, lr: float, batch_size: int | None, seed: int
     ) -> list[Weights]:
         return [c.train(x, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed) for c in self.clients[group]]
+
+    def gather_hvps(self, group: Group, point: Weights, vector: Weights, seed: int | None) -> list[Weights]:
+        return [c.hvp(point, vector, seed) for c in self.clients[group]]

@@ -70,6 +70,10 @@ class RayRuntime(Runtime):
             ]
         )
 
+    def gather_hvps(self, group: Group, point: Weights, vector: Weights, seed: int | None) -> list[Weights]:
+        point_ref, vector_ref = ray.put(point), ray.put(vector)
+        return ray.get([a.hvp.remote(point_ref, vector_ref, seed) for a in self.actors[group]])
+
     def close(self) -> None:
         for actors in self.actors.values():
             for actor in actors:

@@ -1,0 +1,73 @@
+"""Similarity estimate: power iteration, Hessian-vector products, δ on a real run."""
+
+from __future__ import annotations
+
+import torch
+
+from fedsweep.config import compose
+from fedsweep.data import Dataset
+from fedsweep.experiment import run_experiment
+from fedsweep.methods.similarity import power_iteration, random_like
+from fedsweep.models import build_model
+from fedsweep.task import mean_hvp
+from fedsweep.weights import Weights
+
+
+def test_power_iteration_finds_the_largest_magnitude_eigenvalue():
+    gen = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=gen, dtype=torch.float64))
+    eig = torch.tensor([0.5, -3.0, 1.0, 2.0, 0.1, -0.2], dtype=torch.float64)
+    matrix = q @ torch.diag(eig) @ q.T
+    v0 = random_like(Weights({"v": torch.zeros(6, dtype=torch.float64)}), seed=1)
+    estimate = power_iteration(lambda v: Weights({"v": matrix @ v["v"]}), v0, iterations=200)
+    assert abs(estimate - 3.0) < 1e-6
+
+
+def test_hvp_matches_the_autograd_hessian():
+    torch.manual_seed(0)
+    model = build_model("mlp", input_shape=(1, 2, 2), num_classes=3, hidden=3, seed=0)
+    data = Dataset(torch.randn(20, 1, 2, 2), torch.randint(0, 3, (20,)))
+    point = Weights.from_model(model).clone()
+    vector = random_like(point, seed=2)
+    hv = mean_hvp(model, data, point, vector, batch_size=None, seed=None)
+
+    names = point.names
+    shapes = [t.shape for t in point.tensors]
+    sizes = [t.numel() for t in point.tensors]
+
+    def loss_of(flat):
+        params = dict(zip(names, (p.view(s) for p, s in zip(flat.split(sizes), shapes))))
+        out = torch.func.functional_call(model, params, (data.x,))
+        return torch.nn.functional.cross_entropy(out, data.y)
+
+    flat = torch.cat([t.flatten() for t in point.tensors])
+    hessian = torch.autograd.functional.hessian(loss_of, flat)
+    expected = hessian @ torch.cat([t.flatten() for t in vector.tensors])
+    torch.testing.assert_close(torch.cat([t.flatten() for t in hv.tensors]), expected, rtol=1e-4, atol=1e-5)
+
+
+def delta(tmp_path, server_similarity):
+    history = []
+    run_experiment(
+        compose(
+            [
+                "rounds=1",
+                "server.epochs=1",
+                "similarity.estimate=true",
+                "similarity.iterations=10",
+                f"partition.server_similarity={server_similarity}",
+            ]
+        ),
+        log_dir=tmp_path / str(server_similarity),
+        report=history.append,
+        progress=False,
+    )
+    return history[0]["similarity/delta_f"], history[0]["similarity/delta_g"]
+
+
+def test_dissimilar_server_data_has_larger_delta(tmp_path):
+    """A server whose f1 is g-like (similarity 0) is much further from the groups than a matching one."""
+    like = delta(tmp_path, 1.0)
+    unlike = delta(tmp_path, 0.0)
+    assert all(d > 0 for d in like)
+    assert unlike[0] > 2 * like[0] and unlike[1] > 2 * like[1]

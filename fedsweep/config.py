@@ -8,6 +8,7 @@ one-line :class:`ConfigError` naming the bad one, before any work starts.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -82,7 +83,9 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
         _positive_int_or_none(key, _require(c, key))
     for key in ("client.num_cpus", "client.num_gpus"):
         value = _require(c, key)
-        if not (isinstance(value, (int, float)) and value >= 0):
+        if key == "client.num_gpus" and value == "auto":
+            continue
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
             raise ConfigError(f"{key} must be a number >= 0, got {key}={value}")
     data = _require(c, "data.name")
     if data not in DATASETS:
@@ -116,6 +119,24 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
     if resume is not None and not Path(resume).is_file():
         raise ConfigError(f"checkpoint.resume file not found: {resume}")
     _require(c, "partition.scheme")
+
+
+def gpu_share(num_gpus: float | str, num_clients: int, cluster_gpus: float) -> float:
+    """Resolve ``client.num_gpus: auto``: no GPU share without GPUs, else the largest
+    1/2^k (a fraction that divides 1, as Ray advises) that fits every client on one GPU."""
+    if num_gpus != "auto":
+        return float(num_gpus)
+    if cluster_gpus <= 0:
+        return 0.0
+    return 1.0 / 2 ** math.ceil(math.log2(max(num_clients, 1)))
+
+
+def with_gpu_share(cfg: dict[str, Any], cluster_gpus: float) -> dict[str, Any]:
+    """``cfg`` with ``client.num_gpus`` resolved (a copy)."""
+    out = {**cfg, "client": dict(cfg["client"])}
+    clients = cfg["partition"]["clients_f"] + cfg["partition"]["clients_g"]
+    out["client"]["num_gpus"] = gpu_share(cfg["client"]["num_gpus"], clients, cluster_gpus)
+    return out
 
 
 def make_optimizer_factory(opt_cfg: Mapping[str, Any]):

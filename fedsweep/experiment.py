@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from fedsweep.config import make_optimizer_factory, to_container, validate
+from fedsweep.config import gpu_share, make_optimizer_factory, to_container, validate
 from fedsweep.data import DataBundle, Dataset, Partition, load_dataset, make_partition
 from fedsweep.checkpoint import FILENAME as CHECKPOINT
 from fedsweep.checkpoint import load_checkpoint, restore, save_checkpoint
@@ -70,9 +70,13 @@ def make_runtime(cfg: Mapping[str, Any], setup: Setup) -> Runtime:
     shards = {"f": setup.partition.clients_f, "g": setup.partition.clients_g}
     client = cfg["client"]
     if cfg["runtime"]["name"] == "ray":
+        import ray
+
         from fedsweep.runtime.ray_runtime import RayRuntime  # Ray is imported only when asked for
 
-        resources = ClientResources(num_cpus=client["num_cpus"], num_gpus=client["num_gpus"])
+        clients = len(shards["f"]) + len(shards["g"])
+        gpus = gpu_share(client["num_gpus"], clients, ray.cluster_resources().get("GPU", 0))
+        resources = ClientResources(num_cpus=client["num_cpus"], num_gpus=gpus)
         return RayRuntime(shards, setup.model_fn, batch_size=client["batch_size"], resources=resources)
     return LocalRuntime(shards, setup.model_fn, batch_size=client["batch_size"], device=str(setup.device))
 

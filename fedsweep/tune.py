@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fedsweep.config import with_gpu_share
 from fedsweep.errors import ConfigError
 from fedsweep.sweep import Sweep, expand, label, load_sweep, param_space
 
@@ -85,7 +86,7 @@ def run_sweep(sweep: Sweep, *, results_dir: Path = RESULTS_DIR, address: str | N
         else:
             tuner = tune.Tuner(
                 trainable,
-                param_space=param_space(base, grid),
+                param_space=param_space(with_gpu_share(base, ray.cluster_resources().get("GPU", 0)), grid),
                 tune_config=tune.TuneConfig(
                     max_concurrent_trials=sweep.max_concurrent_trials,
                     trial_name_creator=trial_name(sweep),

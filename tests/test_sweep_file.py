@@ -103,3 +103,13 @@ def test_unknown_group_option_is_named(tmp_path, capsys):
     path = write(tmp_path, "grid:\n  method: [vrcs, fedprox]\n")
     assert fedsweep_tune.main([str(path), "--results", str(tmp_path / "r")]) == 2
     assert "fedprox" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "setting, clients, gpus, share",
+    [("auto", 4, 0, 0.0), ("auto", 4, 1, 0.25), ("auto", 3, 2, 0.25), ("auto", 1, 1, 1.0), (0.5, 4, 0, 0.5)],
+)
+def test_gpu_share(setting, clients, gpus, share):
+    from fedsweep.config import gpu_share
+
+    assert gpu_share(setting, clients, gpus) == share

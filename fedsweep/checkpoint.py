@@ -18,6 +18,7 @@ from fedsweep.metrics import TargetTracker
 from fedsweep.oracle import CommStats
 
 FILENAME = "checkpoint.pt"
+DIRNAME = "checkpoint"  # log_dir/checkpoint/checkpoint.pt: a directory Ray Tune can persist as is
 
 
 def save_checkpoint(path: Path, *, rnd: int, state: MethodState, comm: CommStats, tracker: TargetTracker) -> Path:

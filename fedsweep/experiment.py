@@ -18,8 +18,7 @@ from tqdm.auto import tqdm
 
 from fedsweep.config import gpu_share, make_optimizer_factory, to_container, validate
 from fedsweep.data import DataBundle, Dataset, Partition, load_dataset, make_partition
-from fedsweep.checkpoint import FILENAME as CHECKPOINT
-from fedsweep.checkpoint import load_checkpoint, restore, save_checkpoint
+from fedsweep.checkpoint import DIRNAME, FILENAME, load_checkpoint, restore, save_checkpoint
 from fedsweep.methods import build_method
 from fedsweep.methods.similarity import estimate_similarity
 from fedsweep.metrics import RunLogger, TargetTracker
@@ -114,9 +113,9 @@ def run_experiment(
     """Run ``cfg['rounds']`` rounds; log every metric to TensorBoard in ``log_dir``.
 
     ``report`` (e.g. ``ray.tune.report``) receives each round's metrics. With
-    ``checkpoint.every: N`` the run saves ``log_dir/checkpoint.pt`` every N
-    rounds; ``checkpoint.resume: <file>`` continues from one. Returns the last
-    round's metrics.
+    ``checkpoint.every: N`` the run saves ``checkpoint_path(log_dir)`` every N
+    rounds (before that round's report); ``checkpoint.resume: <file>`` continues
+    from one. Returns the last round's metrics.
     """
     cfg = to_container(cfg)
     validate(cfg)
@@ -162,12 +161,16 @@ def run_experiment(
             metrics.update(tracker.update(metrics))
             logger.log(metrics, rnd)
             bar.set_postfix({"acc": f"{metrics['accuracy/test']:.3f}", "loss": f"{metrics['loss/test']:.3f}"})
+            if checkpoint_every and rnd % checkpoint_every == 0:  # before reporting: Tune persists it with the report
+                save_checkpoint(checkpoint_path(log_dir), rnd=rnd, state=state, comm=oracle.comm, tracker=tracker)
             if report is not None:
                 report(metrics)
-            if checkpoint_every and rnd % checkpoint_every == 0:
-                save_checkpoint(log_dir / CHECKPOINT, rnd=rnd, state=state, comm=oracle.comm, tracker=tracker)
         logger.close()
     return metrics
+
+
+def checkpoint_path(log_dir: str | Path) -> Path:
+    return Path(log_dir) / DIRNAME / FILENAME
 
 
 def _print_similarity(similarity: dict[str, float], theta: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+
 import pandas as pd
 
 from fedsweep.sweep import Sweep, label
@@ -11,38 +12,55 @@ FINAL = ("accuracy/test", "loss/test", "accuracy/server", "comm/f", "comm/g", "r
 TARGET = ("target/round", "target/comm_f", "target/comm_g")
 
 
+def _status(result) -> str:
+    if result.error:
+        return "error"
+    rounds = result.config["rounds"]
+    done = (result.metrics or {}).get("round", 0)
+    return "done" if done >= rounds else f"stopped at {int(done)}/{rounds}"
+
+
 def write_report(results, sweep: Sweep, out_dir: Path) -> pd.DataFrame:
-    """Write ``results.csv`` and ``accuracy.png`` to ``out_dir``; return the table (best first)."""
+    """Write ``results.csv``, ``accuracy.png`` and ``accuracy_vs_comm.png`` to ``out_dir``.
+
+    Returns the table, best first by the sweep's metric. Trials that never
+    started (a stopped sweep) are left out; a resumed sweep runs them.
+    """
     rows, curves = [], {}
     for result in results:
+        if not result.config:
+            continue
         row = {key: label(result.config, key) for key in sweep.grid}
         metrics = result.metrics or {}
-        row.update({name: metrics.get(name) for name in FINAL + TARGET if name in metrics or name in FINAL})
-        row["status"] = "error" if result.error else "done"
+        columns = FINAL + (TARGET if result.config.get("target_accuracy") is not None else ())
+        row.update({name: metrics.get(name) for name in columns})
+        row["status"] = _status(result)
         rows.append(row)
         history = result.metrics_dataframe
         if history is not None and "accuracy/test" in history:
             legend = ", ".join(f"{k.split('.')[-1]}={row[k]}" for k in sweep.grid)
-            curves[legend] = history[["round", "accuracy/test"]]
+            curves[legend] = history
     table = pd.DataFrame(rows)
     if sweep.metric in table:
         table = table.sort_values(sweep.metric, ascending=sweep.mode == "min", na_position="last")
     table.to_csv(out_dir / "results.csv", index=False)
     if curves:
-        _plot(curves, out_dir / "accuracy.png")
+        _plot(curves, "round", "round", out_dir / "accuracy.png")
+        _plot(curves, "comm/total", "communications (f + g)", out_dir / "accuracy_vs_comm.png")
     return table
 
 
-def _plot(curves: dict[str, pd.DataFrame], path: Path) -> None:
+def _plot(curves: dict[str, pd.DataFrame], x: str, xlabel: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, df in curves.items():
-        ax.plot(df["round"], df["accuracy/test"], label=label)
-    ax.set_xlabel("round")
+    for legend, df in curves.items():
+        if x in df:
+            ax.plot(df[x], df["accuracy/test"], label=legend, marker=".", markersize=3)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)

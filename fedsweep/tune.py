@@ -41,11 +41,24 @@ def trial(config: dict[str, Any], *, tensorboard_root: str) -> None:
     import torch
     from ray import tune
 
-    from fedsweep.experiment import run_experiment
+    from fedsweep.checkpoint import FILENAME
+    from fedsweep.experiment import checkpoint_path, run_experiment
 
     torch.set_num_threads(1)  # the trial's own bundle holds no CPU; clients do the heavy lifting
     log_dir = Path(tensorboard_root) / tune.get_context().get_trial_name()
-    run_experiment(config, log_dir=log_dir, report=tune.report, progress=False)
+    saved = tune.get_checkpoint()
+    if saved is not None:  # a resumed sweep: continue this trial where it stopped
+        config = {**config, "checkpoint": {**config["checkpoint"], "resume": str(Path(saved.path) / FILENAME)}}
+    every = config["checkpoint"]["every"]
+
+    def report(metrics: dict[str, float]) -> None:
+        if every and int(metrics["round"]) % every == 0:
+            checkpoint = tune.Checkpoint.from_directory(str(checkpoint_path(log_dir).parent))
+            tune.report(metrics, checkpoint=checkpoint)
+        else:
+            tune.report(metrics)
+
+    run_experiment(config, log_dir=log_dir, report=report, progress=False)
 
 
 def trial_name(sweep: Sweep):
@@ -103,8 +116,11 @@ def run_sweep(sweep: Sweep, *, results_dir: Path = RESULTS_DIR, address: str | N
 
     table = write_report(results, sweep, exp_dir)
     print(f"\nTensorBoard logs: {tensorboard_root}   (tensorboard --logdir {tensorboard_root})")
-    print(f"Results: {exp_dir / 'results.csv'}\n")
+    print(f"Results: {exp_dir / 'results.csv'}, plots: {exp_dir / 'accuracy.png'}, {exp_dir / 'accuracy_vs_comm.png'}\n")
     print(table.to_string(index=False))
+    unfinished = len(results) - int((table["status"] == "done").sum()) if len(table) else len(results)
+    if unfinished:
+        print(f"\n{unfinished} trial(s) not finished: run the same command again to resume them.")
     return exp_dir
 
 

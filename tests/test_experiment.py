@@ -22,7 +22,7 @@ def run(overrides, log_dir):
 def test_checkpoint_restart_gives_identical_metrics(tmp_path):
     straight = run(BASE, tmp_path / "straight")
     first = run(BASE + ["rounds=2", "checkpoint.every=2"], tmp_path / "first")
-    resumed = run(BASE + [f"checkpoint.resume={tmp_path / 'first' / 'checkpoint.pt'}"], tmp_path / "first")
+    resumed = run(BASE + [f"checkpoint.resume={tmp_path / 'first' / 'checkpoint' / 'checkpoint.pt'}"], tmp_path / "first")
     assert [m["round"] for m in resumed] == [3.0, 4.0]
     assert str(first + resumed) == str(straight)  # bit-identical, nan included
     acc = EventAccumulator(str(tmp_path / "first"))

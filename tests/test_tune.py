@@ -37,7 +37,7 @@ def test_sweep_end_to_end_and_resume(ray_session, tmp_path):
 
     table = (out / "results.csv").read_text().splitlines()
     assert len(table) == 3 and table[0].startswith("theta,q,accuracy/test")
-    assert (out / "accuracy.png").stat().st_size > 0
+    assert (out / "accuracy.png").stat().st_size > 0 and (out / "accuracy_vs_comm.png").stat().st_size > 0
     trial_dirs = sorted((out / "tensorboard").iterdir())
     assert len(trial_dirs) == 2
     for trial_dir in trial_dirs:

@@ -37,9 +37,21 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
         try:
             cfg = hydra_compose(config_name="config", overrides=list(overrides))
         except (HydraException, OmegaConfBaseException) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ConfigError(f"bad override in {list(overrides)}: {first}") from None
+            raise ConfigError(_one_line(err, overrides)) from None
     return cfg
+
+
+def _one_line(err: Exception, overrides: Sequence[str]) -> str:
+    """Hydra's multi-line composition error as one line, with the available options if it lists them."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if not lines:
+        return f"bad override in {list(overrides)}: {type(err).__name__}"
+    message = lines[0].removeprefix("In 'config': ")
+    if any(line.startswith("Available options") for line in lines):
+        start = next(i for i, line in enumerate(lines) if line.startswith("Available options")) + 1
+        options = [line for line in lines[start:] if not line.startswith(("Config search path", "provider="))]
+        message += f"; available: {', '.join(options)}"
+    return message
 
 
 def to_container(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ import numpy as np
 from fedsweep.errors import ConfigError
 from fedsweep.methods.base import MethodState, difference_norms, draw_seed, full_difference
 from fedsweep.methods.oracle import GradientOracle, Group
+from fedsweep.methods.sliding import check_theta
 from fedsweep.weights import Weights
 
 
@@ -41,12 +42,15 @@ class VRCSConfig:
     q: float  # parameter of the Geometric number of local steps, in (0, 1]
 
     def __post_init__(self) -> None:
-        if not self.theta > 0:
-            raise ConfigError(f"theta must be > 0, got theta={self.theta}")
-        if not 0 < self.p < 1:
+        check_theta(self.theta)
+        if not (_is_number(self.p) and 0 < self.p < 1):
             raise ConfigError(f"p must be in (0, 1), got p={self.p}")
-        if not 0 < self.q <= 1:
+        if not (_is_number(self.q) and 0 < self.q <= 1):
             raise ConfigError(f"q must be in (0, 1], got q={self.q}")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def group_weight(group: Group, p: float) -> float:

@@ -1,0 +1,37 @@
+"""`python -m fedsweep.run`: Hydra overrides, one-line errors before anything is written."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from fedsweep import run
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["theta=-1"], "theta=-1"),
+        (["p=1.5"], "p=1.5"),
+        (["q=0"], "q=0"),
+        (["thetaa=1"], "'thetaa'"),
+        (["data=imagenet"], "data/imagenet"),
+        (["data.name=imagenet"], "'imagenet'"),
+        (["theta=abc"], "theta=abc"),
+    ],
+)
+def test_bad_values_stop_in_one_line_and_write_nothing(tmp_path, capsys, args, needle):
+    log_dir = tmp_path / "run"
+    assert run.main(args + [f"log_dir={log_dir}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and needle in err and len(err.splitlines()) == 1
+    assert not log_dir.exists()
+
+
+def test_a_run_writes_its_config_and_scalars(tmp_path, capsys):
+    log_dir = tmp_path / "run"
+    assert run.main(["rounds=2", "server.epochs=1", "theta=0.01", "p=0.5", "q=0.5", f"log_dir={log_dir}"]) == 0
+    saved = yaml.safe_load((log_dir / "config.yaml").read_text())
+    assert (saved["theta"], saved["p"], saved["q"], saved["rounds"]) == (0.01, 0.5, 0.5, 2)
+    assert list(log_dir.glob("events.out.tfevents.*"))
+    assert "final test accuracy" in capsys.readouterr().out

@@ -1,9 +1,9 @@
 """Composing and checking experiment configs.
 
 ``compose`` builds a config from ``configs/`` with Hydra's compose API (used by
-the sweep driver and tests; ``fedsweep.run`` gets the same tree from
-``@hydra.main``). ``validate`` checks every value a run will use and raises a
-one-line :class:`ConfigError` naming the bad one, before any work starts.
+``fedsweep.run``, the sweep driver and tests) and turns Hydra's multi-line
+errors into one line. ``validate`` checks every value a run will use and raises
+a one-line :class:`ConfigError` naming the bad one, before any work starts.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def full_difference(oracle: GradientOracle, x: Weights, seed: int) -> tuple[Weig
         (client_grad,) = oracle.clients(group, [x], seed)
         (server_grad,) = oracle.server(group, [x], seed)
         diffs[group] = client_grad.sub_(server_grad)
-    return (diffs["f"] + diffs["g"]) / 2, diffs
+    return Weights.add(diffs["f"], diffs["g"]).mul_(0.5), diffs
 
 
 def difference_norms(extragrad: Weights, diffs: dict[Group, Weights]) -> dict[str, float]:

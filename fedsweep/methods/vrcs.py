@@ -69,13 +69,17 @@ def sample_group(rng: np.random.Generator, p: float) -> Group:
 
 
 def corrected_difference(
-    snapshot_diff: Weights, group: Group, diff_x: Weights, diff_snapshot: Weights, p: float
+    snapshot_diff: Weights,
+    group: Group,
+    diff_x: Weights,
+    diff_snapshot: Weights,
+    p: float,
+    *,
+    out: Weights | None = None,
 ) -> Weights:
-    """ĝ = e + w_G·(d_G(x) − d_G(x_0)) with d_G = ∇G − ∇G1 (a new Weights)."""
+    """ĝ = e + w_G·(d_G(x) − d_G(x_0)) with d_G = ∇G − ∇G1, into ``out`` when given."""
     w = group_weight(group, p)
-    out = snapshot_diff.clone()
-    out.axpy_(w, diff_x).axpy_(-w, diff_snapshot)
-    return out
+    return Weights.axpy(w, diff_x, snapshot_diff, out=out).axpy_(-w, diff_snapshot)
 
 
 class VRCS:
@@ -100,6 +104,7 @@ class VRCS:
 
         # 3.–4. snapshot x_0 = x_t, then K local steps with one group each
         local_steps = sample_local_steps(rng, cfg.q)
+        estimate = Weights.zeros_like(extragrad) if local_steps else None  # reused by every local step
         for _ in range(local_steps):
             group = sample_group(rng, cfg.p)
             seed = draw_seed(rng)
@@ -111,7 +116,9 @@ class VRCS:
                 client_x, client_0 = oracle.clients(group, [x, x_t], seed)
                 server_x, server_0 = oracle.server(group, [x, x_t], seed)
                 diff_snapshot = client_0.sub_(server_0)
-            estimate = corrected_difference(extragrad, group, client_x.sub_(server_x), diff_snapshot, cfg.p)
+            estimate = corrected_difference(
+                extragrad, group, client_x.sub_(server_x), diff_snapshot, cfg.p, out=estimate
+            )
             x, objective = oracle.argmin(estimate, x, cfg.theta, draw_seed(rng))
 
         state.x = x

@@ -14,6 +14,7 @@ medians. Target: every ratio within 1.5.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -38,11 +39,14 @@ def resnet18_cifar() -> nn.Module:
 
 def medians_ms(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int = 3) -> dict[str, float]:
     """Median wall time of each function in ms, the functions taking turns each round."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
     times: dict[str, list[float]] = {name: [] for name in fns}
     for round_ in range(warmup + repeats):
         for name, fn in fns.items():
+            sync()
             start = time.perf_counter()
             fn()
+            sync()
             if round_ >= warmup:
                 times[name].append(time.perf_counter() - start)
     return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
@@ -124,6 +128,7 @@ def ship_row(repeats: int) -> tuple[float, float, float]:
 
 
 def main() -> None:
+    load_before = os.getloadavg()[0]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     probe = Weights.from_model(resnet18_cifar())
     print(
@@ -144,6 +149,11 @@ def main() -> None:
         f"{t_w / t_a:.2f} | {t_n:.2f} |"
     )
     print(f"\nworst ratio {worst:.2f} (target <= {TARGET}): {'PASS' if worst <= TARGET else 'FAIL'}")
+    load = os.getloadavg()[0]
+    print(f"1-min load average {load_before:.2f} before, {load:.2f} after on {os.cpu_count()} CPUs", end="")
+    if max(load, load_before) > 1.0:
+        print(": other processes were running; ops made of many kernels (foreach, chunked dot) suffer most", end="")
+    print()
 
 
 if __name__ == "__main__":

@@ -26,19 +26,19 @@ INF = math.inf
 # -- helpers ------------------------------------------------------------------------------
 
 
-def model_with(shapes, seed=0, dtype=torch.float32) -> nn.Module:
+def model_with(shapes, seed=0) -> nn.Module:
     """A module whose parameters p0, p1, … have the given shapes."""
     gen = torch.Generator().manual_seed(seed)
     model = nn.Module()
     for i, shape in enumerate(shapes):
-        model.register_parameter(f"p{i}", nn.Parameter(torch.randn(shape, generator=gen, dtype=dtype)))
+        model.register_parameter(f"p{i}", nn.Parameter(torch.randn(shape, generator=gen)))
     return model
 
 
-def random_weights(shapes, seed, *, flat: bool, scale: float = 1.0) -> Weights:
+def random_weights(shapes, seed, *, flat: bool) -> Weights:
     """Fresh Weights; ``flat`` ones own one contiguous buffer, the others one tensor each."""
     gen = torch.Generator().manual_seed(seed)
-    w = Weights({f"p{i}": scale * torch.randn(s, generator=gen) for i, s in enumerate(shapes)})
+    w = Weights({f"p{i}": torch.randn(s, generator=gen) for i, s in enumerate(shapes)})
     return w.clone() if flat else w
 
 

@@ -16,14 +16,10 @@ closed form costs at most 20% more than the data-only step.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
+from common import medians_ms, resnet18_cifar  # bench/common.py (this folder is on sys.path)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/argmin.py`
-from bench.weights import medians_ms, resnet18_cifar
 from fedsweep.weights import Weights
 
 TARGET_PERCENT = 20.0
@@ -70,8 +66,7 @@ def argmin_rows(device: torch.device, *, batch: int = 32, repeats: int = 15) -> 
     return {**t, "rel_diff": rel}
 
 
-def main() -> None:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def print_argmin(device: torch.device) -> None:
     r = argmin_rows(device)
     closed = 100 * (r["closed"] / r["data"] - 1)
     auto = 100 * (r["autograd"] / r["data"] - 1)
@@ -86,4 +81,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    print_argmin(torch.device("cuda" if torch.cuda.is_available() else "cpu"))

@@ -15,41 +15,16 @@ medians. Target: every ratio within 1.5.
 from __future__ import annotations
 
 import os
-import statistics
-import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
-import torchvision
-from torch import nn
+
+from argmin import print_argmin  # bench/argmin.py
+from common import medians_ms, resnet18_cifar  # bench/common.py (this folder is on sys.path)
 
 from fedsweep.weights import Weights
 
 TARGET = 1.5
-
-
-def resnet18_cifar() -> nn.Module:
-    """ResNet-18 for 32×32 inputs: 3×3 stride-1 conv1, no maxpool (62 tensors, 11.2 M values)."""
-    model = torchvision.models.resnet18(num_classes=10)
-    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-    model.maxpool = nn.Identity()
-    return model
-
-
-def medians_ms(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int = 3) -> dict[str, float]:
-    """Median wall time of each function in ms, the functions taking turns each round."""
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for round_ in range(warmup + repeats):
-        for name, fn in fns.items():
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            if round_ >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
 
 
 def op_rows(device: torch.device, repeats: int) -> list[tuple[str, float, str, float, float]]:
@@ -153,7 +128,8 @@ def main() -> None:
     print(f"1-min load average {load_before:.2f} before, {load:.2f} after on {os.cpu_count()} CPUs", end="")
     if max(load, load_before) > 1.0:
         print(": other processes were running; ops made of many kernels (foreach, chunked dot) suffer most", end="")
-    print()
+    print("\n")
+    print_argmin(device)
 
 
 if __name__ == "__main__":

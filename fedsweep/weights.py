@@ -10,17 +10,15 @@ no gradient is needed, one kernel over the buffers; otherwise one ``torch._forea
 call over the tensor lists. ``dot`` and ``norm`` sum float32 partials over chunks in
 float64: ~1e-7 relative error over 11 M values, where one float32 reduction measured 4e-4.
 
-New CPU buffers are recycled: a fresh 45 MB allocation page-faults on first touch (a
-ResNet-18 clone measured 14 ms against 2.3 ms into an existing buffer). At most 512 MiB
-are kept (``clear_buffer_pool()`` frees them); on GPUs the CUDA caching allocator does this. Pickling (and so Ray) ships ``(names, shapes,
-dtype, one numpy array)``; Ray hands the array back zero-copy from its read-only object
-store, and such a ``Weights`` is read-only: in-place ops raise (``clone()`` it first).
+New CPU buffers are recycled (``fedsweep.buffer_pool``; ``clear_buffer_pool()`` frees
+them). Pickling (and so Ray) ships ``(names, shapes, dtype, one numpy array)``; Ray
+hands the array back zero-copy from its read-only object store, and such a ``Weights``
+is read-only: in-place ops raise (``clone()`` it first).
 """
 
 from __future__ import annotations
 
 import math
-import threading
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -30,55 +28,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fedsweep.buffer_pool import POOL as _POOL
+from fedsweep.buffer_pool import POOL_MIN_BYTES as _POOL_MIN_BYTES
+from fedsweep.buffer_pool import clear_buffer_pool
+
+__all__ = ["Scalar", "Weights", "clear_buffer_pool"]
+
 Scalar = float | int | Tensor
 """A Python number or a 0-d tensor."""
 
 _NORM_CHUNK = 1 << 15  # values per float32 norm partial: 2^16 measured 4.6e-7 (p=1, 11 M values)
 _DOT_CHUNK = 1 << 20  # values per torch.dot partial: <= 8e-8 over 11 M values; 2^21 measured 9e-7
-_POOL_MIN_BYTES = 1 << 20  # smaller buffers come cheaply from malloc's own free lists
-_POOL_MAX_BYTES = 1 << 29
-
-
-class _BufferPool:
-    """Released CPU flat buffers, handed out again once nothing views their storage."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._free: list[Tensor] = []
-        self._lock = threading.RLock()  # re-entrant: a finaliser can run inside take()
-
-    def take(self, numel: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-        if device.type == "cpu":
-            with self._lock:
-                for buf in tuple(self._free):  # a copy: a finaliser may give() meanwhile
-                    if buf.numel() == numel and buf.dtype == dtype and _sole_owner(buf):
-                        self._free = [b for b in self._free if b is not buf]
-                        return buf
-        return torch.empty(numel, dtype=dtype, device=device)
-
-    def give(self, buf: Tensor) -> None:
-        with self._lock:
-            self._free.append(buf)
-            while sum(b.nbytes for b in self._free) > self.max_bytes:
-                self._free.pop(0)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._free.clear()
-
-
-def _sole_owner(buf: Tensor) -> bool:
-    """No tensor other than ``buf`` (views, numpy arrays) holds its storage."""
-    # 2 = buf's own reference + the temporary storage object made to ask.
-    return torch._C._storage_Use_Count(buf.untyped_storage()._cdata) == 2
-
-
-_POOL = _BufferPool(_POOL_MAX_BYTES)
-
-
-def clear_buffer_pool() -> None:
-    """Free the CPU buffers kept for reuse by new ``Weights``."""
-    _POOL.clear()
 
 
 class Weights(Mapping[str, Tensor]):

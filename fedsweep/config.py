@@ -8,6 +8,7 @@ a one-line :class:`ConfigError` naming the bad one, before any work starts.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fedsweep.data import DATASETS
+from fedsweep.data.partition import check_partition_config
 from fedsweep.errors import ConfigError
 from fedsweep.methods import METHODS, build_method
 from fedsweep.models import MODELS
@@ -130,7 +132,7 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
     resume = _require(c, "checkpoint.resume")
     if resume is not None and not Path(resume).is_file():
         raise ConfigError(f"checkpoint.resume file not found: {resume}")
-    _require(c, "partition.scheme")
+    _check_partition(_require(c, "partition"))
 
 
 def gpu_share(num_gpus: float | str, num_clients: int, cluster_gpus: float) -> float:
@@ -149,6 +151,17 @@ def with_gpu_share(cfg: dict[str, Any], cluster_gpus: float) -> dict[str, Any]:
     clients = cfg["partition"]["clients_f"] + cfg["partition"]["clients_g"]
     out["client"]["num_gpus"] = gpu_share(cfg["client"]["num_gpus"], clients, cluster_gpus)
     return out
+
+
+def _check_partition(partition: Mapping[str, Any]) -> None:
+    params = inspect.signature(check_partition_config).parameters
+    unknown = [k for k in partition if k not in params]
+    if unknown:
+        raise ConfigError(f"unknown partition key {unknown[0]!r}; known: {', '.join(params)}")
+    missing = [k for k, p in params.items() if p.default is inspect.Parameter.empty and k not in partition]
+    if missing:
+        raise ConfigError(f"missing config key partition.{missing[0]}")
+    check_partition_config(**partition)
 
 
 def make_optimizer_factory(opt_cfg: Mapping[str, Any]):

@@ -113,3 +113,18 @@ def test_gpu_share(setting, clients, gpus, share):
     from fedsweep.config import gpu_share
 
     assert gpu_share(setting, clients, gpus) == share
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("partition.server_fraction=1.5", "server_fraction=1.5"),
+        ("partition.clients_f=0", "clients_f=0"),
+        ("partition.scheme=random", "'random'"),
+        ("partition.dirichlet_alpha=-1", "dirichlet_alpha=-1"),
+        ("+partition.colour=red", "'colour'"),
+    ],
+)
+def test_partition_values_are_checked_before_any_data_loads(override, needle):
+    with pytest.raises(ConfigError, match=needle):
+        validate(compose([override]))

@@ -244,16 +244,46 @@ def _validate(
     client_split: str,
     dirichlet_alpha: float,
 ) -> set[int]:
-    """Check every argument; return the set of f classes."""
-    if scheme not in SCHEMES:
-        raise ConfigError(f"unknown scheme={scheme!r}; known: {', '.join(SCHEMES)}")
-    if client_split not in CLIENT_SPLITS:
-        raise ConfigError(f"unknown client_split={client_split!r}; known: {', '.join(CLIENT_SPLITS)}")
+    """Check every argument against ``train``; return the set of f classes."""
+    check_partition_config(
+        scheme=scheme, server_fraction=server_fraction, clients_f=clients_f, clients_g=clients_g,
+        f_classes=f_classes, rare_fraction=rare_fraction, f_fraction=f_fraction,
+        server_similarity=server_similarity, client_split=client_split, dirichlet_alpha=dirichlet_alpha,
+    )  # fmt: skip
     if not _is_int(num_classes) or num_classes < 2:
         raise ConfigError(f"num_classes must be an integer >= 2, got num_classes={num_classes!r}")
     lo, hi = (int(train.y.min()), int(train.y.max())) if len(train) else (0, 0)
     if lo < 0 or hi >= num_classes:
         raise ConfigError(f"labels {lo}..{hi} do not fit num_classes={num_classes}")
+    if f_classes is None:
+        return set(range(num_classes // 2))
+    f_list = list(f_classes)
+    if not all(c < num_classes for c in f_list) or len(f_list) >= num_classes:
+        raise ConfigError(
+            f"f_classes must be distinct class ids in [0, {num_classes}) forming a non-empty "
+            f"proper subset, got f_classes={f_list}"
+        )
+    return {int(c) for c in f_list}
+
+
+def check_partition_config(
+    *,
+    scheme: str,
+    server_fraction: float,
+    clients_f: int,
+    clients_g: int,
+    f_classes: Sequence[int] | None = None,
+    rare_fraction: float = 0.1,
+    f_fraction: float = 0.5,
+    server_similarity: float = 1.0,
+    client_split: str = "iid",
+    dirichlet_alpha: float = 0.5,
+) -> None:
+    """The checks that need no data (run on every sweep point before Ray starts)."""
+    if scheme not in SCHEMES:
+        raise ConfigError(f"unknown scheme={scheme!r}; known: {', '.join(SCHEMES)}")
+    if client_split not in CLIENT_SPLITS:
+        raise ConfigError(f"unknown client_split={client_split!r}; known: {', '.join(CLIENT_SPLITS)}")
     for key, value in (("clients_f", clients_f), ("clients_g", clients_g)):
         if not _is_int(value) or value < 1:
             raise ConfigError(f"{key} must be an integer >= 1, got {key}={value!r}")
@@ -262,28 +292,21 @@ def _validate(
         ("rare_fraction", rare_fraction),
         ("f_fraction", f_fraction),
     ):
-        if not 0.0 < value < 1.0:
+        if not (_is_real(value) and 0.0 < value < 1.0):
             raise ConfigError(f"{key} must be in (0, 1), got {key}={value}")
-    if not 0.0 <= server_similarity <= 1.0:
+    if not (_is_real(server_similarity) and 0.0 <= server_similarity <= 1.0):
         raise ConfigError(f"server_similarity must be in [0, 1], got server_similarity={server_similarity}")
-    if not dirichlet_alpha > 0.0:
+    if not (_is_real(dirichlet_alpha) and dirichlet_alpha > 0.0):
         raise ConfigError(f"dirichlet_alpha must be > 0, got dirichlet_alpha={dirichlet_alpha}")
-
-    if f_classes is None:
-        return set(range(num_classes // 2))
-    f_list = list(f_classes)
-    if (
-        not f_list
-        or not all(_is_int(c) and 0 <= c < num_classes for c in f_list)
-        or len(set(f_list)) != len(f_list)
-        or len(f_list) >= num_classes
-    ):
-        raise ConfigError(
-            f"f_classes must be distinct class ids in [0, {num_classes}) forming a non-empty "
-            f"proper subset, got f_classes={f_list}"
-        )
-    return {int(c) for c in f_list}
+    if f_classes is not None:
+        f_list = [f_classes] if _is_int(f_classes) or isinstance(f_classes, str) else list(f_classes)
+        if not f_list or not all(_is_int(c) and c >= 0 for c in f_list) or len(set(f_list)) != len(f_list):
+            raise ConfigError(f"f_classes must be distinct non-negative class ids, got f_classes={f_classes}")
 
 
 def _is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)

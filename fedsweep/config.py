@@ -22,7 +22,7 @@ from fedsweep.data import DATASETS
 from fedsweep.data.partition import check_partition_config
 from fedsweep.errors import ConfigError
 from fedsweep.methods import METHODS, build_method
-from fedsweep.models import MODELS
+from fedsweep.models import MODELS, NORMS
 
 CONFIG_DIR = Path(os.environ.get("FEDSWEEP_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
 RUNTIMES = ("local", "ray")
@@ -104,9 +104,18 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
     data = _require(c, "data.name")
     if data not in DATASETS:
         raise ConfigError(f"unknown data.name={data!r}; known: {', '.join(DATASETS)}")
+    test_fraction = _require(c, "data.test_fraction")
+    if not (isinstance(test_fraction, (int, float)) and 0 < test_fraction < 1):
+        raise ConfigError(f"data.test_fraction must be in (0, 1), got data.test_fraction={test_fraction}")
     model = _require(c, "model.name")
     if model not in MODELS:
         raise ConfigError(f"unknown model.name={model!r}; known: {', '.join(MODELS)}")
+    norm = _require(c, "model.norm")
+    if norm not in NORMS:
+        raise ConfigError(f"unknown model.norm={norm!r}; known: {', '.join(NORMS)}")
+    hidden = _require(c, "model.hidden")
+    if not (isinstance(hidden, int) and not isinstance(hidden, bool) and hidden >= 1):
+        raise ConfigError(f"model.hidden must be a positive integer, got model.hidden={hidden}")
     opt = _require(c, "optimizer.name")
     if not (isinstance(opt, str) and isinstance(getattr(torch.optim, opt, None), type)):
         raise ConfigError(f"optimizer.name={opt!r} is not a torch.optim optimizer (e.g. SGD, Adam, AdamW)")

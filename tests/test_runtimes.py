@@ -16,9 +16,14 @@ def history(cfg_overrides, tmp_path, name):
     return rounds
 
 
-def test_local_and_ray_runtimes_agree(ray_session, tmp_path):
-    local = history(SHORT + ["runtime=local"], tmp_path, "local")
-    remote = history(SHORT + ["runtime=ray", "client.num_cpus=0.5"], tmp_path, "ray")
+@pytest.mark.parametrize(
+    "extra",
+    [["method=vrcs", "similarity.estimate=true", "similarity.iterations=3"], ["method=fedavg"]],
+    ids=["vrcs+similarity", "fedavg"],
+)
+def test_local_and_ray_runtimes_agree(ray_session, tmp_path, extra):
+    local = history(SHORT + extra + ["runtime=local"], tmp_path, "local")
+    remote = history(SHORT + extra + ["runtime=ray", "client.num_cpus=0.5"], tmp_path, "ray")
     assert len(local) == len(remote) == 3
     for a, b in zip(local, remote):
         assert a.keys() == b.keys()

@@ -50,19 +50,31 @@ class RayRuntime(Runtime):
                 )
                 self.actors[group].append(actor)
                 index += 1
+        self._last: tuple[ray.ObjectRef, bool, list[Weights]] | None = None
         self._sizes = {g: ray.get([a.num_examples.remote() for a in actors]) for g, actors in self.actors.items()}
 
     def sizes(self, group: Group) -> list[int]:
         return list(self._sizes[group])
 
+    def broadcast(self, points: Sequence[Weights], *, single: bool = False) -> ray.ObjectRef:
+        """Put ``points`` (or, with ``single``, its one element) in the object store once: the
+        same points asked of both groups (a full communication) reuse the reference."""
+        items = list(points)
+        last = self._last
+        if last is None or last[1] != single or len(last[2]) != len(items) or any(
+            a is not b for a, b in zip(last[2], items)
+        ):
+            self._last = (ray.put(items[0] if single else items), single, items)  # items keep their ids valid
+        return self._last[0]
+
     def gather_grads(self, group: Group, points: Sequence[Weights], seed: int | None) -> list[list[Weights]]:
-        points_ref = ray.put(list(points))  # one broadcast for the whole group
+        points_ref = self.broadcast(points)
         return ray.get([a.grads.remote(points_ref, seed) for a in self.actors[group]])
 
     def gather_updates(
         self, group: Group, x: Weights, *, epochs: int, lr: float, batch_size: int | None, seed: int
     ) -> list[Weights]:
-        x_ref = ray.put(x)
+        x_ref = self.broadcast([x], single=True)
         return ray.get(
             [
                 a.train.remote(x_ref, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)

@@ -51,7 +51,7 @@ def prepare(cfg: Mapping[str, Any]) -> Setup:
         bundle.train,
         num_classes=bundle.num_classes,
         seed=cfg["seed"],
-        **{k: v for k, v in part.items()},
+        **part,
     )
     model_fn = functools.partial(
         build_model,
@@ -143,7 +143,8 @@ def run_experiment(
         done = 0
         if resume:
             done, state = restore(load_checkpoint(resume), oracle.comm, tracker)
-        logger = RunLogger(log_dir, purge_step=done + 1 if resume else None)
+        # a rerun into the same directory (a restarted trial) replaces what was logged after its start
+        logger = RunLogger(log_dir, purge_step=done + 1 if resume else 0)
         similarity = {}
         if cfg["similarity"]["estimate"]:
             similarity = estimate_similarity(

@@ -58,3 +58,11 @@ def test_every_method_learns_digits(tmp_path, method):
     assert history[-1]["accuracy/test"] > 0.3  # chance is 0.1
     comm = history[-1]["comm/f"] + history[-1]["comm/g"]
     assert (comm == 0) == (method == "server_only")
+
+
+def test_a_rerun_into_the_same_directory_replaces_its_curves(tmp_path):
+    run(["rounds=2", "server.epochs=1"], tmp_path / "run")
+    run(["rounds=2", "server.epochs=1"], tmp_path / "run")
+    acc = EventAccumulator(str(tmp_path / "run"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("accuracy/test")] == [1, 2]

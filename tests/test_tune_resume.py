@@ -1,0 +1,71 @@
+"""A sweep stopped mid-trial (Ctrl-C) resumes that trial from its last checkpoint, with identical numbers."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from fedsweep.config import compose
+from fedsweep.experiment import run_experiment
+from fedsweep.sweep import load_sweep
+from fedsweep.tune import run_sweep
+
+ROUNDS = 40
+SWEEP = f"""\
+name: stop
+overrides: [runtime=ray, rounds={ROUNDS}, checkpoint.every=2, server.epochs=3]
+grid:
+  theta: [0.5]
+"""
+
+
+def test_stopped_sweep_resumes_mid_trial(ray_session, tmp_path):
+    path = tmp_path / "stop.yaml"
+    path.write_text(SWEEP)
+    results = tmp_path / "results"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "fedsweep.tune", str(path), "--results", str(results)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.time() + 180
+    while len(list(results.glob("stop/*/checkpoint_*"))) < 2 and time.time() < deadline:
+        assert driver.poll() is None, driver.stdout.read().decode()[-2000:]
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGINT)  # what Ctrl-C does
+    output = driver.communicate(timeout=180)[0].decode()
+    assert "not finished: run the same command again" in output, output[-2000:]
+    stopped = pd.read_csv(results / "stop" / "results.csv")
+    assert stopped["status"][0].startswith("stopped at")
+
+    run_sweep(load_sweep(path), results_dir=results)
+
+    table = pd.read_csv(results / "stop" / "results.csv")
+    assert table["status"].tolist() == ["done"]
+    (trial_dir,) = (results / "stop" / "tensorboard").iterdir()
+    events = EventAccumulator(str(trial_dir))
+    events.Reload()
+    assert [e.step for e in events.Scalars("accuracy/test")] == list(range(1, ROUNDS + 1))
+    # the resumed attempt wrote its own event file, starting after a checkpointed round
+    first, resumed = sorted(trial_dir.glob("events.out.tfevents.*"), key=lambda f: f.stat().st_mtime)
+    resumed_events = EventAccumulator(str(resumed))
+    resumed_events.Reload()
+    resumed_steps = [e.step for e in resumed_events.Scalars("accuracy/test")]
+    assert resumed_steps[0] > 2 and resumed_steps[0] % 2 == 1 and resumed_steps[-1] == ROUNDS
+
+    straight = []
+    run_experiment(
+        compose([f"rounds={ROUNDS}", "server.epochs=3", "theta=0.5"]),
+        log_dir=tmp_path / "straight",
+        report=straight.append,
+        progress=False,
+    )
+    assert table["accuracy/test"][0] == straight[-1]["accuracy/test"]
+    assert table["loss/test"][0] == straight[-1]["loss/test"]

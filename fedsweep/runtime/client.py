@@ -25,7 +25,11 @@ def client_seed(seed: int | None, index: int) -> int | None:
 
 
 class Client:
-    """Holds a shard and a model; ``grads`` is its only job."""
+    """Holds a shard and a model; answers gradient, HVP and local-training requests.
+
+    Replies stay on the client's device: in-process they are used where they are,
+    and through Ray a ``Weights`` pickles itself to host memory.
+    """
 
     def __init__(
         self,
@@ -51,20 +55,18 @@ class Client:
     def grads(self, points: Sequence[Weights], seed: int | None) -> list[Weights]:
         """∇(mean loss on this shard) at each point, on one minibatch drawn by ``seed``."""
         points = [p.to(self.device) for p in points]
-        grads = mean_grads(self.model, self.data, points, batch_size=self.batch_size, seed=client_seed(seed, self.index))
-        return [g.to("cpu") for g in grads]
+        return mean_grads(self.model, self.data, points, batch_size=self.batch_size, seed=client_seed(seed, self.index))
 
     def train(self, point: Weights, *, epochs: int, lr: float, batch_size: int | None, seed: int) -> Weights:
         """The model after ``epochs`` of plain SGD from ``point`` on this shard (FedAvg's local work)."""
         return local_sgd(
             self.model, self.data, point.to(self.device),
             epochs=epochs, lr=lr, batch_size=batch_size, seed=client_seed(seed, self.index),
-        ).to("cpu")
+        )
 
     def hvp(self, point: Weights, vector: Weights, seed: int | None) -> Weights:
         """∇²(mean loss on this shard)(point) · vector."""
-        out = mean_hvp(
+        return mean_hvp(
             self.model, self.data, point.to(self.device), vector.to(self.device),
             batch_size=self.batch_size, seed=client_seed(seed, self.index),
         )
-        return out.to("cpu")

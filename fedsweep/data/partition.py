@@ -108,13 +108,12 @@ def make_partition(
     whatever the scheme. Raises ConfigError (naming the value) for bad input or when a
     part would be empty.
     """
-    f_set = _validate(
-        train, scheme=scheme, num_classes=num_classes, server_fraction=server_fraction,
-        clients_f=clients_f, clients_g=clients_g, f_classes=f_classes,
-        rare_fraction=rare_fraction, f_fraction=f_fraction,
-        server_similarity=server_similarity, client_split=client_split,
-        dirichlet_alpha=dirichlet_alpha,
+    check_partition_config(
+        scheme=scheme, server_fraction=server_fraction, clients_f=clients_f, clients_g=clients_g,
+        f_classes=f_classes, rare_fraction=rare_fraction, f_fraction=f_fraction,
+        server_similarity=server_similarity, client_split=client_split, dirichlet_alpha=dirichlet_alpha,
     )  # fmt: skip
+    f_set = _check_against_data(train, num_classes, f_classes)
     rng = np.random.default_rng(seed)
     y = train.y.numpy()
 
@@ -229,27 +228,8 @@ def _split_dirichlet(
     return [rng.permutation(p) for p in out]
 
 
-def _validate(
-    train: Dataset,
-    *,
-    scheme: str,
-    num_classes: int,
-    server_fraction: float,
-    clients_f: int,
-    clients_g: int,
-    f_classes: Sequence[int] | None,
-    rare_fraction: float,
-    f_fraction: float,
-    server_similarity: float,
-    client_split: str,
-    dirichlet_alpha: float,
-) -> set[int]:
-    """Check every argument against ``train``; return the set of f classes."""
-    check_partition_config(
-        scheme=scheme, server_fraction=server_fraction, clients_f=clients_f, clients_g=clients_g,
-        f_classes=f_classes, rare_fraction=rare_fraction, f_fraction=f_fraction,
-        server_similarity=server_similarity, client_split=client_split, dirichlet_alpha=dirichlet_alpha,
-    )  # fmt: skip
+def _check_against_data(train: Dataset, num_classes: int, f_classes: Sequence[int] | None) -> set[int]:
+    """The checks that need the data; returns the set of f classes."""
     if not _is_int(num_classes) or num_classes < 2:
         raise ConfigError(f"num_classes must be an integer >= 2, got num_classes={num_classes!r}")
     lo, hi = (int(train.y.min()), int(train.y.max())) if len(train) else (0, 0)
@@ -257,7 +237,7 @@ def _validate(
         raise ConfigError(f"labels {lo}..{hi} do not fit num_classes={num_classes}")
     if f_classes is None:
         return set(range(num_classes // 2))
-    f_list = list(f_classes)
+    f_list = [f_classes] if _is_int(f_classes) else list(f_classes)
     if not all(c < num_classes for c in f_list) or len(f_list) >= num_classes:
         raise ConfigError(
             f"f_classes must be distinct class ids in [0, {num_classes}) forming a non-empty "

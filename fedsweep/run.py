@@ -2,7 +2,8 @@
 
 Arguments are Hydra overrides of ``configs/config.yaml`` (``key=value``,
 ``group=option``, ``+new_key=value``), composed with Hydra's compose API and
-checked before anything is written. The run directory (``results/runs/<time>``
+checked before anything is written; ``--cfg`` prints the composed config and
+exits. The run directory (``results/runs/<time>``
 unless ``log_dir=...``) gets the resolved ``config.yaml`` and the TensorBoard
 scalars.
 """
@@ -26,12 +27,16 @@ def main(argv: list[str] | None = None) -> int:
     if any(arg in ("-h", "--help") for arg in overrides):
         print(__doc__.strip())
         return 0
+    show_only = "--cfg" in overrides
     try:
-        cfg = to_container(compose(overrides))
+        cfg = to_container(compose([arg for arg in overrides if arg != "--cfg"]))
         validate(cfg)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if show_only:
+        print(OmegaConf.to_yaml(cfg), end="")
+        return 0
     from fedsweep.experiment import run_experiment  # heavy imports once the config is known good
 
     log_dir = Path(cfg["log_dir"] or RUNS_DIR / time.strftime("%Y-%m-%d_%H-%M-%S"))

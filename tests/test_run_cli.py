@@ -35,3 +35,10 @@ def test_a_run_writes_its_config_and_scalars(tmp_path, capsys):
     assert (saved["theta"], saved["p"], saved["q"], saved["rounds"]) == (0.01, 0.5, 0.5, 2)
     assert list(log_dir.glob("events.out.tfevents.*"))
     assert "final test accuracy" in capsys.readouterr().out
+
+
+def test_cfg_prints_the_composed_config_and_runs_nothing(tmp_path, capsys):
+    assert run.main(["--cfg", "theta=0.25", "method=fedavg", f"log_dir={tmp_path / 'run'}"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["theta"] == 0.25 and shown["method"]["name"] == "fedavg"
+    assert not (tmp_path / "run").exists()

@@ -128,3 +128,16 @@ def test_gpu_share(setting, clients, gpus, share):
 def test_partition_values_are_checked_before_any_data_loads(override, needle):
     with pytest.raises(ConfigError, match=needle):
         validate(compose([override]))
+
+
+@pytest.mark.parametrize("name", ["vrcs_grid", "methods_digits"])
+def test_shipped_sweep_files_expand(name):
+    from pathlib import Path
+
+    sweep = load_sweep(Path(__file__).resolve().parents[1] / "sweeps" / f"{name}.yaml")
+    _, _, points = expand(sweep)
+    assert all(p["data"]["name"] == "digits" and p["runtime"]["name"] == "ray" for p in points)
+    if name == "vrcs_grid":
+        assert len(points) >= 8 and {(p["theta"], p["p"], p["q"]) for p in points}.__len__() == len(points)
+    else:
+        assert sorted(p["method"]["name"] for p in points) == ["fedavg", "server_only", "sliding", "vrcs"]

@@ -146,12 +146,13 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
 
 def gpu_share(num_gpus: float | str, num_clients: int, cluster_gpus: float) -> float:
     """Resolve ``client.num_gpus: auto``: no GPU share without GPUs, else the largest
-    1/2^k (a fraction that divides 1, as Ray advises) that fits every client on one GPU."""
+    1/2^k (a fraction that divides 1, as Ray advises) that fits a trial's clients and
+    its server (one share each) on one GPU."""
     if num_gpus != "auto":
         return float(num_gpus)
     if cluster_gpus <= 0:
         return 0.0
-    return 1.0 / 2 ** math.ceil(math.log2(max(num_clients, 1)))
+    return 1.0 / 2 ** math.ceil(math.log2(num_clients + 1))
 
 
 def with_gpu_share(cfg: dict[str, Any], cluster_gpus: float) -> dict[str, Any]:

@@ -22,18 +22,20 @@ RESULTS_DIR = Path("results")
 
 
 def trial_resources(config: dict[str, Any]):
-    """One empty bundle for the trial itself and one per client actor (Ray ≥ 2.x: actors a
-    trial creates must fit its placement group). A local-runtime trial computes in-process."""
+    """A bundle for the trial itself (the server: a GPU share like a client's when clients
+    have one, else nothing) and one per client actor: actors a trial creates must fit its
+    placement group. A local-runtime trial computes in-process on one CPU."""
     from ray import tune
 
     if config["runtime"]["name"] != "ray":
         return tune.PlacementGroupFactory([{"CPU": 1}])
     client = config["client"]
     bundle = {"CPU": client["num_cpus"]}
+    server: dict[str, float] = {}
     if client["num_gpus"]:
-        bundle["GPU"] = client["num_gpus"]
+        bundle["GPU"] = server["GPU"] = client["num_gpus"]
     n = config["partition"]["clients_f"] + config["partition"]["clients_g"]
-    return tune.PlacementGroupFactory([{}] + [dict(bundle) for _ in range(n)])
+    return tune.PlacementGroupFactory([server] + [dict(bundle) for _ in range(n)])
 
 
 def trial(config: dict[str, Any], *, tensorboard_root: str) -> None:

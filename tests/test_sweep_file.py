@@ -107,7 +107,7 @@ def test_unknown_group_option_is_named(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "setting, clients, gpus, share",
-    [("auto", 4, 0, 0.0), ("auto", 4, 1, 0.25), ("auto", 3, 2, 0.25), ("auto", 1, 1, 1.0), (0.5, 4, 0, 0.5)],
+    [("auto", 4, 0, 0.0), ("auto", 4, 1, 0.125), ("auto", 3, 2, 0.25), ("auto", 1, 1, 0.5), (0.5, 4, 0, 0.5)],
 )
 def test_gpu_share(setting, clients, gpus, share):
     from fedsweep.config import gpu_share
@@ -141,3 +141,15 @@ def test_shipped_sweep_files_expand(name):
         assert len(points) >= 8 and {(p["theta"], p["p"], p["q"]) for p in points}.__len__() == len(points)
     else:
         assert sorted(p["method"]["name"] for p in points) == ["fedavg", "server_only", "sliding", "vrcs"]
+
+
+def test_trial_reserves_one_bundle_per_client_and_a_gpu_share_for_its_server():
+    from fedsweep.config import with_gpu_share
+    from fedsweep.tune import trial_resources
+
+    cfg = to_container(compose(["runtime=ray", "partition.clients_f=3", "partition.clients_g=2"]))
+    cpu_only = trial_resources(with_gpu_share(cfg, cluster_gpus=0))
+    assert cpu_only.head_bundle_is_empty and cpu_only.bundles == [{"CPU": 0.25}] * 5
+    with_gpu = trial_resources(with_gpu_share(cfg, cluster_gpus=1))
+    assert with_gpu.bundles == [{"GPU": 0.125}] + [{"CPU": 0.25, "GPU": 0.125}] * 5
+    assert with_gpu.required_resources["GPU"] <= 1  # a trial fits on one GPU

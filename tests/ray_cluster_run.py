@@ -1,0 +1,62 @@
+"""Run fedsweep on a Ray cluster of a given shape and print what happened as JSON.
+
+Run by tests in a subprocess, so that its Ray does not meet the test session's own:
+
+- ``two-nodes OVERRIDES…``: two raylets of one CPU each on this machine; one run.
+- ``fake-gpu SWEEP_FILE RESULTS``: one node declaring one (non-existent) GPU; a sweep
+  whose clients take GPU shares (torch sees no CUDA and computes on the CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import ray
+from ray.cluster_utils import Cluster
+
+from fedsweep.config import compose
+from fedsweep.experiment import run_experiment
+from fedsweep.sweep import load_sweep
+from fedsweep.tune import run_sweep
+
+NODE = {"num_cpus": 1, "memory": 2 * 1024**3, "object_store_memory": 200 * 1024**2}
+
+
+def two_nodes(overrides: list[str]) -> dict:
+    tmp = tempfile.mkdtemp(prefix="fedsweep-two-nodes-")
+    cluster = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False, "temp_dir": tmp})
+    cluster.add_node(**NODE)
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        nodes = sum(n["Alive"] for n in ray.nodes())
+        history: list[dict[str, float]] = []
+        run_experiment(compose(overrides), log_dir=f"{tmp}/tb", report=history.append, progress=False)
+        return {"nodes": nodes, "history": history}
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def fake_gpu(sweep_file: str, results: str) -> dict:
+    ray.init(
+        num_cpus=2,
+        num_gpus=1,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=200 * 1024**2,
+        _temp_dir=tempfile.mkdtemp(prefix="fedsweep-fake-gpu-"),
+    )
+    try:
+        out = run_sweep(load_sweep(sweep_file), results_dir=Path(results))
+        return {"results": (out / "results.csv").read_text()}
+    finally:
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    mode, *args = sys.argv[1:]
+    result = two_nodes(args) if mode == "two-nodes" else fake_gpu(*args)
+    print(json.dumps(result))

@@ -3,9 +3,8 @@
 Arguments are Hydra overrides of ``configs/config.yaml`` (``key=value``,
 ``group=option``, ``+new_key=value``), composed with Hydra's compose API and
 checked before anything is written; ``--cfg`` prints the composed config and
-exits. The run directory (``results/runs/<time>``
-unless ``log_dir=...``) gets the resolved ``config.yaml`` and the TensorBoard
-scalars.
+exits. The run directory (``results/runs/<time>`` unless ``log_dir=...``) gets
+the resolved ``config.yaml``, the TensorBoard scalars and any checkpoints.
 """
 
 from __future__ import annotations

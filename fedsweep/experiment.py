@@ -144,7 +144,7 @@ def run_experiment(
         if resume:
             done, state = restore(load_checkpoint(resume), oracle.comm, tracker)
         # a rerun into the same directory (a restarted trial) replaces what was logged after its start
-        logger = RunLogger(log_dir, purge_step=done + 1 if resume else 0)
+        logger = RunLogger(log_dir, resume_round=done, resume_comm=oracle.comm.as_metrics())
         similarity = {}
         if cfg["similarity"]["estimate"]:
             similarity = estimate_similarity(

@@ -34,11 +34,26 @@ class TargetTracker:
 
 
 class RunLogger:
-    """Writes every metric per round, and ``COMM_CURVES`` against each communication counter."""
+    """Writes every metric per round to ``log_dir``, and ``COMM_CURVES`` against each
+    communication counter to ``log_dir/vs_comm_<axis>`` (one TensorBoard run per axis,
+    so that each has its own step and its own purge point on resume).
 
-    def __init__(self, log_dir: str | Path, *, purge_step: int | None = None) -> None:
-        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
-        self._last_step: dict[str, int] = {}
+    A logger that starts a run purges what an earlier attempt in the same directory
+    logged after the starting point: everything for a fresh start, what followed the
+    checkpoint for a resumed one (``resume_round`` and the counters saved with it).
+    """
+
+    def __init__(
+        self, log_dir: str | Path, *, resume_round: int = 0, resume_comm: dict[str, float] | None = None
+    ) -> None:
+        log_dir = Path(log_dir)
+        resume_comm = resume_comm or {}
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=resume_round + 1 if resume_round else 0)
+        self._last_step = {axis: int(resume_comm.get(counter, 0)) for axis, counter in COMM_AXES.items()}
+        self.comm_writers = {
+            axis: SummaryWriter(log_dir=str(log_dir / f"vs_comm_{axis}"), purge_step=self._last_step[axis] + 1)
+            for axis in COMM_AXES
+        }
 
     def log(self, metrics: dict[str, float], rnd: int) -> None:
         for tag, value in metrics.items():
@@ -46,11 +61,11 @@ class RunLogger:
                 self.writer.add_scalar(tag, value, rnd)
         for axis, counter in COMM_AXES.items():
             step = int(metrics.get(counter, 0))
-            if step == 0 or self._last_step.get(axis) == step:
-                continue  # no communication yet, or none since the last point
+            if step == self._last_step[axis]:
+                continue  # no communication since the last point (or none yet)
             self._last_step[axis] = step
             for curve in COMM_CURVES:
-                self.writer.add_scalar(f"{curve}/vs_comm_{axis}", metrics[curve], step)
+                self.comm_writers[axis].add_scalar(f"{curve}/vs_comm_{axis}", metrics[curve], step)
 
     def log_once(self, metrics: dict[str, float]) -> None:
         """Scalars measured once, before the first round (step 0)."""
@@ -58,4 +73,5 @@ class RunLogger:
             self.writer.add_scalar(tag, value, 0)
 
     def close(self) -> None:
-        self.writer.close()
+        for writer in (self.writer, *self.comm_writers.values()):
+            writer.close()

@@ -10,6 +10,7 @@ from fedsweep.sweep import Sweep, label
 
 FINAL = ("accuracy/test", "loss/test", "accuracy/server", "comm/f", "comm/g", "round")
 TARGET = ("target/round", "target/comm_f", "target/comm_g")
+SIMILARITY = ("similarity/delta_f", "similarity/delta_g")
 
 
 def _status(result) -> str:
@@ -33,6 +34,7 @@ def write_report(results, sweep: Sweep, out_dir: Path) -> pd.DataFrame:
         row = {key: label(result.config, key) for key in sweep.grid}
         metrics = result.metrics or {}
         columns = FINAL + (TARGET if result.config.get("target_accuracy") is not None else ())
+        columns += SIMILARITY if result.config.get("similarity", {}).get("estimate") else ()
         row.update({name: metrics.get(name) for name in columns})
         row["status"] = _status(result)
         rows.append(row)

@@ -70,8 +70,8 @@ def trial_name(sweep: Sweep):
     return name
 
 
-def run_sweep(sweep: Sweep, *, results_dir: Path = RESULTS_DIR, address: str | None = None) -> Path:
-    """Run (or resume) ``sweep``; returns its results directory."""
+def run_sweep(sweep: Sweep, *, results_dir: Path = RESULTS_DIR, address: str | None = None):
+    """Run (or resume) ``sweep``; returns its results directory and its table (a DataFrame)."""
     import ray
     from ray import tune
 
@@ -123,7 +123,7 @@ def run_sweep(sweep: Sweep, *, results_dir: Path = RESULTS_DIR, address: str | N
     unfinished = len(results) - int((table["status"] == "done").sum()) if len(table) else len(results)
     if unfinished:
         print(f"\n{unfinished} trial(s) not finished: run the same command again to resume them.")
-    return exp_dir
+    return exp_dir, table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,10 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         sweep = load_sweep(args.sweep)
-        run_sweep(sweep, results_dir=Path(args.results), address=args.address)
+        exp_dir, table = run_sweep(sweep, results_dir=Path(args.results), address=args.address)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    failed = int((table["status"] == "error").sum()) if len(table) else 0
+    if failed:
+        print(f"error: {failed} trial(s) failed; Ray Tune's error files are in {exp_dir}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -50,7 +50,7 @@ def fake_gpu(sweep_file: str, results: str) -> dict:
         _temp_dir=tempfile.mkdtemp(prefix="fedsweep-fake-gpu-"),
     )
     try:
-        out = run_sweep(load_sweep(sweep_file), results_dir=Path(results))
+        out, _ = run_sweep(load_sweep(sweep_file), results_dir=Path(results))
         return {"results": (out / "results.csv").read_text()}
     finally:
         ray.shutdown()

@@ -33,7 +33,8 @@ def test_sweep_end_to_end_and_resume(ray_session, tmp_path):
     path = tmp_path / "e2e.yaml"
     path.write_text(SWEEP)
     results = tmp_path / "results"
-    out = run_sweep(load_sweep(path), results_dir=results)
+    out, table = run_sweep(load_sweep(path), results_dir=results)
+    assert table["status"].tolist() == ["done", "done"]
 
     table = (out / "results.csv").read_text().splitlines()
     assert len(table) == 3 and table[0].startswith("theta,q,accuracy/test")
@@ -52,3 +53,14 @@ def test_sweep_end_to_end_and_resume(ray_session, tmp_path):
     run_sweep(load_sweep(path), results_dir=results)
     after = {p: p.stat().st_mtime_ns for p in Path(out / "tensorboard").rglob("events.*")}
     assert before == after
+
+
+def test_a_failing_trial_makes_the_sweep_exit_non_zero(ray_session, tmp_path, capsys):
+    """A value only the data can refute (an empty server part) fails its trial, not the sweep's start."""
+    from fedsweep.tune import main
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: bad\noverrides: [runtime=ray, rounds=1]\ngrid:\n  partition.server_fraction: [0.0001]\n")
+    assert main([str(path), "--results", str(tmp_path / "results")]) == 1
+    assert "1 trial(s) failed" in capsys.readouterr().err
+    assert "error" in (tmp_path / "results" / "bad" / "results.csv").read_text()

@@ -37,20 +37,16 @@ def sample_batch(data: Dataset, batch_size: int | None, seed: int | None) -> Dat
     return data.subset(idx.to(data.x.device))
 
 
-def accumulate_grad(model: nn.Module, data: Dataset) -> torch.Tensor:
-    """Add ∇(mean loss over ``data``) into the parameters' ``.grad``; returns the loss (detached).
+def accumulate_grad(model: nn.Module, data: Dataset) -> None:
+    """Add ∇(mean loss over ``data``) into the parameters' ``.grad``.
 
     Large sets are processed in chunks, each weighted by its share, so the result
     is the mean over examples whatever the chunking.
     """
     n = len(data)
-    total = torch.zeros((), device=data.x.device)
     for start in range(0, n, CHUNK):
         xs, ys = data.x[start : start + CHUNK], data.y[start : start + CHUNK]
-        loss = loss_fn(model, xs, ys) * (len(ys) / n)
-        loss.backward()
-        total += loss.detach()
-    return total
+        (loss_fn(model, xs, ys) * (len(ys) / n)).backward()
 
 
 def mean_grads(

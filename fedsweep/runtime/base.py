@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+
+from fedsweep.data import Dataset
 
 from fedsweep.methods.oracle import Group
 from fedsweep.weights import Weights
@@ -16,6 +18,16 @@ class ClientResources:
 
     num_cpus: float = 0.25
     num_gpus: float = 0.0
+
+
+def numbered(shards: Mapping[Group, Sequence[Dataset]]) -> Iterator[tuple[Group, int, Dataset]]:
+    """``(group, index, shard)`` for every client, indices running across groups: a client's
+    index seeds its minibatches, so both runtimes must number clients alike."""
+    index = 0
+    for group, datasets in shards.items():
+        for data in datasets:
+            yield group, index, data
+            index += 1
 
 
 class Runtime(ABC):

@@ -8,7 +8,7 @@ from torch import nn
 
 from fedsweep.data import Dataset
 from fedsweep.methods.oracle import Group
-from fedsweep.runtime.base import Runtime
+from fedsweep.runtime.base import Runtime, numbered
 from fedsweep.runtime.client import Client
 from fedsweep.weights import Weights
 
@@ -22,13 +22,9 @@ class LocalRuntime(Runtime):
         batch_size: int | None,
         device: str = "auto",
     ) -> None:
-        self.clients: dict[Group, list[Client]] = {}
-        index = 0
-        for group, datasets in shards.items():
-            self.clients[group] = []
-            for data in datasets:
-                self.clients[group].append(Client(data, model_fn, index=index, batch_size=batch_size, device=device))
-                index += 1
+        self.clients: dict[Group, list[Client]] = {group: [] for group in shards}
+        for group, index, data in numbered(shards):
+            self.clients[group].append(Client(data, model_fn, index=index, batch_size=batch_size, device=device))
 
     def sizes(self, group: Group) -> list[int]:
         return [c.num_examples() for c in self.clients[group]]

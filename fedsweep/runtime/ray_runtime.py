@@ -19,7 +19,7 @@ from torch import nn
 
 from fedsweep.data import Dataset
 from fedsweep.methods.oracle import Group
-from fedsweep.runtime.base import ClientResources, Runtime
+from fedsweep.runtime.base import ClientResources, Runtime, numbered
 from fedsweep.runtime.client import Client
 from fedsweep.weights import Weights
 
@@ -39,17 +39,12 @@ class RayRuntime(Runtime):
         # Ray hides GPUs from actors without a GPU share, so "auto" resolves to cuda
         # exactly when the actor holds one; torch threads follow the CPU share.
         threads = max(1, math.floor(resources.num_cpus))
-        self.actors: dict[Group, list] = {}
-        self._sizes: dict[Group, list[int]] = {}
-        index = 0
-        for group, datasets in shards.items():
-            self.actors[group] = []
-            for data in datasets:
-                actor = actor_cls.options(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus).remote(
-                    data, model_fn, index=index, batch_size=batch_size, device="auto", num_threads=threads
-                )
-                self.actors[group].append(actor)
-                index += 1
+        self.actors: dict[Group, list] = {group: [] for group in shards}
+        for group, index, data in numbered(shards):
+            actor = actor_cls.options(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus).remote(
+                data, model_fn, index=index, batch_size=batch_size, device="auto", num_threads=threads
+            )
+            self.actors[group].append(actor)
         self._last: tuple[ray.ObjectRef, bool, list[Weights]] | None = None
         self._sizes = {g: ray.get([a.num_examples.remote() for a in actors]) for g, actors in self.actors.items()}
 

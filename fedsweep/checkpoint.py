@@ -27,7 +27,12 @@ def save_checkpoint(path: Path, *, rnd: int, state: MethodState, comm: CommStats
     payload = {
         "round": rnd,
         "method": state.state_dict(),
-        "comm": {"rounds": dict(comm.rounds), "bytes_sent": comm.bytes_sent, "bytes_received": comm.bytes_received},
+        "comm": {
+            "rounds": dict(comm.rounds),
+            "messages": comm.messages,
+            "bytes_sent": comm.bytes_sent,
+            "bytes_received": comm.bytes_received,
+        },
         "target": dict(tracker.reached),
         "torch_rng": torch.get_rng_state(),
     }
@@ -44,6 +49,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def restore(payload: dict[str, Any], comm: CommStats, tracker: TargetTracker) -> tuple[int, MethodState]:
     """Put counters and RNGs back; return the checkpoint's round and method state."""
     comm.rounds = dict(payload["comm"]["rounds"])
+    comm.messages = payload["comm"]["messages"]
     comm.bytes_sent = payload["comm"]["bytes_sent"]
     comm.bytes_received = payload["comm"]["bytes_received"]
     tracker.reached = dict(payload["target"])

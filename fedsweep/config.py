@@ -95,12 +95,6 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
             raise ConfigError(f"{key} must be a positive integer, got {key}={value}")
     for key in ("server.batch_size", "server.grad_batch_size", "client.batch_size"):
         _positive_int_or_none(key, _require(c, key))
-    for key in ("client.num_cpus", "client.num_gpus"):
-        value = _require(c, key)
-        if key == "client.num_gpus" and value == "auto":
-            continue
-        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
-            raise ConfigError(f"{key} must be a number >= 0, got {key}={value}")
     data = _require(c, "data.name")
     if data not in DATASETS:
         raise ConfigError(f"unknown data.name={data!r}; known: {', '.join(DATASETS)}")
@@ -122,9 +116,7 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
     lr = _require(c, "optimizer.lr")
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ConfigError(f"optimizer.lr must be > 0, got optimizer.lr={lr}")
-    runtime = _require(c, "runtime.name")
-    if runtime not in RUNTIMES:
-        raise ConfigError(f"unknown runtime.name={runtime!r}; known: {', '.join(RUNTIMES)}")
+    _check_runtime(_require(c, "runtime"))
     device = _require(c, "device")
     if device not in ("auto", "cpu") and not str(device).startswith("cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda[:N], got device={device!r}")
@@ -144,23 +136,64 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
     _check_partition(_require(c, "partition"))
 
 
-def gpu_share(num_gpus: float | str, num_clients: int, cluster_gpus: float) -> float:
-    """Resolve ``client.num_gpus: auto``: no GPU share without GPUs, else the largest
-    1/2^k (a fraction that divides 1, as Ray advises) that fits a trial's clients and
-    its server (one share each) on one GPU."""
+def _check_runtime(runtime: Mapping[str, Any]) -> None:
+    name = runtime.get("name")
+    if name not in RUNTIMES:
+        raise ConfigError(f"unknown runtime.name={name!r}; known: {', '.join(RUNTIMES)}")
+    vectorize = _require(runtime, "vectorize")
+    if vectorize not in ("auto", True, False):
+        raise ConfigError(f"runtime.vectorize must be auto, true or false, got runtime.vectorize={vectorize!r}")
+    if name != "ray":
+        return
+    workers = _require(runtime, "workers")
+    if workers != "auto" and not (_is_int(workers) and workers >= 1):
+        raise ConfigError(f"runtime.workers must be auto or a positive integer, got runtime.workers={workers!r}")
+    for key in ("num_cpus", "num_gpus"):
+        value = _require(runtime, key)
+        if key == "num_gpus" and value == "auto":
+            continue
+        if not (_is_number(value) and value >= 0):
+            raise ConfigError(f"runtime.{key} must be a number >= 0, got runtime.{key}={value!r}")
+    restarts = _require(runtime, "max_restarts")
+    if not (_is_int(restarts) and restarts >= 0):
+        raise ConfigError(f"runtime.max_restarts must be an integer >= 0, got runtime.max_restarts={restarts!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def worker_count(workers: int | str, num_cpus: float, cpus: float) -> int:
+    """Resolve ``runtime.workers: auto``: one worker per ``num_cpus`` of ``cpus`` (at least one)."""
+    if workers != "auto":
+        return int(workers)
+    return max(1, int(cpus // num_cpus)) if num_cpus > 0 else 1
+
+
+def gpu_share(num_gpus: float | str, participants: int, cluster_gpus: float) -> float:
+    """Resolve ``runtime.num_gpus: auto``: no GPU share without GPUs, else the largest
+    1/2^k (a fraction that divides 1, as Ray advises) that fits a trial's workers and
+    its server (``participants``, one share each) on one GPU."""
     if num_gpus != "auto":
         return float(num_gpus)
     if cluster_gpus <= 0:
         return 0.0
-    return 1.0 / 2 ** math.ceil(math.log2(num_clients + 1))
+    return 1.0 / 2 ** math.ceil(math.log2(participants))
 
 
-def with_gpu_share(cfg: dict[str, Any], cluster_gpus: float) -> dict[str, Any]:
-    """``cfg`` with ``client.num_gpus`` resolved (a copy)."""
-    out = {**cfg, "client": dict(cfg["client"])}
-    clients = cfg["partition"]["clients_f"] + cfg["partition"]["clients_g"]
-    out["client"]["num_gpus"] = gpu_share(cfg["client"]["num_gpus"], clients, cluster_gpus)
-    return out
+def resolve_runtime(cfg: dict[str, Any], *, cpus: float, gpus: float) -> dict[str, Any]:
+    """``cfg`` (a copy) with ``runtime.workers`` and ``runtime.num_gpus`` resolved for a run that
+    may use ``cpus`` CPUs of a cluster with ``gpus`` GPUs. Other runtimes are returned as is."""
+    runtime = cfg["runtime"]
+    if runtime["name"] != "ray":
+        return cfg
+    workers = worker_count(runtime["workers"], runtime["num_cpus"], cpus)
+    num_gpus = gpu_share(runtime["num_gpus"], workers + 1, gpus)
+    return {**cfg, "runtime": {**runtime, "workers": workers, "num_gpus": num_gpus}}
 
 
 def _check_partition(partition: Mapping[str, Any]) -> None:

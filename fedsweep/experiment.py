@@ -16,15 +16,16 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from fedsweep.config import gpu_share, make_optimizer_factory, to_container, validate
+from fedsweep.config import make_optimizer_factory, resolve_runtime, to_container, validate
 from fedsweep.data import DataBundle, Dataset, Partition, load_dataset, make_partition
+from fedsweep.data.client_data import ClientData
 from fedsweep.checkpoint import DIRNAME, FILENAME, load_checkpoint, restore, save_checkpoint
 from fedsweep.methods import build_method
 from fedsweep.methods.similarity import estimate_similarity
 from fedsweep.metrics import RunLogger, TargetTracker
 from fedsweep.models import build_model
 from fedsweep.oracle import FederatedOracle
-from fedsweep.runtime.base import ClientResources, Runtime
+from fedsweep.runtime.base import Runtime
 from fedsweep.runtime.local import LocalRuntime
 from fedsweep.server import Server, ServerConfig
 from fedsweep.task import evaluate, resolve_device
@@ -65,19 +66,22 @@ def prepare(cfg: Mapping[str, Any]) -> Setup:
     return Setup(bundle, partition, model_fn, resolve_device(cfg["device"]))
 
 
-def make_runtime(cfg: Mapping[str, Any], setup: Setup) -> Runtime:
-    shards = {"f": setup.partition.clients_f, "g": setup.partition.clients_g}
-    client = cfg["client"]
+def make_runtime(cfg: Mapping[str, Any], *, label: str) -> Runtime:
+    """The run's runtime; a Ray pool starts its workers now, so they boot while the driver loads data."""
     if cfg["runtime"]["name"] == "ray":
         import ray
 
-        from fedsweep.runtime.ray_runtime import RayRuntime  # Ray is imported only when asked for
+        from fedsweep.runtime.ray_runtime import RayRuntime, WorkerResources  # Ray only when asked for
 
-        clients = len(shards["f"]) + len(shards["g"])
-        gpus = gpu_share(client["num_gpus"], clients, ray.cluster_resources().get("GPU", 0))
-        resources = ClientResources(num_cpus=client["num_cpus"], num_gpus=gpus)
-        return RayRuntime(shards, setup.model_fn, batch_size=client["batch_size"], resources=resources)
-    return LocalRuntime(shards, setup.model_fn, batch_size=client["batch_size"], device=str(setup.device))
+        cluster = ray.cluster_resources()  # a sweep resolves "auto" for its trials' share before this
+        runtime = resolve_runtime(dict(cfg), cpus=cluster.get("CPU", 1), gpus=cluster.get("GPU", 0))["runtime"]
+        return RayRuntime(
+            workers=runtime["workers"],
+            resources=WorkerResources(num_cpus=runtime["num_cpus"], num_gpus=runtime["num_gpus"]),
+            label=label,
+            max_restarts=runtime["max_restarts"],
+        )
+    return LocalRuntime(device=cfg["device"])
 
 
 def _on(data: Dataset, device: torch.device) -> Dataset:
@@ -121,25 +125,28 @@ def run_experiment(
     validate(cfg)
     log_dir = Path(log_dir)
     torch.manual_seed(cfg["seed"])
-    setup = prepare(cfg)
-    device = setup.device
-    server_data = {"f": _on(setup.partition.server_f, device), "g": _on(setup.partition.server_g, device)}
-    test_data = _on(setup.bundle.test, device)
-    server = Server(
-        setup.model_fn().to(device),
-        server_data,
-        config=ServerConfig(**cfg["server"]),
-        make_optimizer=make_optimizer_factory(cfg["optimizer"]),
-    )
-    deterministic = cfg["client"]["batch_size"] is None and cfg["server"]["grad_batch_size"] is None
-    method = build_method(cfg)
-    state = method.init(Weights.from_model(server.model), seed=cfg["seed"])
-    tracker = TargetTracker(cfg["target_accuracy"])
-    checkpoint_every, resume = cfg["checkpoint"]["every"], cfg["checkpoint"]["resume"]
-
-    metrics: dict[str, float] = {}
-    with _ray_if_needed(cfg), make_runtime(cfg, setup) as runtime:
-        oracle = FederatedOracle(runtime, server, deterministic=deterministic, device=device)
+    with _ray_if_needed(cfg), make_runtime(cfg, label=log_dir.name) as runtime:
+        setup = prepare(cfg)
+        clients = ClientData.from_partition(setup.partition)
+        runtime.attach(clients, setup.model_fn, vectorize=cfg["runtime"]["vectorize"])
+        device = setup.device
+        server_data = {"f": _on(setup.partition.server_f, device), "g": _on(setup.partition.server_g, device)}
+        test_data = _on(setup.bundle.test, device)
+        server = Server(
+            setup.model_fn().to(device),
+            server_data,
+            config=ServerConfig(**cfg["server"]),
+            make_optimizer=make_optimizer_factory(cfg["optimizer"]),
+        )
+        deterministic = cfg["client"]["batch_size"] is None and cfg["server"]["grad_batch_size"] is None
+        method = build_method(cfg)
+        state = method.init(Weights.from_model(server.model), seed=cfg["seed"])
+        tracker = TargetTracker(cfg["target_accuracy"])
+        checkpoint_every, resume = cfg["checkpoint"]["every"], cfg["checkpoint"]["resume"]
+        metrics: dict[str, float] = {}
+        oracle = FederatedOracle(
+            runtime, clients, server, batch_size=cfg["client"]["batch_size"], deterministic=deterministic, device=device
+        )
         done = 0
         if resume:
             done, state = restore(load_checkpoint(resume), oracle.comm, tracker)

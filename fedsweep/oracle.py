@@ -1,8 +1,11 @@
 """The federation seen as a gradient oracle: a runtime's clients plus the server.
 
-Implements ``fedsweep.methods.oracle.GradientOracle``. It aggregates client
-replies (example-weighted means), moves them to the server's device and counts
-what crosses the network.
+Implements ``fedsweep.methods.oracle.GradientOracle``. It turns a method's question
+("∇f at these points", "FedAvg's local models of group g") into one request to the
+runtime with the right aggregation weights (``fedsweep.methods.aggregate``), brings the
+float64 sum back to the server's device and dtype, and counts the logical federation's
+communication: contacts per group, client messages, and bytes as if every contacted
+client received the request and sent its own reply, however many workers served them.
 """
 
 from __future__ import annotations
@@ -10,23 +13,27 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
-from fedsweep.methods.aggregate import weighted_mean
+from fedsweep.data.client_data import ClientData
+from fedsweep.methods.aggregate import group_weights, participation_weights, sampled_weights
 from fedsweep.methods.oracle import Group
 from fedsweep.runtime.base import Runtime
+from fedsweep.runtime.virtual_clients import GradRequest, HvpRequest, TrainRequest
 from fedsweep.server import Server
 from fedsweep.weights import Weights
 
 
 @dataclass
 class CommStats:
-    """Cumulative communication: group contacts and bytes (float32 payloads, both ways).
+    """Cumulative communication: group contacts, client messages and bytes (payloads, both ways).
 
-    A contact is one request to every client of a group and their replies.
+    A contact is one request to the contacted clients of a group and their replies.
     """
 
     rounds: dict[str, int] = field(default_factory=lambda: {"f": 0, "g": 0})
+    messages: int = 0  # client replies (one per contacted client per contact)
     bytes_sent: int = 0
     bytes_received: int = 0
 
@@ -35,53 +42,90 @@ class CommStats:
             "comm/f": float(self.rounds["f"]),
             "comm/g": float(self.rounds["g"]),
             "comm/total": float(self.rounds["f"] + self.rounds["g"]),
+            "comm/messages": float(self.messages),
             "comm/bytes_sent": float(self.bytes_sent),
             "comm/bytes_received": float(self.bytes_received),
         }
 
 
 class FederatedOracle:
-    def __init__(self, runtime: Runtime, server: Server, *, deterministic: bool, device: torch.device) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        clients: ClientData,
+        server: Server,
+        *,
+        batch_size: int | None,
+        deterministic: bool,
+        device: torch.device,
+    ) -> None:
         self.runtime = runtime
         self.server_node = server
+        self.batch_size = batch_size
         self._deterministic = deterministic
         self.device = device
         self.comm = CommStats()
-        self._sizes = {g: runtime.sizes(g) for g in ("f", "g")}
+        self._ids = {g: clients.group(g) for g in ("f", "g")}
+        self._sizes = {g: clients.sizes[ids] for g, ids in self._ids.items()}
 
     @property
     def deterministic(self) -> bool:
         return self._deterministic
 
-    def clients(self, group: Group, points: Sequence[Weights], seed: int | None) -> list[Weights]:
-        replies = self.runtime.gather_grads(group, points, seed)
+    def num_clients(self, group: Group) -> int:
+        return len(self._ids[group])
+
+    def _contact(self, group: Group, subset: np.ndarray | None, weights) -> tuple[np.ndarray, np.ndarray]:
+        """Client ids and weights of a request to ``group`` (all its clients unless ``subset``)."""
         sizes = self._sizes[group]
-        self._count(group, sum(p.numel * p.dtype.itemsize for p in points))
-        return [
-            weighted_mean([reply[i] for reply in replies], sizes).to(self.device) for i in range(len(points))
-        ]
+        if subset is None:
+            return self._ids[group], group_weights(sizes)
+        return self._ids[group][subset], weights(sizes, subset)
+
+    def _back(self, sums: list[Weights], like: Weights) -> list[Weights]:
+        return [s.to(self.device, like.dtype) for s in sums]
+
+    def clients(
+        self, group: Group, points: Sequence[Weights], seed: int | None, *, subset: np.ndarray | None = None
+    ) -> list[Weights]:
+        ids, weights = self._contact(group, subset, sampled_weights)
+        request = GradRequest(tuple(points), self.batch_size, seed)
+        sums = self.runtime.map_reduce(request, ids, weights)
+        self._count(group, len(ids), sum(p.numel * p.dtype.itemsize for p in points))
+        return self._back(sums, points[0])
 
     def local_updates(
-        self, group: Group, x: Weights, *, epochs: int, lr: float, batch_size: int | None, seed: int
+        self,
+        group: Group,
+        x: Weights,
+        *,
+        epochs: int,
+        lr: float,
+        batch_size: int | None,
+        seed: int,
+        subset: np.ndarray | None = None,
     ) -> Weights:
-        models = self.runtime.gather_updates(group, x, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
-        self._count(group, x.numel * x.dtype.itemsize)
-        return weighted_mean(models, self._sizes[group]).to(self.device)
+        ids, weights = self._contact(group, subset, participation_weights)
+        (total,) = self.runtime.map_reduce(TrainRequest(x, epochs, lr, batch_size, seed), ids, weights)
+        self._count(group, len(ids), x.numel * x.dtype.itemsize)
+        return self._back([total], x)[0]
 
     def server(self, group: Group, points: Sequence[Weights], seed: int | None) -> list[Weights]:
         return self.server_node.grads(group, points, seed)
 
     def client_hvp(self, group: Group, point: Weights, vector: Weights, seed: int | None) -> Weights:
         """∇²G(point) · vector. A diagnostic: not counted in ``comm``, which measures the methods."""
-        return weighted_mean(self.runtime.gather_hvps(group, point, vector, seed), self._sizes[group]).to(self.device)
+        ids, weights = self._contact(group, None, group_weights)
+        (total,) = self.runtime.map_reduce(HvpRequest(point, vector, self.batch_size, seed), ids, weights)
+        return self._back([total], point)[0]
 
     def server_hvp(self, group: Group, point: Weights, vector: Weights, seed: int | None) -> Weights:
         return self.server_node.hvp(group, point, vector, seed)
 
-    def _count(self, group: Group, payload: int) -> None:
-        """One contact with every client of ``group``: ``payload`` bytes each way per client."""
-        clients = len(self._sizes[group])
+    def _count(self, group: Group, clients: int, payload: int) -> None:
+        """One contact with ``clients`` clients of ``group``: ``payload`` bytes each way per client."""
         self.comm.rounds[group] += 1
+        self.comm.messages += clients
         self.comm.bytes_sent += payload * clients
         self.comm.bytes_received += payload * clients
 

@@ -18,6 +18,11 @@ from fedsweep.weights import Weights
 CHUNK = 2048  # examples per forward pass when a "full batch" is large
 
 
+def example_losses(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The loss of each example (cross-entropy), shape ``(len(y),)``."""
+    return F.cross_entropy(outputs, y, reduction="none")
+
+
 def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of ``model`` on ``(x, y)``."""
     return F.cross_entropy(model(x), y)

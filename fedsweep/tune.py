@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fedsweep.config import with_gpu_share
+from fedsweep.config import resolve_runtime
 from fedsweep.errors import ConfigError
 from fedsweep.sweep import Sweep, expand, label, load_sweep, param_space
 
@@ -22,20 +22,29 @@ RESULTS_DIR = Path("results")
 
 
 def trial_resources(config: dict[str, Any]):
-    """A bundle for the trial itself (the server: a GPU share like a client's when clients
-    have one, else nothing) and one per client actor: actors a trial creates must fit its
+    """A bundle for the trial itself (the server: a GPU share like a worker's when workers
+    have one, else nothing) and one per worker: actors a trial creates must fit its
     placement group. A local-runtime trial computes in-process on one CPU."""
     from ray import tune
 
-    if config["runtime"]["name"] != "ray":
+    runtime = config["runtime"]
+    if runtime["name"] != "ray":
         return tune.PlacementGroupFactory([{"CPU": 1}])
-    client = config["client"]
-    bundle = {"CPU": client["num_cpus"]}
+    bundle = {"CPU": runtime["num_cpus"]}
     server: dict[str, float] = {}
-    if client["num_gpus"]:
-        bundle["GPU"] = server["GPU"] = client["num_gpus"]
-    n = config["partition"]["clients_f"] + config["partition"]["clients_g"]
-    return tune.PlacementGroupFactory([server] + [dict(bundle) for _ in range(n)])
+    if runtime["num_gpus"]:
+        bundle["GPU"] = server["GPU"] = runtime["num_gpus"]
+    return tune.PlacementGroupFactory([server] + [dict(bundle) for _ in range(runtime["workers"])])
+
+
+def trial_share(base: dict[str, Any], sweep: Sweep, trials: int) -> dict[str, Any]:
+    """``base`` with the pool resolved for one trial's share of the cluster: the CPUs divided
+    among the trials that run at once (``runtime.workers: auto``), and a GPU share."""
+    import ray
+
+    cluster = ray.cluster_resources()
+    concurrent = min(sweep.max_concurrent_trials or trials, trials)
+    return resolve_runtime(base, cpus=cluster.get("CPU", 1) / concurrent, gpus=cluster.get("GPU", 0))
 
 
 def trial(config: dict[str, Any], *, tensorboard_root: str) -> None:
@@ -75,7 +84,7 @@ def run_sweep(sweep: Sweep, *, results_dir: Path = RESULTS_DIR, address: str | N
     import ray
     from ray import tune
 
-    base, grid, _ = expand(sweep)  # validates every grid point before Ray starts
+    base, grid, points = expand(sweep)  # validates every grid point before Ray starts
     exp_dir = (results_dir / sweep.name).resolve()
     saved = exp_dir / "sweep.yaml"
     if saved.exists() and saved.read_text() != sweep.source:
@@ -101,7 +110,7 @@ def run_sweep(sweep: Sweep, *, results_dir: Path = RESULTS_DIR, address: str | N
         else:
             tuner = tune.Tuner(
                 trainable,
-                param_space=param_space(with_gpu_share(base, ray.cluster_resources().get("GPU", 0)), grid),
+                param_space=param_space(trial_share(base, sweep, len(points)), grid),
                 tune_config=tune.TuneConfig(
                     max_concurrent_trials=sweep.max_concurrent_trials,
                     trial_name_creator=trial_name(sweep),

@@ -77,10 +77,10 @@ class Weights(Mapping[str, Tensor]):
     def _like(self, tensors: list[Tensor]) -> Weights:
         return Weights._make(self._names, self._shapes, tensors)
 
-    def _new_flat(self, device: torch.device | None = None) -> Weights:
+    def _new_flat(self, device: torch.device | None = None, dtype: torch.dtype | None = None) -> Weights:
         """Same names and shapes over one uninitialised contiguous buffer."""
         device = self.device if device is None else device
-        flat = _POOL.take(self.numel, self.dtype, device)
+        flat = _POOL.take(self.numel, self.dtype if dtype is None else dtype, device)
         w = Weights._make(self._names, self._shapes, torch._C._nn.unflatten_dense_tensors(flat, self._tensors), flat)
         if device.type == "cpu" and flat.nbytes >= _POOL_MIN_BYTES:
             weakref.finalize(w, _POOL.give, flat).atexit = False
@@ -121,9 +121,9 @@ class Weights(Mapping[str, Tensor]):
         return cls._make(names, tuple(p.shape for p in params), [p.grad for p in params])
 
     @classmethod
-    def zeros_like(cls, w: Weights) -> Weights:
-        """Fresh detached zeros with ``w``'s names, shapes, dtype and device."""
-        return w._new_flat().zero_()
+    def zeros_like(cls, w: Weights, *, dtype: torch.dtype | None = None) -> Weights:
+        """Fresh detached zeros with ``w``'s names, shapes and device, and its dtype unless given."""
+        return w._new_flat(dtype=dtype).zero_()
 
     def to_model(self, model: nn.Module) -> None:
         """Copy the values into the model's parameters (data only, never a graph link)."""
@@ -147,12 +147,13 @@ class Weights(Mapping[str, Tensor]):
         """Stop gradients: detached views, ``requires_grad`` False (shares storage like ``detach``)."""
         return self.detach()
 
-    def to(self, device: torch.device | str) -> Weights:
-        """A detached copy on ``device`` (``self`` if already there)."""
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Weights:
+        """A detached copy on ``device`` with ``dtype`` (``self`` if already so)."""
         device = torch.device(device)
-        if device == self.device:
+        dtype = self.dtype if dtype is None else dtype
+        if device == self.device and dtype == self.dtype:
             return self
-        return self._new_flat(device).copy_(self)
+        return self._new_flat(device, dtype).copy_(self)
 
     # -- properties and the Mapping interface --------------------------------------------
 

@@ -58,7 +58,10 @@ class QuadraticOracle:
         H = (self.f.hessian + self.g.hessian) / 2
         return torch.linalg.solve(H, -self.grad_h(torch.zeros(self.dim, dtype=torch.float64)))
 
-    def clients(self, group: str, points: Sequence[Weights], seed) -> list[Weights]:
+    def num_clients(self, group: str) -> int:
+        return 1
+
+    def clients(self, group: str, points: Sequence[Weights], seed, *, subset=None) -> list[Weights]:
         self.calls[group] += 1
         loss = self.f if group == "f" else self.g
         return [self.wrap(loss.grad(p["x"])) for p in points]
@@ -67,7 +70,7 @@ class QuadraticOracle:
         loss = self.f1 if group == "f" else self.g1
         return [self.wrap(loss.grad(p["x"])) for p in points]
 
-    def local_updates(self, group: str, x: Weights, *, epochs: int, lr: float, batch_size, seed) -> Weights:
+    def local_updates(self, group: str, x: Weights, *, epochs: int, lr: float, batch_size, seed, subset=None) -> Weights:
         """Full-batch gradient descent: one step per epoch."""
         self.calls[group] += 1
         loss = self.f if group == "f" else self.g

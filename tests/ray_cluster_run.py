@@ -10,6 +10,7 @@ Run by tests in a subprocess, so that its Ray does not meet the test session's o
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -25,8 +26,16 @@ from fedsweep.tune import run_sweep
 NODE = {"num_cpus": 1, "memory": 2 * 1024**3, "object_store_memory": 200 * 1024**2}
 
 
+def private_tmp(prefix: str) -> str:
+    """A private Ray temp folder (the cluster's address file goes there too, not to /tmp/ray)."""
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    os.environ["RAY_TMPDIR"] = tmp
+    os.makedirs(os.path.join(tmp, "ray"), exist_ok=True)
+    return tmp
+
+
 def two_nodes(overrides: list[str]) -> dict:
-    tmp = tempfile.mkdtemp(prefix="fedsweep-two-nodes-")
+    tmp = private_tmp("fedsweep-two-nodes-")
     cluster = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False, "temp_dir": tmp})
     cluster.add_node(**NODE)
     try:
@@ -47,7 +56,7 @@ def fake_gpu(sweep_file: str, results: str) -> dict:
         include_dashboard=False,
         log_to_driver=False,
         object_store_memory=200 * 1024**2,
-        _temp_dir=tempfile.mkdtemp(prefix="fedsweep-fake-gpu-"),
+        _temp_dir=private_tmp("fedsweep-fake-gpu-"),
     )
     try:
         out, _ = run_sweep(load_sweep(sweep_file), results_dir=Path(results))

@@ -12,14 +12,14 @@ import pytest
 from fedsweep.config import compose
 from fedsweep.experiment import run_experiment
 
-# four clients at 0.5 CPU on two 1-CPU nodes: two clients per node
-OVERRIDES = ["rounds=2", "server.epochs=1", "client.num_cpus=0.5", "seed=5"]
+# two workers of 1 CPU on two 1-CPU nodes: one per node, each serving two of the four clients
+OVERRIDES = ["rounds=2", "server.epochs=1", "seed=5", "partition.clients_f=2", "partition.clients_g=2"]
 
 
 def test_two_node_cluster_gives_the_local_numbers(tmp_path):
     script = Path(__file__).with_name("ray_cluster_run.py")
     done = subprocess.run(
-        [sys.executable, str(script), "two-nodes", *OVERRIDES, "runtime=ray"],
+        [sys.executable, str(script), "two-nodes", *OVERRIDES, "runtime=ray", "runtime.workers=2"],
         capture_output=True,
         text=True,
         timeout=240,
@@ -36,8 +36,9 @@ def test_two_node_cluster_gives_the_local_numbers(tmp_path):
 
 
 def test_sweep_with_gpu_shares_schedules_on_one_gpu(tmp_path):
-    """On a node with one (declared) GPU, client.num_gpus=auto gives each of a trial's five
-    participants 1/8 of it; the trials fit and finish."""
+    """On a node with one (declared) GPU and 2 CPUs, two trials at once get one worker each
+    (runtime.workers=auto) and runtime.num_gpus=auto gives the worker and the trial's server
+    1/2 of the GPU each; the trials fit and finish."""
     sweep = tmp_path / "gpu.yaml"
     sweep.write_text(
         "name: gpu\noverrides: [runtime=ray, rounds=2, server.epochs=1]\ngrid:\n  theta: [0.1, 1.0]\n"
@@ -53,4 +54,5 @@ def test_sweep_with_gpu_shares_schedules_on_one_gpu(tmp_path):
     table = json.loads(done.stdout.strip().splitlines()[-1])["results"].splitlines()
     assert len(table) == 3 and all(row.endswith(",done") for row in table[1:])
     params = sorted((tmp_path / "results" / "gpu").glob("*/params.json"))
-    assert [json.loads(p.read_text())["client"]["num_gpus"] for p in params] == [0.125, 0.125]
+    runtimes = [json.loads(p.read_text())["runtime"] for p in params]
+    assert [(r["workers"], r["num_gpus"]) for r in runtimes] == [(1, 0.5), (1, 0.5)]

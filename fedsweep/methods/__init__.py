@@ -20,13 +20,18 @@ def build_method(cfg: Mapping[str, Any]) -> Method:
     method = cfg["method"]
     name = method.get("name")
     if name == "vrcs":
-        return VRCS(theta=cfg["theta"], p=cfg["p"], q=cfg["q"])
+        return VRCS(theta=cfg["theta"], p=cfg["p"], q=cfg["q"], local_participation=method.get("local_participation"))
     if name == "sliding":
         return Sliding(theta=cfg["theta"])
     if name == "server_only":
         return ServerOnly(theta=cfg["theta"])
     if name == "fedavg":
-        return FedAvg(local_epochs=method["local_epochs"], lr=method["lr"], batch_size=method["batch_size"])
+        return FedAvg(
+            local_epochs=method["local_epochs"],
+            lr=method["lr"],
+            batch_size=method["batch_size"],
+            participation=method.get("participation"),
+        )
     raise ConfigError(f"unknown method.name={name!r}; known: {', '.join(METHODS)}")
 
 

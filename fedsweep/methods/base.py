@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fedsweep.errors import ConfigError
 from fedsweep.methods.oracle import GROUPS, GradientOracle, Group
 from fedsweep.weights import Weights
 
@@ -38,6 +39,18 @@ class Method(Protocol):
     def init(self, x0: Weights, *, seed: int) -> MethodState: ...
 
     def round(self, state: MethodState, oracle: GradientOracle) -> tuple[MethodState, dict[str, float]]: ...
+
+
+def check_share(key: str, share: object) -> None:
+    """A share of a group's clients: None (all), a fraction in (0, 1] or a count >= 1."""
+    if share is None:
+        return
+    if isinstance(share, bool) or not isinstance(share, (int, float)):
+        raise ConfigError(f"{key} must be null, a fraction in (0, 1] or a count >= 1, got {key}={share!r}")
+    if isinstance(share, float) and not 0 < share <= 1:
+        raise ConfigError(f"{key} as a fraction must be in (0, 1], got {key}={share}")
+    if isinstance(share, int) and share < 1:
+        raise ConfigError(f"{key} as a count must be >= 1, got {key}={share}")
 
 
 def draw_seed(rng: np.random.Generator) -> int:

@@ -2,7 +2,9 @@
 
     x_{t+1} = ½ (x̄_f + x̄_g),   x̄_G = Σ_{i∈G} (n_i / n_G) · SGD_i^E(x_t)
 
-where SGD_i^E is E epochs of plain SGD (step ``lr``) on client i's shard. The
+where SGD_i^E is E epochs of plain SGD (step ``lr``) on client i's shard. With
+``participation`` each group sends only a uniform sample S_G of its clients per round
+(drawn from the method's generator), averaged with weights n_i / Σ_{j∈S_G} n_j. The
 groups are averaged with equal weight so that the fixed point targets
 h = (f + g)/2 like the other methods. With E > 1 on heterogeneous groups the
 average drifts away from the optimum of h (client drift).
@@ -15,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from fedsweep.errors import ConfigError
-from fedsweep.methods.base import MethodState, draw_seed
+from fedsweep.methods.aggregate import sample_clients
+from fedsweep.methods.base import MethodState, check_share, draw_seed
 from fedsweep.methods.oracle import GROUPS, GradientOracle
 from fedsweep.weights import Weights
 
@@ -23,28 +26,36 @@ from fedsweep.weights import Weights
 class FedAvg:
     name = "fedavg"
 
-    def __init__(self, *, local_epochs: int, lr: float, batch_size: int | None) -> None:
+    def __init__(
+        self, *, local_epochs: int, lr: float, batch_size: int | None, participation: float | int | None = None
+    ) -> None:
         if not (isinstance(local_epochs, int) and local_epochs >= 1):
             raise ConfigError(f"method.local_epochs must be a positive integer, got method.local_epochs={local_epochs}")
         if not (isinstance(lr, (int, float)) and lr > 0):
             raise ConfigError(f"method.lr must be > 0, got method.lr={lr}")
         if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
             raise ConfigError(f"method.batch_size must be a positive integer or null, got method.batch_size={batch_size}")
+        check_share("method.participation", participation)
         self.local_epochs, self.lr, self.batch_size = local_epochs, lr, batch_size
+        self.participation = participation
 
     def init(self, x0: Weights, *, seed: int) -> MethodState:
         return MethodState(x=x0.clone(), rng=np.random.default_rng(seed))
 
     def round(self, state: MethodState, oracle: GradientOracle) -> tuple[MethodState, dict[str, float]]:
         seed = draw_seed(state.rng)
-        means = [
-            oracle.local_updates(
-                group, state.x, epochs=self.local_epochs, lr=self.lr, batch_size=self.batch_size, seed=seed
-            )
-            for group in GROUPS
-        ]
+        means, stats = [], {}
+        for group in GROUPS:
+            subset = sample_clients(state.rng, oracle.num_clients(group), self.participation)
+            means.append(
+                oracle.local_updates(
+                    group, state.x, epochs=self.local_epochs, lr=self.lr, batch_size=self.batch_size,
+                    seed=seed, subset=subset,
+                )
+            )  # fmt: skip
+            stats[f"clients/{group}"] = float(oracle.num_clients(group) if subset is None else len(subset))
         x_next = (means[0] + means[1]) / 2
-        drift = (x_next - state.x).norm().item()
+        stats["norm/update"] = (x_next - state.x).norm().item()
         state.x = x_next
         state.round += 1
-        return state, {"norm/update": drift}
+        return state, stats

@@ -1,13 +1,15 @@
 """What a method may ask of the federation: gradients and the server's argmin.
 
 Methods are plain code over this protocol and ``Weights``; they never see Ray,
-actors or data. ``fedsweep.oracle.FederatedOracle`` implements it.
+workers or data. ``fedsweep.oracle.FederatedOracle`` implements it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Literal, Protocol
+
+import numpy as np
 
 from fedsweep.weights import Weights
 
@@ -19,26 +21,43 @@ class GradientOracle(Protocol):
     """Gradients of the group losses and the server's proximal solve.
 
     Every returned ``Weights`` is a fresh, writable result owned by the caller.
+    ``subset`` picks clients of a group by position (0 .. ``num_clients(group)`` − 1);
+    None contacts the whole group.
     """
 
     @property
     def deterministic(self) -> bool:
         """True when every gradient is a full-data mean (no minibatch noise)."""
 
-    def clients(self, group: Group, points: Sequence[Weights], seed: int | None) -> list[Weights]:
+    def num_clients(self, group: Group) -> int:
+        """How many clients the group has."""
+
+    def clients(
+        self, group: Group, points: Sequence[Weights], seed: int | None, *, subset: np.ndarray | None = None
+    ) -> list[Weights]:
         """∇G at each point (G = f or g: the mean loss over the group's examples).
 
-        One communication with every client of the group; all points use the
-        same minibatches (drawn by ``seed``).
+        One communication with the group's clients (or ``subset`` of them: then an
+        unbiased estimate of ∇G, see ``fedsweep.methods.aggregate.sampled_weights``);
+        all points use the same minibatches (drawn by ``seed``).
         """
 
     def server(self, group: Group, points: Sequence[Weights], seed: int | None) -> list[Weights]:
         """∇G1 at each point: the server's f-like (G=f) or g-like (G=g) data."""
 
     def local_updates(
-        self, group: Group, x: Weights, *, epochs: int, lr: float, batch_size: int | None, seed: int
+        self,
+        group: Group,
+        x: Weights,
+        *,
+        epochs: int,
+        lr: float,
+        batch_size: int | None,
+        seed: int,
+        subset: np.ndarray | None = None,
     ) -> Weights:
-        """Every client of the group runs ``epochs`` of SGD from x; their example-weighted mean."""
+        """Every client of the group (or of ``subset``) runs ``epochs`` of SGD from x; the
+        example-weighted mean of their models."""
 
     def argmin(self, linear: Weights, center: Weights, theta: float, seed: int) -> tuple[Weights, float]:
         """``argmin_x ⟨linear, x⟩ + ‖x − center‖²/(2θ) + h1(x)`` and its objective value."""

@@ -16,6 +16,12 @@ into a frequent group f and a rare group g with h = (f + g)/2. One round at x_t:
    x^k and x_0. Then x^{k+1} = argmin_x ⟨ĝ_k, x⟩ + ‖x − x^k‖²/(2θ) + h1(x).
 5. x_{t+1} = x^{K+1}.
 
+With ``local_participation`` a local step contacts only a uniform sample S of m of the
+group's K clients (the full communication still contacts everyone). Its client
+gradients are the Horvitz–Thompson estimates Ĝ_S = Σ_{i∈S} (K/m)(n_i/N) ∇F_i, taken at
+x^k and at x_0 on the same S, so E_S[Ĝ_S(x^k) − Ĝ_S(x_0)] = ∇G(x^k) − ∇G(x_0) and ĝ_k
+stays unbiased (``fedsweep.methods.aggregate.sampled_weights``).
+
 Each local step talks to one group only, so group f is contacted about p/q
 times per round and group g about (1 − p)/q times, plus one full communication.
 """
@@ -27,7 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedsweep.errors import ConfigError
-from fedsweep.methods.base import MethodState, difference_norms, draw_seed, full_difference
+from fedsweep.methods.aggregate import sample_clients
+from fedsweep.methods.base import MethodState, check_share, difference_norms, draw_seed, full_difference
 from fedsweep.methods.oracle import GradientOracle, Group
 from fedsweep.methods.sliding import check_theta
 from fedsweep.weights import Weights
@@ -40,9 +47,11 @@ class VRCSConfig:
     theta: float  # θ > 0: proximal step size; ≈ 1/δ for server–client similarity δ
     p: float  # probability of drawing group f in a local step, in (0, 1)
     q: float  # parameter of the Geometric number of local steps, in (0, 1]
+    local_participation: float | int | None = None  # clients per local step: all, a fraction or a count
 
     def __post_init__(self) -> None:
         check_theta(self.theta)
+        check_share("method.local_participation", self.local_participation)
         if not (_is_number(self.p) and 0 < self.p < 1):
             raise ConfigError(f"p must be in (0, 1), got p={self.p}")
         if not (_is_number(self.q) and 0 < self.q <= 1):
@@ -87,8 +96,8 @@ class VRCS:
 
     name = "vrcs"
 
-    def __init__(self, *, theta: float, p: float, q: float) -> None:
-        self.config = VRCSConfig(theta=theta, p=p, q=q)
+    def __init__(self, *, theta: float, p: float, q: float, local_participation: float | int | None = None) -> None:
+        self.config = VRCSConfig(theta=theta, p=p, q=q, local_participation=local_participation)
 
     def init(self, x0: Weights, *, seed: int) -> MethodState:
         return MethodState(x=x0.clone(), rng=np.random.default_rng(seed))
@@ -105,17 +114,20 @@ class VRCS:
         # 3.–4. snapshot x_0 = x_t, then K local steps with one group each
         local_steps = sample_local_steps(rng, cfg.q)
         estimate = Weights.zeros_like(extragrad) if local_steps else None  # reused by every local step
+        sampled = 0
         for _ in range(local_steps):
             group = sample_group(rng, cfg.p)
+            subset = sample_clients(rng, oracle.num_clients(group), cfg.local_participation)
             seed = draw_seed(rng)
-            if oracle.deterministic:  # d_G(x_0) is exactly the snapshot's
+            if oracle.deterministic and subset is None:  # d_G(x_0) is exactly the snapshot's
                 (client_x,) = oracle.clients(group, [x], seed)
                 (server_x,) = oracle.server(group, [x], seed)
                 diff_snapshot = snapshot_diffs[group]
-            else:  # same minibatch at x and x_0
-                client_x, client_0 = oracle.clients(group, [x, x_t], seed)
+            else:  # the same minibatch (and the same sampled clients) at x and x_0
+                client_x, client_0 = oracle.clients(group, [x, x_t], seed, subset=subset)
                 server_x, server_0 = oracle.server(group, [x, x_t], seed)
                 diff_snapshot = client_0.sub_(server_0)
+            sampled += oracle.num_clients(group) if subset is None else len(subset)
             estimate = corrected_difference(
                 extragrad, group, client_x.sub_(server_x), diff_snapshot, cfg.p, out=estimate
             )
@@ -127,5 +139,6 @@ class VRCS:
             **difference_norms(extragrad, snapshot_diffs),
             "loss/argmin": objective,
             "local_steps": float(local_steps),
+            "clients/local": float(sampled),
         }
         return state, stats

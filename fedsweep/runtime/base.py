@@ -1,61 +1,38 @@
-"""How the driver reaches clients: one small interface, two implementations."""
+"""How the driver reaches clients: one small interface, two implementations.
+
+A request to clients is a map over them plus a weighted reduction done where the data
+lives (STYLE.md §12): ``map_reduce(request, clients, weights)`` returns
+Σ_i weights[i] · reply_i. The runtime does no other maths: the weights, and what the
+sums mean, belong to the caller (``fedsweep.oracle``).
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 
-from fedsweep.data import Dataset
+import numpy as np
+from torch import nn
 
-from fedsweep.methods.oracle import Group
+from fedsweep.data.client_data import ClientData
+from fedsweep.runtime.virtual_clients import Request
 from fedsweep.weights import Weights
 
 
-@dataclass(frozen=True)
-class ClientResources:
-    """What each client asks of the scheduler (fractions share a device)."""
-
-    num_cpus: float = 0.25
-    num_gpus: float = 0.0
-
-
-def numbered(shards: Mapping[Group, Sequence[Dataset]]) -> Iterator[tuple[Group, int, Dataset]]:
-    """``(group, index, shard)`` for every client, indices running across groups: a client's
-    index seeds its minibatches, so both runtimes must number clients alike."""
-    index = 0
-    for group, datasets in shards.items():
-        for data in datasets:
-            yield group, index, data
-            index += 1
-
-
 class Runtime(ABC):
-    """Broadcasts points to a group's clients and gathers their replies.
-
-    It does no maths: aggregation belongs to the caller.
-    """
+    """Serves requests for a run's clients; ``attach`` the clients' data before the first."""
 
     @abstractmethod
-    def sizes(self, group: Group) -> list[int]:
-        """Examples held by each client of ``group``, in client order."""
+    def attach(self, data: ClientData, model_fn: Callable[[], nn.Module], *, vectorize: bool | str) -> None:
+        """The run's clients (their data) and the model they compute with."""
 
     @abstractmethod
-    def gather_grads(self, group: Group, points: Sequence[Weights], seed: int | None) -> list[list[Weights]]:
-        """Each client's gradients at ``points`` (outer list: clients in order)."""
-
-    @abstractmethod
-    def gather_updates(
-        self, group: Group, x: Weights, *, epochs: int, lr: float, batch_size: int | None, seed: int
-    ) -> list[Weights]:
-        """Each client's model after local SGD from x (clients in order)."""
-
-    @abstractmethod
-    def gather_hvps(self, group: Group, point: Weights, vector: Weights, seed: int | None) -> list[Weights]:
-        """Each client's Hessian-vector product at ``point`` (clients in order)."""
+    def map_reduce(self, request: Request, clients: np.ndarray, weights: np.ndarray) -> list[Weights]:
+        """Σ_i weights[i] · (client ``clients[i]``'s reply to ``request``), summed in float64:
+        one ``Weights`` per point of a gradient request, one otherwise."""
 
     def close(self) -> None:
-        """Release clients (actors, devices)."""
+        """Release workers and devices."""
 
     def __enter__(self) -> "Runtime":
         return self

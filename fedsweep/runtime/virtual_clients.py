@@ -1,0 +1,260 @@
+"""Virtual clients: any subset of a federation's clients, served from one copy of their data.
+
+A request (gradients at some points, a Hessian-vector product, FedAvg's local training)
+names clients and one weight per client, and the answer is the weighted sum of the
+clients' replies, Σ_i w_i · reply_i, accumulated in float64: one partial aggregate,
+never one reply per client (FedJAX's ``for_each_client`` split: *what* a client does
+is here, *how* clients are spread over processes is the runtime's business).
+
+Two engines compute the same sums:
+
+* **vectorised** (the default): a gradient or HVP is one pass over the union of the
+  clients' examples, each example weighted by ``w_i / n_i`` (chunks of ``CHUNK`` rows);
+  local SGD runs a block of clients at once with ``torch.func`` (``functional_call``
+  and ``vmap`` over stacked parameters, padding masks for unequal shards), and clients
+  whose local work is a single step, x − lr·∇F_i(x), are folded into one union gradient.
+* **loop**: one client at a time, the plain reference. Models with BatchNorm use it,
+  because batch statistics make a client's gradient depend on which examples share its
+  batch.
+
+Which examples a client uses comes from ``fedsweep.runtime.batches``, so both engines,
+and any split of the clients over workers, see the same minibatches.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedsweep.data.client_data import ClientData
+from fedsweep.runtime.batches import client_rows, epoch_order, minibatches
+from fedsweep.task import CHUNK, example_losses, resolve_device
+from fedsweep.weights import Weights
+
+BLOCK_BYTES = 256 * 2**20  # memory for one block of clients trained together (stacked parameters)
+
+
+@dataclass(frozen=True)
+class GradRequest:
+    """∇F_i at each point, on each client's minibatch drawn by ``seed`` (None: its whole shard)."""
+
+    points: tuple[Weights, ...]
+    batch_size: int | None
+    seed: int | None
+
+
+@dataclass(frozen=True)
+class HvpRequest:
+    """∇²F_i(point) · vector, on each client's minibatch drawn by ``seed``."""
+
+    point: Weights
+    vector: Weights
+    batch_size: int | None
+    seed: int | None
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """Each client's model after ``epochs`` of plain SGD (step ``lr``) from ``x`` on its shard."""
+
+    x: Weights
+    epochs: int
+    lr: float
+    batch_size: int | None
+    seed: int
+
+
+Request = GradRequest | HvpRequest | TrainRequest
+
+
+def uses_batch_statistics(model: nn.Module) -> bool:
+    """True if a module normalises with batch statistics (its output mixes examples)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def as_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor view of ``array``, also of a read-only one (Ray's object store); never written."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
+
+
+class VirtualClients:
+    """Serves requests for any of ``data``'s clients with one model and one copy of the data."""
+
+    def __init__(
+        self,
+        data: ClientData,
+        model_fn: Callable[[], nn.Module],
+        *,
+        device: str | torch.device = "cpu",
+        vectorize: bool | str = "auto",
+    ) -> None:
+        self.device = resolve_device(str(device))
+        self.x = as_tensor(data.x).to(self.device)
+        self.y = as_tensor(data.y).to(self.device)
+        self.starts = data.starts
+        self.model = model_fn().to(self.device)
+        self.vectorized = not uses_batch_statistics(self.model) if vectorize == "auto" else bool(vectorize)
+
+    def serve(self, request: Request, clients: np.ndarray, weights: np.ndarray) -> list[Weights]:
+        """Σ_i weights[i] · reply of client ``clients[i]``, one float64 ``Weights`` per result
+        (one per point for gradients, one otherwise)."""
+        clients = np.asarray(clients, dtype=np.int64)
+        weights = np.asarray(weights, dtype=np.float64)
+        if isinstance(request, GradRequest):
+            return self._grads(request, clients, weights)
+        if isinstance(request, HvpRequest):
+            return [self._hvp(request, clients, weights)]
+        if isinstance(request, TrainRequest):
+            return [self._train(request, clients, weights)]
+        raise TypeError(f"unknown request {type(request).__name__}")
+
+    # -- gradients and HVPs ------------------------------------------------------------
+
+    def _grads(self, req: GradRequest, clients: np.ndarray, weights: np.ndarray) -> list[Weights]:
+        sel = minibatches(self.starts, clients, req.batch_size, req.seed)
+        per_example = weights[sel.owner] / sel.counts[sel.owner]
+        out = []
+        for point in req.points:
+            point = point.to(self.device)
+            if self.vectorized:
+                out.append(self._union_grad(point, sel.rows, per_example))
+            else:
+                acc = Weights.zeros_like(point, dtype=torch.float64)
+                for i, rows in _by_client(sel.rows, sel.owner, len(clients)):
+                    acc.axpy_(weights[i], self._union_grad(point, rows, np.full(len(rows), 1.0 / len(rows))))
+                out.append(acc)
+        return out
+
+    def _union_grad(self, point: Weights, rows: np.ndarray, per_example: np.ndarray) -> Weights:
+        """∇ Σ_j c_j ℓ_j(point) over ``rows`` with weights ``c = per_example``, in float64."""
+        point.to_model(self.model)
+        self.model.train()
+        acc = Weights.zeros_like(point, dtype=torch.float64)
+        for lo in range(0, len(rows), CHUNK):
+            r, c = self._chunk(rows, per_example, lo)
+            self.model.zero_grad(set_to_none=True)
+            (example_losses(self.model(self.x[r]), self.y[r]) * c).sum().backward()
+            acc.add_(Weights.grad_views(self.model))
+        return acc
+
+    def _hvp(self, req: HvpRequest, clients: np.ndarray, weights: np.ndarray) -> Weights:
+        sel = minibatches(self.starts, clients, req.batch_size, req.seed)
+        point, vector = req.point.to(self.device), req.vector.to(self.device)
+        if self.vectorized:
+            return self._union_hvp(point, vector, sel.rows, weights[sel.owner] / sel.counts[sel.owner])
+        acc = Weights.zeros_like(point, dtype=torch.float64)
+        for i, rows in _by_client(sel.rows, sel.owner, len(clients)):
+            acc.axpy_(weights[i], self._union_hvp(point, vector, rows, np.full(len(rows), 1.0 / len(rows))))
+        return acc
+
+    def _union_hvp(self, point: Weights, vector: Weights, rows: np.ndarray, per_example: np.ndarray) -> Weights:
+        """∇²(Σ_j c_j ℓ_j)(point) · vector by double backward, in float64."""
+        point.to_model(self.model)
+        self.model.train()
+        params = Weights.from_model(self.model)
+        acc = Weights.zeros_like(point, dtype=torch.float64)
+        for lo in range(0, len(rows), CHUNK):
+            r, c = self._chunk(rows, per_example, lo)
+            loss = (example_losses(self.model(self.x[r]), self.y[r]) * c).sum()
+            grads = torch.autograd.grad(loss, params.tensors, create_graph=True)
+            gv = Weights.dot(Weights(dict(zip(params.names, grads))), vector)
+            acc.add_(Weights(dict(zip(params.names, torch.autograd.grad(gv, params.tensors)))))
+        return acc
+
+    def _chunk(self, rows: np.ndarray, per_example: np.ndarray, lo: int) -> tuple[torch.Tensor, torch.Tensor]:
+        r = torch.from_numpy(rows[lo : lo + CHUNK]).to(self.device)
+        c = torch.from_numpy(per_example[lo : lo + CHUNK]).to(self.device, torch.float32)
+        return r, c
+
+    # -- local training ----------------------------------------------------------------
+
+    def _train(self, req: TrainRequest, clients: np.ndarray, weights: np.ndarray) -> Weights:
+        x = req.x.to(self.device)
+        acc = Weights.zeros_like(x, dtype=torch.float64)
+        sizes = self.starts[clients + 1] - self.starts[clients]
+        batch = sizes if req.batch_size is None else np.minimum(sizes, req.batch_size)
+        steps = -(-sizes // batch) * req.epochs
+        if not self.vectorized:
+            orders = [epoch_order(self.starts, clients, req.seed, epoch) for epoch in range(req.epochs)]
+            for i in range(len(clients)):
+                rows = [torch.from_numpy(order[i, : sizes[i]]).to(self.device) for order in orders]
+                acc.axpy_(weights[i], self._train_one(req, x, rows, int(batch[i])))
+            return acc
+        single = steps == 1  # x − lr·∇F_i(x): linear in the gradient, so summed in one pass
+        if single.any():
+            rows, owner = client_rows(self.starts, clients[single])
+            per_example = weights[single][owner] / sizes[single][owner]
+            acc.axpy_(float(weights[single].sum()), x).axpy_(-req.lr, self._union_grad(x, rows, per_example))
+        rest = np.flatnonzero(~single)
+        block = max(1, BLOCK_BYTES // (8 * 4 * x.numel))
+        for lo in range(0, len(rest), block):
+            part = rest[lo : lo + block]
+            acc.add_(self._train_block(req, x, clients[part], weights[part], batch[part]))
+        return acc
+
+    def _train_one(self, req: TrainRequest, x: Weights, epochs: list[torch.Tensor], batch: int) -> Weights:
+        """One client's local SGD, the plain way (the loop engine): ``epochs[e]`` is its
+        visiting order in epoch e."""
+        x.to_model(self.model)
+        self.model.train()
+        params = Weights.from_model(self.model)
+        for order in epochs:
+            for lo in range(0, len(order), batch):
+                r = order[lo : lo + batch]
+                self.model.zero_grad(set_to_none=False)
+                example_losses(self.model(self.x[r]), self.y[r]).mean().backward()
+                params.detach().axpy_(-req.lr, Weights.grad_views(self.model))
+        return params.detach()
+
+    def _train_block(
+        self, req: TrainRequest, x: Weights, clients: np.ndarray, weights: np.ndarray, batch: np.ndarray
+    ) -> Weights:
+        """Σ_i w_i · SGD_i(x) for a block of clients trained together under ``vmap``.
+
+        Client i's step s uses ranks ``s·b_i .. min((s+1)·b_i, n_i) − 1`` of its epoch order;
+        a row of the padded batch outside that range has weight 0, and a client with no
+        rows left in an epoch gets a zero gradient, so plain SGD leaves it where it is.
+        """
+        from torch.func import functional_call, grad, vmap
+
+        model = self.model
+
+        def batch_loss(params, xb, yb, wb):
+            return (example_losses(functional_call(model, params, (xb,)), yb) * wb).sum()
+
+        step_grads = vmap(grad(batch_loss))
+        sizes = self.starts[clients + 1] - self.starts[clients]
+        width = int(batch.max())
+        columns = np.arange(width)
+        params = {n: t.detach().unsqueeze(0).repeat(len(clients), *([1] * t.dim())) for n, t in x.items()}
+        model.train()
+        for epoch in range(req.epochs):
+            order = torch.from_numpy(epoch_order(self.starts, clients, req.seed, epoch)).to(self.device)
+            for s in range(int(math.ceil((sizes / batch).max()))):
+                ranks = s * batch[:, None] + columns[None, :]
+                valid = (columns[None, :] < batch[:, None]) & (ranks < sizes[:, None])
+                counts = np.maximum(valid.sum(axis=1, keepdims=True), 1)
+                rows = order.gather(1, torch.from_numpy(np.minimum(ranks, sizes[:, None] - 1)).to(self.device))
+                wb = torch.from_numpy((valid / counts).astype(np.float32)).to(self.device)
+                grads = step_grads(params, self.x[rows], self.y[rows], wb)
+                torch._foreach_add_(list(params.values()), [grads[n] for n in params], alpha=-req.lr)
+        w = torch.from_numpy(weights).to(self.device)
+        out = Weights.zeros_like(x, dtype=torch.float64)
+        for name, t in out.items():
+            t.copy_(torch.tensordot(w, params[name].double(), dims=1))
+        return out
+
+
+def _by_client(rows: np.ndarray, owner: np.ndarray, clients: int):
+    """``(position, rows of that client)`` for every client of a selection (rows grouped by owner)."""
+    cuts = np.searchsorted(owner, np.arange(clients + 1))
+    for i in range(clients):
+        yield i, rows[cuts[i] : cuts[i + 1]]

@@ -154,6 +154,9 @@ def _check_runtime(runtime: Mapping[str, Any]) -> None:
             continue
         if not (_is_number(value) and value >= 0):
             raise ConfigError(f"runtime.{key} must be a number >= 0, got runtime.{key}={value!r}")
+    dashboard = _require(runtime, "dashboard")
+    if not isinstance(dashboard, bool):
+        raise ConfigError(f"runtime.dashboard must be true or false, got runtime.dashboard={dashboard!r}")
     restarts = _require(runtime, "max_restarts")
     if not (_is_int(restarts) and restarts >= 0):
         raise ConfigError(f"runtime.max_restarts must be an integer >= 0, got runtime.max_restarts={restarts!r}")

@@ -7,3 +7,7 @@ class ConfigError(ValueError):
     The message is one line and names the offending key and value, e.g.
     ``theta must be > 0, got theta=-0.1``. Raised before any work starts.
     """
+
+
+class RunError(RuntimeError):
+    """A run that cannot go on (e.g. a worker that keeps dying); its message is one line."""

@@ -7,8 +7,10 @@ round → evaluate → log. Methods do the maths; runtimes reach the clients.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from fedsweep.config import make_optimizer_factory, resolve_runtime, to_containe
 from fedsweep.data import DataBundle, Dataset, Partition, load_dataset, make_partition
 from fedsweep.data.client_data import ClientData
 from fedsweep.checkpoint import DIRNAME, FILENAME, load_checkpoint, restore, save_checkpoint
-from fedsweep.methods import build_method
+from fedsweep.methods import Method, MethodState, build_method
 from fedsweep.methods.similarity import estimate_similarity
 from fedsweep.metrics import RunLogger, TargetTracker
 from fedsweep.models import build_model
@@ -98,7 +100,11 @@ def _ray_if_needed(cfg: Mapping[str, Any]) -> Iterator[None]:
 
     started = False
     if not ray.is_initialized():
-        ray.init(address=cfg["runtime"]["address"], log_to_driver=False)
+        from fedsweep.runtime.ray_runtime import init_ray
+
+        context = init_ray(cfg["runtime"]["address"], dashboard=cfg["runtime"]["dashboard"])
+        if context.dashboard_url:
+            print(f"Ray dashboard: http://{context.dashboard_url}")
         started = True
     try:
         yield
@@ -107,47 +113,93 @@ def _ray_if_needed(cfg: Mapping[str, Any]) -> Iterator[None]:
             ray.shutdown()
 
 
+@dataclass
+class Run:
+    """A built run: what the round loop touches."""
+
+    method: Method
+    state: MethodState
+    oracle: FederatedOracle
+    server: Server
+    server_data: dict[str, Dataset]
+    test_data: Dataset
+
+
+def build(cfg: Mapping[str, Any], setup: Setup, runtime: Runtime) -> Run:
+    """The clients attached to ``runtime``, the server, the method and its start."""
+    clients = ClientData.from_partition(setup.partition)
+    runtime.attach(clients, setup.model_fn, vectorize=cfg["runtime"]["vectorize"])
+    device = setup.device
+    server_data = {"f": _on(setup.partition.server_f, device), "g": _on(setup.partition.server_g, device)}
+    server = Server(
+        setup.model_fn().to(device),
+        server_data,
+        config=ServerConfig(**cfg["server"]),
+        make_optimizer=make_optimizer_factory(cfg["optimizer"]),
+    )
+    deterministic = cfg["client"]["batch_size"] is None and cfg["server"]["grad_batch_size"] is None
+    oracle = FederatedOracle(
+        runtime, clients, server, batch_size=cfg["client"]["batch_size"], deterministic=deterministic, device=device
+    )
+    method = build_method(cfg)
+    state = method.init(Weights.from_model(server.model), seed=cfg["seed"])
+    return Run(method, state, oracle, server, server_data, _on(setup.bundle.test, device))
+
+
+@contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """The driver's torch threads while a worker pool computes: idle torch threads spin after
+    each parallel op, and on the workers' cores that slowed a round by ~40% (2 CPUs)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_experiment(
     cfg: Mapping[str, Any],
     *,
     log_dir: str | Path,
     report: Reporter | None = None,
     progress: bool = True,
+    timings: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Run ``cfg['rounds']`` rounds; log every metric to TensorBoard in ``log_dir``.
 
     ``report`` (e.g. ``ray.tune.report``) receives each round's metrics. With
     ``checkpoint.every: N`` the run saves ``checkpoint_path(log_dir)`` every N
     rounds (before that round's report); ``checkpoint.resume: <file>`` continues
-    from one. Returns the last round's metrics.
+    from one. ``timings``, if given, receives the wall-clock time (``time.time()``)
+    at which each start-up phase ended: ``ray``, ``data`` (data, model and server
+    built, clients attached), ``workers`` (every worker ready) and ``first_round``.
+    Returns the last round's metrics.
     """
     cfg = to_container(cfg)
     validate(cfg)
     log_dir = Path(log_dir)
+    stamp = (lambda phase: timings.__setitem__(phase, time.time())) if timings is not None else (lambda phase: None)
     torch.manual_seed(cfg["seed"])
-    with _ray_if_needed(cfg), make_runtime(cfg, label=log_dir.name) as runtime:
-        setup = prepare(cfg)
-        clients = ClientData.from_partition(setup.partition)
-        runtime.attach(clients, setup.model_fn, vectorize=cfg["runtime"]["vectorize"])
-        device = setup.device
-        server_data = {"f": _on(setup.partition.server_f, device), "g": _on(setup.partition.server_g, device)}
-        test_data = _on(setup.bundle.test, device)
-        server = Server(
-            setup.model_fn().to(device),
-            server_data,
-            config=ServerConfig(**cfg["server"]),
-            make_optimizer=make_optimizer_factory(cfg["optimizer"]),
-        )
-        deterministic = cfg["client"]["batch_size"] is None and cfg["server"]["grad_batch_size"] is None
-        method = build_method(cfg)
-        state = method.init(Weights.from_model(server.model), seed=cfg["seed"])
+    with ExitStack() as stack:
+        background = ThreadPoolExecutor(max_workers=1)
+        preparing = background.submit(prepare, cfg)  # data loads while Ray starts
+        try:
+            stack.enter_context(_ray_if_needed(cfg))
+            runtime = stack.enter_context(make_runtime(cfg, label=log_dir.name))
+            stamp("ray")
+            setup = preparing.result()
+        finally:
+            # the thread must end: while a thread that ran torch ops lives, the driver's own
+            # backward passes measured 5x slower
+            background.shutdown()
+        run = build(cfg, setup, runtime)  # the pool's workers boot meanwhile
+        stamp("data")
+        runtime.wait_ready()
+        stamp("workers")
         tracker = TargetTracker(cfg["target_accuracy"])
         checkpoint_every, resume = cfg["checkpoint"]["every"], cfg["checkpoint"]["resume"]
-        metrics: dict[str, float] = {}
-        oracle = FederatedOracle(
-            runtime, clients, server, batch_size=cfg["client"]["batch_size"], deterministic=deterministic, device=device
-        )
-        done = 0
+        done, state, oracle = 0, run.state, run.oracle
         if resume:
             done, state = restore(load_checkpoint(resume), oracle.comm, tracker)
         # a rerun into the same directory (a restarted trial) replaces what was logged after its start
@@ -159,11 +211,12 @@ def run_experiment(
             )
             logger.log_once(similarity)
             _print_similarity(similarity, cfg["theta"])
-        bar = tqdm(range(done + 1, cfg["rounds"] + 1), desc=method.name, disable=not progress, unit="round")
+        metrics: dict[str, float] = {}
+        bar = tqdm(range(done + 1, cfg["rounds"] + 1), desc=run.method.name, disable=not progress, unit="round")
         for rnd in bar:
-            state, stats = method.round(state, oracle)
-            state.x.to_model(server.model)
-            metrics = {**stats, **_evaluate(server.model, server_data, test_data), **oracle.comm.as_metrics()}
+            state, stats = run.method.round(state, oracle)
+            state.x.to_model(run.server.model)
+            metrics = {**stats, **_evaluate(run.server.model, run.server_data, run.test_data), **oracle.comm.as_metrics()}
             metrics["round"] = float(rnd)
             metrics.update(similarity)
             metrics.update(tracker.update(metrics))
@@ -173,6 +226,8 @@ def run_experiment(
                 save_checkpoint(checkpoint_path(log_dir), rnd=rnd, state=state, comm=oracle.comm, tracker=tracker)
             if report is not None:
                 report(metrics)
+            if rnd == done + 1:
+                stamp("first_round")
         logger.close()
     return metrics
 

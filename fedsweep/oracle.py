@@ -10,7 +10,7 @@ client received the request and sent its own reply, however many workers served 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +20,7 @@ from fedsweep.data.client_data import ClientData
 from fedsweep.methods.aggregate import group_weights, participation_weights, sampled_weights
 from fedsweep.methods.oracle import Group
 from fedsweep.runtime.base import Runtime
-from fedsweep.runtime.virtual_clients import GradRequest, HvpRequest, TrainRequest
+from fedsweep.runtime.virtual_clients import GradRequest, HvpRequest, Request, TrainRequest
 from fedsweep.server import Server
 from fedsweep.weights import Weights
 
@@ -58,12 +58,13 @@ class FederatedOracle:
         batch_size: int | None,
         deterministic: bool,
         device: torch.device,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         self.runtime = runtime
         self.server_node = server
         self.batch_size = batch_size
         self._deterministic = deterministic
-        self.device = device
+        self.device, self.dtype = device, dtype
         self.comm = CommStats()
         self._ids = {g: clients.group(g) for g in ("f", "g")}
         self._sizes = {g: clients.sizes[ids] for g, ids in self._ids.items()}
@@ -82,33 +83,46 @@ class FederatedOracle:
             return self._ids[group], group_weights(sizes)
         return self._ids[group][subset], weights(sizes, subset)
 
-    def _back(self, sums: list[Weights], like: Weights) -> list[Weights]:
-        return [s.to(self.device, like.dtype) for s in sums]
+    def _request(self, request: Request, subsets: Mapping[Group, np.ndarray | None], weights, payload: int):
+        """One round trip to the groups in ``subsets``; each group's sums, back on the server's
+        device and dtype, and the communication counted per group."""
+        parts = {group: self._contact(group, subset, weights) for group, subset in subsets.items()}
+        sums = self.runtime.map_reduce(request, list(parts.values()))
+        out = {}
+        for (group, (ids, _)), group_sums in zip(parts.items(), sums):
+            self._count(group, len(ids), payload)
+            out[group] = [s.to(self.device, self.dtype) for s in group_sums]
+        return out
 
     def clients(
         self, group: Group, points: Sequence[Weights], seed: int | None, *, subset: np.ndarray | None = None
     ) -> list[Weights]:
-        ids, weights = self._contact(group, subset, sampled_weights)
+        return self.gradients({group: subset}, points, seed)[group]
+
+    def full_communication(self, points: Sequence[Weights], seed: int | None) -> dict[Group, list[Weights]]:
+        return self.gradients({"f": None, "g": None}, points, seed)
+
+    def gradients(
+        self, subsets: Mapping[Group, np.ndarray | None], points: Sequence[Weights], seed: int | None
+    ) -> dict[Group, list[Weights]]:
+        """∇G at each point for every group of ``subsets`` (sampled clients: unbiased estimates)."""
         request = GradRequest(tuple(points), self.batch_size, seed)
-        sums = self.runtime.map_reduce(request, ids, weights)
-        self._count(group, len(ids), sum(p.numel * p.dtype.itemsize for p in points))
-        return self._back(sums, points[0])
+        payload = sum(p.numel * p.dtype.itemsize for p in points)
+        return self._request(request, subsets, sampled_weights, payload)
 
     def local_updates(
         self,
-        group: Group,
         x: Weights,
         *,
         epochs: int,
         lr: float,
         batch_size: int | None,
         seed: int,
-        subset: np.ndarray | None = None,
-    ) -> Weights:
-        ids, weights = self._contact(group, subset, participation_weights)
-        (total,) = self.runtime.map_reduce(TrainRequest(x, epochs, lr, batch_size, seed), ids, weights)
-        self._count(group, len(ids), x.numel * x.dtype.itemsize)
-        return self._back([total], x)[0]
+        subsets: Mapping[Group, np.ndarray | None],
+    ) -> dict[Group, Weights]:
+        request = TrainRequest(x, epochs, lr, batch_size, seed)
+        sums = self._request(request, subsets, participation_weights, x.numel * x.dtype.itemsize)
+        return {group: total for group, (total,) in sums.items()}
 
     def server(self, group: Group, points: Sequence[Weights], seed: int | None) -> list[Weights]:
         return self.server_node.grads(group, points, seed)
@@ -116,8 +130,8 @@ class FederatedOracle:
     def client_hvp(self, group: Group, point: Weights, vector: Weights, seed: int | None) -> Weights:
         """∇²G(point) · vector. A diagnostic: not counted in ``comm``, which measures the methods."""
         ids, weights = self._contact(group, None, group_weights)
-        (total,) = self.runtime.map_reduce(HvpRequest(point, vector, self.batch_size, seed), ids, weights)
-        return self._back([total], point)[0]
+        ((total,),) = self.runtime.map_reduce(HvpRequest(point, vector, self.batch_size, seed), [(ids, weights)])
+        return total.to(self.device, self.dtype)
 
     def server_hvp(self, group: Group, point: Weights, vector: Weights, seed: int | None) -> Weights:
         return self.server_node.hvp(group, point, vector, seed)

@@ -16,7 +16,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from fedsweep.config import compose, to_container, validate
-from fedsweep.errors import ConfigError
+from fedsweep.errors import ConfigError, RunError
 
 RUNS_DIR = Path("results") / "runs"
 
@@ -41,7 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = Path(cfg["log_dir"] or RUNS_DIR / time.strftime("%Y-%m-%d_%H-%M-%S"))
     log_dir.mkdir(parents=True, exist_ok=True)
     (log_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    final = run_experiment(cfg, log_dir=log_dir)
+    try:
+        final = run_experiment(cfg, log_dir=log_dir)
+    except RunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(f"TensorBoard logs: {log_dir}   (tensorboard --logdir {log_dir})")
     summary = (
         f"final test accuracy {final['accuracy/test']:.4f}, test loss {final['loss/test']:.4f}, "

@@ -97,7 +97,9 @@ def run_sweep(sweep: Sweep, *, results_dir: Path = RESULTS_DIR, address: str | N
 
     started = not ray.is_initialized()
     if started:
-        context = ray.init(address=address, log_to_driver=False)
+        from fedsweep.runtime.ray_runtime import init_ray
+
+        context = init_ray(address, dashboard=True)
         if context.dashboard_url:
             print(f"Ray dashboard: http://{context.dashboard_url}")
     try:

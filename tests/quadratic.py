@@ -70,14 +70,20 @@ class QuadraticOracle:
         loss = self.f1 if group == "f" else self.g1
         return [self.wrap(loss.grad(p["x"])) for p in points]
 
-    def local_updates(self, group: str, x: Weights, *, epochs: int, lr: float, batch_size, seed, subset=None) -> Weights:
+    def full_communication(self, points: Sequence[Weights], seed) -> dict[str, list[Weights]]:
+        return {group: self.clients(group, points, seed) for group in ("f", "g")}
+
+    def local_updates(self, x: Weights, *, epochs: int, lr: float, batch_size, seed, subsets) -> dict[str, Weights]:
         """Full-batch gradient descent: one step per epoch."""
-        self.calls[group] += 1
-        loss = self.f if group == "f" else self.g
-        w = x["x"].clone()
-        for _ in range(epochs):
-            w = w - lr * loss.grad(w)
-        return self.wrap(w)
+        out = {}
+        for group in subsets:
+            self.calls[group] += 1
+            loss = self.f if group == "f" else self.g
+            w = x["x"].clone()
+            for _ in range(epochs):
+                w = w - lr * loss.grad(w)
+            out[group] = self.wrap(w)
+        return out
 
     def argmin(self, linear: Weights, center: Weights, theta: float, seed: int) -> tuple[Weights, float]:
         # (H1 + I/θ) x = −v + c/θ − ∇h1(0)

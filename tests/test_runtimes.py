@@ -1,55 +1,90 @@
-"""The in-process and Ray runtimes give the same numbers for the same seed."""
+"""The in-process runtime and the Ray worker pool give the same numbers for the same seed,
+for every method, any number of workers and any number of clients."""
 
 from __future__ import annotations
+
+import functools
 
 import pytest
 
 from fedsweep.config import compose
 from fedsweep.experiment import run_experiment
 
-SHORT = ["rounds=3", "server.epochs=2", "q=0.5", "seed=7"]
+SHORT = ["rounds=2", "server.epochs=2", "q=0.5", "seed=7", "partition=iid"]
+METHODS = {  # every method, and every request path: HVPs, minibatches, sampled clients, participation
+    "vrcs": ["method=vrcs", "similarity.estimate=true", "similarity.iterations=2"],
+    "vrcs-minibatch-sampled": [
+        "method=vrcs", "q=0.3", "client.batch_size=8", "server.grad_batch_size=16", "method.local_participation=0.5",
+    ],
+    "sliding": ["method=sliding"],
+    "fedavg-participation": ["method=fedavg", "method.participation=0.5", "method.local_epochs=2"],
+    "server_only": ["method=server_only"],
+}  # fmt: skip
 
 
-def history(cfg_overrides, tmp_path, name):
+def history(overrides, log_dir):
     rounds = []
-    run_experiment(compose(cfg_overrides), log_dir=tmp_path / name, report=rounds.append, progress=False)
+    run_experiment(compose(overrides), log_dir=log_dir, report=rounds.append, progress=False)
     return rounds
 
 
-@pytest.mark.parametrize(
-    "extra",
-    [["method=vrcs", "similarity.estimate=true", "similarity.iterations=3"], ["method=fedavg"]],
-    ids=["vrcs+similarity", "fedavg"],
-)
-def test_local_and_ray_runtimes_agree(ray_session, tmp_path, extra):
-    local = history(SHORT + extra + ["runtime=local"], tmp_path, "local")
-    remote = history(SHORT + extra + ["runtime=ray", "client.num_cpus=0.5"], tmp_path, "ray")
-    assert len(local) == len(remote) == 3
-    for a, b in zip(local, remote):
-        assert a.keys() == b.keys()
-        for key in a:
-            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6, nan_ok=True), key
+@functools.cache
+def in_process(clients: int) -> dict[str, list[dict[str, float]]]:
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix="fedsweep-local-")
+    split = [f"partition.clients_f={clients // 2}", f"partition.clients_g={clients - clients // 2}"]
+    return {name: history(SHORT + split + extra + ["runtime=local"], f"{tmp}/{name}") for name, extra in METHODS.items()}
 
 
-def test_minibatch_runs_agree_too(ray_session, tmp_path):
-    mb = SHORT + ["client.batch_size=16", "server.grad_batch_size=16", "rounds=2"]
-    local = history(mb + ["runtime=local"], tmp_path, "local")
-    remote = history(mb + ["runtime=ray", "client.num_cpus=0.5"], tmp_path, "ray")
-    for a, b in zip(local, remote):
-        for key in a:
-            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6, nan_ok=True), key
+def assert_same_numbers(a, b, rel=1e-6):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for key in x:
+            assert y[key] == pytest.approx(x[key], rel=rel, abs=1e-7, nan_ok=True), key
+
+
+@pytest.mark.parametrize("clients", [4, 100])
+@pytest.mark.parametrize("workers", [1, 3])
+def test_pool_equals_in_process_for_every_method(ray_session, tmp_path, clients, workers):
+    split = [f"partition.clients_f={clients // 2}", f"partition.clients_g={clients - clients // 2}"]
+    pool = ["runtime=ray", f"runtime.workers={workers}", "runtime.num_cpus=0.5"]
+    for name, extra in METHODS.items():
+        remote = history(SHORT + split + extra + pool, tmp_path / name)
+        assert_same_numbers(in_process(clients)[name], remote)
+        if name.startswith("fedavg"):
+            assert remote[-1]["clients/f"] == max(1, round(0.5 * (clients // 2)))  # participation=0.5
+
+
+def test_two_pool_runs_with_the_same_workers_are_bit_identical(ray_session, tmp_path):
+    run = SHORT + METHODS["vrcs-minibatch-sampled"] + ["runtime=ray", "runtime.workers=3", "runtime.num_cpus=0.5"]
+    assert str(history(run, tmp_path / "a")) == str(history(run, tmp_path / "b"))  # nan included
+
+
+def test_communication_counts_the_logical_federation(tmp_path):
+    """Bytes and messages as if every contacted client sent its own reply, whoever computed it."""
+    run = history(SHORT + ["method=fedavg", "method.participation=3", "partition.clients_f=10", "partition.clients_g=6",
+                           "rounds=2", "runtime=local"], tmp_path)  # fmt: skip
+    last = run[-1]
+    assert (last["clients/f"], last["clients/g"]) == (3.0, 3.0)
+    assert last["comm/f"] == last["comm/g"] == 2.0
+    assert last["comm/messages"] == 2 * (3 + 3)
+    per_message = last["comm/bytes_sent"] / last["comm/messages"]
+    assert per_message == last["comm/bytes_received"] / last["comm/messages"] and per_message > 0
 
 
 def test_same_seed_same_run_different_seed_different_run(tmp_path):
-    a = history(SHORT, tmp_path, "a")
-    b = history(SHORT, tmp_path, "b")
-    c = history(SHORT[:-1] + ["seed=8"], tmp_path, "c")
+    base = ["rounds=3", "server.epochs=2", "q=0.5"]
+    a = history(base + ["seed=7"], tmp_path / "a")
+    b = history(base + ["seed=7"], tmp_path / "b")
+    c = history(base + ["seed=8"], tmp_path / "c")
     assert str(a) == str(b)  # identical, nan included
     assert a[-1]["loss/test"] != c[-1]["loss/test"]
 
 
 def test_training_improves_the_model(tmp_path):
-    rounds = history(["rounds=8", "theta=0.5", "seed=0"], tmp_path, "learn")
+    rounds = history(["rounds=8", "theta=0.5", "seed=0"], tmp_path / "learn")
     assert rounds[-1]["accuracy/test"] > 0.85
     assert rounds[-1]["loss/test"] < rounds[0]["loss/test"]
     assert rounds[-1]["comm/f"] >= 8 and rounds[-1]["comm/g"] >= 8  # one full communication per round

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import textwrap
 
 import pytest
@@ -85,6 +87,28 @@ def test_bad_config_values(override, needle):
         validate(compose([override]))
 
 
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (["runtime=ray", "runtime.workers=0"], "runtime.workers=0"),
+        (["runtime=ray", "runtime.workers=many"], "runtime.workers='many'"),
+        (["runtime=ray", "runtime.num_cpus=-1"], "runtime.num_cpus=-1"),
+        (["runtime=ray", "runtime.num_gpus=half"], "runtime.num_gpus='half'"),
+        (["runtime=ray", "runtime.max_restarts=-1"], "runtime.max_restarts=-1"),
+        (["runtime.vectorize=sometimes"], "runtime.vectorize='sometimes'"),
+        (["method=fedavg", "method.participation=0.0"], "method.participation=0.0"),
+        (["method=fedavg", "method.participation=1.5"], "method.participation=1.5"),
+        (["method=fedavg", "method.participation=0"], "method.participation=0"),
+        (["method.local_participation=-3"], "method.local_participation=-3"),
+        (["method.local_participation=all"], "method.local_participation='all'"),
+    ],
+)
+def test_bad_pool_and_participation_values_name_the_key(overrides, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)) as info:
+        validate(compose(overrides))
+    assert "\n" not in str(info.value)
+
+
 def test_missing_key_is_named():
     cfg = to_container(compose([]))
     del cfg["theta"]
@@ -106,13 +130,14 @@ def test_unknown_group_option_is_named(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "setting, clients, gpus, share",
-    [("auto", 4, 0, 0.0), ("auto", 4, 1, 0.125), ("auto", 3, 2, 0.25), ("auto", 1, 1, 0.5), (0.5, 4, 0, 0.5)],
+    "setting, participants, gpus, share",
+    [("auto", 5, 0, 0.0), ("auto", 5, 1, 0.125), ("auto", 4, 2, 0.25), ("auto", 2, 1, 0.5), (0.5, 5, 0, 0.5)],
 )
-def test_gpu_share(setting, clients, gpus, share):
+def test_gpu_share(setting, participants, gpus, share):
+    """auto: the largest 1/2^k that fits a trial's workers and its server on one GPU."""
     from fedsweep.config import gpu_share
 
-    assert gpu_share(setting, clients, gpus) == share
+    assert gpu_share(setting, participants, gpus) == share
 
 
 @pytest.mark.parametrize(
@@ -143,13 +168,18 @@ def test_shipped_sweep_files_expand(name):
         assert sorted(p["method"]["name"] for p in points) == ["fedavg", "server_only", "sliding", "vrcs"]
 
 
-def test_trial_reserves_one_bundle_per_client_and_a_gpu_share_for_its_server():
-    from fedsweep.config import with_gpu_share
+def test_trial_reserves_one_bundle_per_worker_and_a_gpu_share_for_its_server():
+    """The pool's size comes from the trial's share of the cluster, never from the client count."""
+    from fedsweep.config import resolve_runtime
     from fedsweep.tune import trial_resources
 
-    cfg = to_container(compose(["runtime=ray", "partition.clients_f=3", "partition.clients_g=2"]))
-    cpu_only = trial_resources(with_gpu_share(cfg, cluster_gpus=0))
-    assert cpu_only.head_bundle_is_empty and cpu_only.bundles == [{"CPU": 0.25}] * 5
-    with_gpu = trial_resources(with_gpu_share(cfg, cluster_gpus=1))
-    assert with_gpu.bundles == [{"GPU": 0.125}] + [{"CPU": 0.25, "GPU": 0.125}] * 5
+    cfg = to_container(
+        compose(["runtime=ray", "runtime.num_cpus=0.5", "partition.clients_f=300", "partition.clients_g=200"])
+    )
+    cpu_only = trial_resources(resolve_runtime(cfg, cpus=2, gpus=0))
+    assert cpu_only.head_bundle_is_empty and cpu_only.bundles == [{"CPU": 0.5}] * 4
+    with_gpu = trial_resources(resolve_runtime(cfg, cpus=1, gpus=1))
+    assert with_gpu.bundles == [{"GPU": 0.25}] + [{"CPU": 0.5, "GPU": 0.25}] * 2
     assert with_gpu.required_resources["GPU"] <= 1  # a trial fits on one GPU
+    fixed = {**cfg, "runtime": {**cfg["runtime"], "workers": 3}}
+    assert trial_resources(resolve_runtime(fixed, cpus=64, gpus=0)).bundles == [{"CPU": 0.5}] * 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -64,3 +65,21 @@ def test_a_failing_trial_makes_the_sweep_exit_non_zero(ray_session, tmp_path, ca
     assert main([str(path), "--results", str(tmp_path / "results")]) == 1
     assert "1 trial(s) failed" in capsys.readouterr().err
     assert "error" in (tmp_path / "results" / "bad" / "results.csv").read_text()
+
+
+def test_two_trials_of_a_thousand_clients_each_share_two_cpus(ray_session, tmp_path):
+    """Two trials at once on 2 CPUs, 1,000 virtual clients each: one worker per trial
+    (runtime.workers=auto), placement groups that fit side by side, no deadlock."""
+    path = tmp_path / "many.yaml"
+    path.write_text(
+        "name: many\n"
+        "overrides: [runtime=ray, rounds=2, server.epochs=1, partition=iid,"
+        " partition.clients_f=500, partition.clients_g=500]\n"
+        "grid:\n  theta: [0.1, 1.0]\nmax_concurrent_trials: 2\n"
+    )
+    out, table = run_sweep(load_sweep(path), results_dir=tmp_path / "results")
+    assert table["status"].tolist() == ["done", "done"]
+    params = [json.loads(p.read_text()) for p in sorted(out.glob("*/params.json"))]
+    assert [p["runtime"]["workers"] for p in params] == [1, 1]
+    results = [json.loads(line) for p in sorted(out.glob("*/result.json")) for line in p.read_text().splitlines()]
+    assert all(r["comm/messages"] >= 1000 * r["round"] for r in results)  # every client, every full communication

@@ -60,11 +60,11 @@ def draw_seed(rng: np.random.Generator) -> int:
 
 def full_difference(oracle: GradientOracle, x: Weights, seed: int) -> tuple[Weights, dict[Group, Weights]]:
     """One full communication at x: ``(∇h − ∇h1)(x)`` and the per-group ``(∇G − ∇G1)(x)``."""
+    clients = oracle.full_communication([x], seed)
     diffs = {}
     for group in GROUPS:
-        (client_grad,) = oracle.clients(group, [x], seed)
         (server_grad,) = oracle.server(group, [x], seed)
-        diffs[group] = client_grad.sub_(server_grad)
+        diffs[group] = clients[group][0].sub_(server_grad)
     return Weights.add(diffs["f"], diffs["g"]).mul_(0.5), diffs
 
 

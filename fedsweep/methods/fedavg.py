@@ -44,17 +44,15 @@ class FedAvg:
 
     def round(self, state: MethodState, oracle: GradientOracle) -> tuple[MethodState, dict[str, float]]:
         seed = draw_seed(state.rng)
-        means, stats = [], {}
-        for group in GROUPS:
-            subset = sample_clients(state.rng, oracle.num_clients(group), self.participation)
-            means.append(
-                oracle.local_updates(
-                    group, state.x, epochs=self.local_epochs, lr=self.lr, batch_size=self.batch_size,
-                    seed=seed, subset=subset,
-                )
-            )  # fmt: skip
-            stats[f"clients/{group}"] = float(oracle.num_clients(group) if subset is None else len(subset))
-        x_next = (means[0] + means[1]) / 2
+        subsets = {group: sample_clients(state.rng, oracle.num_clients(group), self.participation) for group in GROUPS}
+        means = oracle.local_updates(
+            state.x, epochs=self.local_epochs, lr=self.lr, batch_size=self.batch_size, seed=seed, subsets=subsets
+        )
+        stats = {
+            f"clients/{group}": float(oracle.num_clients(group) if subset is None else len(subset))
+            for group, subset in subsets.items()
+        }
+        x_next = (means["f"] + means["g"]) / 2
         stats["norm/update"] = (x_next - state.x).norm().item()
         state.x = x_next
         state.round += 1

@@ -6,7 +6,7 @@ workers or data. ``fedsweep.oracle.FederatedOracle`` implements it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal, Protocol
 
 import numpy as np
@@ -42,22 +42,26 @@ class GradientOracle(Protocol):
         all points use the same minibatches (drawn by ``seed``).
         """
 
+    def full_communication(self, points: Sequence[Weights], seed: int | None) -> dict[Group, list[Weights]]:
+        """``{"f": ∇f at each point, "g": ∇g at each point}``: one communication with every
+        client of both groups (one round trip; counted as one contact per group)."""
+
     def server(self, group: Group, points: Sequence[Weights], seed: int | None) -> list[Weights]:
         """∇G1 at each point: the server's f-like (G=f) or g-like (G=g) data."""
 
     def local_updates(
         self,
-        group: Group,
         x: Weights,
         *,
         epochs: int,
         lr: float,
         batch_size: int | None,
         seed: int,
-        subset: np.ndarray | None = None,
-    ) -> Weights:
-        """Every client of the group (or of ``subset``) runs ``epochs`` of SGD from x; the
-        example-weighted mean of their models."""
+        subsets: Mapping[Group, np.ndarray | None],
+    ) -> dict[Group, Weights]:
+        """For each group of ``subsets``: its clients (the subset, or all for None) run
+        ``epochs`` of SGD from x, and the example-weighted mean of their models
+        (``fedsweep.methods.aggregate.participation_weights``). One round trip."""
 
     def argmin(self, linear: Weights, center: Weights, theta: float, seed: int) -> tuple[Weights, float]:
         """``argmin_x ⟨linear, x⟩ + ‖x − center‖²/(2θ) + h1(x)`` and its objective value."""

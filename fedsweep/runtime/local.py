@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import numpy as np
+from collections.abc import Callable, Sequence
 from torch import nn
 
 from fedsweep.data.client_data import ClientData
-from fedsweep.runtime.base import Runtime
+from fedsweep.runtime.base import Part, Runtime
 from fedsweep.runtime.virtual_clients import Request, VirtualClients
 from fedsweep.weights import Weights
 
@@ -21,7 +19,7 @@ class LocalRuntime(Runtime):
     def attach(self, data: ClientData, model_fn: Callable[[], nn.Module], *, vectorize: bool | str) -> None:
         self.clients = VirtualClients(data, model_fn, device=self.device, vectorize=vectorize)
 
-    def map_reduce(self, request: Request, clients: np.ndarray, weights: np.ndarray) -> list[Weights]:
+    def map_reduce(self, request: Request, parts: Sequence[Part]) -> list[list[Weights]]:
         if self.clients is None:
             raise RuntimeError("attach() the clients' data before the first request")
-        return self.clients.serve(request, clients, weights)
+        return [self.clients.serve(request, clients, weights) for clients, weights in parts]

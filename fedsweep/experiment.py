@@ -182,6 +182,8 @@ def run_experiment(
     stamp = (lambda phase: timings.__setitem__(phase, time.time())) if timings is not None else (lambda phase: None)
     torch.manual_seed(cfg["seed"])
     with ExitStack() as stack:
+        if cfg["runtime"]["name"] == "ray":  # the workers hold the cores
+            stack.enter_context(_torch_threads(1))
         background = ThreadPoolExecutor(max_workers=1)
         preparing = background.submit(prepare, cfg)  # data loads while Ray starts
         try:

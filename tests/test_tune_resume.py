@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -60,9 +61,12 @@ def test_stopped_sweep_resumes_mid_trial(ray_session, tmp_path):
     resumed_steps = [e.step for e in resumed_events.Scalars("accuracy/test")]
     assert resumed_steps[0] > 2 and resumed_steps[0] % 2 == 1 and resumed_steps[-1] == ROUNDS
 
+    # the uninterrupted run: the same pool (the trial's resolved worker count), from the start
+    (params,) = (results / "stop").glob("*/params.json")
+    workers = json.loads(params.read_text())["runtime"]["workers"]
     straight = []
     run_experiment(
-        compose([f"rounds={ROUNDS}", "server.epochs=3", "theta=0.5"]),
+        compose([f"rounds={ROUNDS}", "server.epochs=3", "theta=0.5", "runtime=ray", f"runtime.workers={workers}"]),
         log_dir=tmp_path / "straight",
         report=straight.append,
         progress=False,

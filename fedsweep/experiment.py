@@ -69,21 +69,25 @@ def prepare(cfg: Mapping[str, Any]) -> Setup:
 
 
 def make_runtime(cfg: Mapping[str, Any], *, label: str) -> Runtime:
-    """The run's runtime; a Ray pool starts its workers now, so they boot while the driver loads data."""
-    if cfg["runtime"]["name"] == "ray":
+    """The run's runtime; a Ray pool starts its workers now, so they boot while the driver loads
+    data. A pool of no workers (``runtime.workers: 0``, or ``auto`` on less than 2 CPUs) is
+    the in-process runtime."""
+    runtime = cfg["runtime"]
+    if runtime["name"] == "ray":
         import ray
-
-        from fedsweep.runtime.ray_runtime import RayRuntime, WorkerResources  # Ray only when asked for
 
         cluster = ray.cluster_resources()  # a sweep resolves "auto" for its trials' share before this
         runtime = resolve_runtime(dict(cfg), cpus=cluster.get("CPU", 1), gpus=cluster.get("GPU", 0))["runtime"]
-        return RayRuntime(
-            workers=runtime["workers"],
-            resources=WorkerResources(num_cpus=runtime["num_cpus"], num_gpus=runtime["num_gpus"]),
-            label=label,
-            max_restarts=runtime["max_restarts"],
-        )
-    return LocalRuntime(device=cfg["device"])
+    if runtime["name"] != "ray" or runtime["workers"] == 0:
+        return LocalRuntime(device=cfg["device"])
+    from fedsweep.runtime.ray_runtime import RayRuntime, WorkerResources  # Ray only when asked for
+
+    return RayRuntime(
+        workers=runtime["workers"],
+        resources=WorkerResources(num_cpus=runtime["num_cpus"], num_gpus=runtime["num_gpus"]),
+        label=label,
+        max_restarts=runtime["max_restarts"],
+    )
 
 
 def _on(data: Dataset, device: torch.device) -> Dataset:

@@ -22,19 +22,19 @@ RESULTS_DIR = Path("results")
 
 
 def trial_resources(config: dict[str, Any]):
-    """A bundle for the trial itself (the server: a GPU share like a worker's when workers
-    have one, else nothing) and one per worker: actors a trial creates must fit its
-    placement group. A local-runtime trial computes in-process on one CPU."""
+    """A bundle for the trial itself and one per worker: actors a trial creates must fit its
+    placement group. The trial's own bundle holds its server's GPU share (like a worker's),
+    and a CPU when it computes in-process (no workers)."""
     from ray import tune
 
     runtime = config["runtime"]
-    if runtime["name"] != "ray":
-        return tune.PlacementGroupFactory([{"CPU": 1}])
-    bundle = {"CPU": runtime["num_cpus"]}
-    server: dict[str, float] = {}
-    if runtime["num_gpus"]:
-        bundle["GPU"] = server["GPU"] = runtime["num_gpus"]
-    return tune.PlacementGroupFactory([server] + [dict(bundle) for _ in range(runtime["workers"])])
+    workers = runtime["workers"] if runtime["name"] == "ray" else 0
+    gpu = runtime.get("num_gpus", 0) if runtime["name"] == "ray" else 0
+    own: dict[str, float] = {"GPU": gpu} if gpu else {}
+    if workers == 0:
+        return tune.PlacementGroupFactory([{"CPU": 1, **own}])
+    bundle = {"CPU": runtime["num_cpus"], **own}
+    return tune.PlacementGroupFactory([own] + [dict(bundle) for _ in range(workers)])
 
 
 def trial_share(base: dict[str, Any], sweep: Sweep, trials: int) -> dict[str, Any]:
@@ -115,6 +115,7 @@ def run_sweep(sweep: Sweep, *, results_dir: Path = RESULTS_DIR, address: str | N
                 param_space=param_space(trial_share(base, sweep, len(points)), grid),
                 tune_config=tune.TuneConfig(
                     max_concurrent_trials=sweep.max_concurrent_trials,
+                    reuse_actors=True,  # a trial's process (torch imported) serves the next trial
                     trial_name_creator=trial_name(sweep),
                     trial_dirname_creator=trial_name(sweep),
                 ),

@@ -36,12 +36,11 @@ def test_two_node_cluster_gives_the_local_numbers(tmp_path):
 
 
 def test_sweep_with_gpu_shares_schedules_on_one_gpu(tmp_path):
-    """On a node with one (declared) GPU and 2 CPUs, two trials at once get one worker each
-    (runtime.workers=auto) and runtime.num_gpus=auto gives the worker and the trial's server
-    1/2 of the GPU each; the trials fit and finish."""
+    """On a node with one (declared) GPU, runtime.num_gpus=auto gives a trial's worker and its
+    server 1/2 of the GPU each: a trial fits on the GPU, and the trials finish."""
     sweep = tmp_path / "gpu.yaml"
     sweep.write_text(
-        "name: gpu\noverrides: [runtime=ray, rounds=2, server.epochs=1]\ngrid:\n  theta: [0.1, 1.0]\n"
+        "name: gpu\noverrides: [runtime=ray, runtime.workers=1, rounds=2, server.epochs=1]\ngrid:\n  theta: [0.1, 1.0]\n"
     )
     script = Path(__file__).with_name("ray_cluster_run.py")
     done = subprocess.run(

@@ -90,7 +90,7 @@ def test_bad_config_values(override, needle):
 @pytest.mark.parametrize(
     "overrides, needle",
     [
-        (["runtime=ray", "runtime.workers=0"], "runtime.workers=0"),
+        (["runtime=ray", "runtime.workers=-1"], "runtime.workers=-1"),
         (["runtime=ray", "runtime.workers=many"], "runtime.workers='many'"),
         (["runtime=ray", "runtime.num_cpus=-1"], "runtime.num_cpus=-1"),
         (["runtime=ray", "runtime.num_gpus=half"], "runtime.num_gpus='half'"),
@@ -183,3 +183,6 @@ def test_trial_reserves_one_bundle_per_worker_and_a_gpu_share_for_its_server():
     assert with_gpu.required_resources["GPU"] <= 1  # a trial fits on one GPU
     fixed = {**cfg, "runtime": {**cfg["runtime"], "workers": 3}}
     assert trial_resources(resolve_runtime(fixed, cpus=64, gpus=0)).bundles == [{"CPU": 0.5}] * 3
+    # a share of one CPU: no pool, the trial computes in-process on its own CPU (and GPU share)
+    assert trial_resources(resolve_runtime(cfg, cpus=1, gpus=0)).bundles == [{"CPU": 1}]
+    assert trial_resources(resolve_runtime(cfg, cpus=1, gpus=1)).bundles == [{"CPU": 1, "GPU": 1.0}]

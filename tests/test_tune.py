@@ -68,12 +68,12 @@ def test_a_failing_trial_makes_the_sweep_exit_non_zero(ray_session, tmp_path, ca
 
 
 def test_two_trials_of_a_thousand_clients_each_share_two_cpus(ray_session, tmp_path):
-    """Two trials at once on 2 CPUs, 1,000 virtual clients each: one worker per trial
-    (runtime.workers=auto), placement groups that fit side by side, no deadlock."""
+    """Two trials at once on 2 CPUs, 1,000 virtual clients each, one worker each: placement
+    groups that fit side by side, no deadlock."""
     path = tmp_path / "many.yaml"
     path.write_text(
         "name: many\n"
-        "overrides: [runtime=ray, rounds=2, server.epochs=1, partition=iid,"
+        "overrides: [runtime=ray, runtime.workers=1, rounds=2, server.epochs=1, partition=iid,"
         " partition.clients_f=500, partition.clients_g=500]\n"
         "grid:\n  theta: [0.1, 1.0]\nmax_concurrent_trials: 2\n"
     )

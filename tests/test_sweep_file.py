@@ -178,8 +178,8 @@ def test_trial_reserves_one_bundle_per_worker_and_a_gpu_share_for_its_server():
     )
     cpu_only = trial_resources(resolve_runtime(cfg, cpus=2, gpus=0))
     assert cpu_only.head_bundle_is_empty and cpu_only.bundles == [{"CPU": 0.5}] * 4
-    with_gpu = trial_resources(resolve_runtime(cfg, cpus=1, gpus=1))
-    assert with_gpu.bundles == [{"GPU": 0.25}] + [{"CPU": 0.5, "GPU": 0.25}] * 2
+    with_gpu = trial_resources(resolve_runtime(cfg, cpus=2, gpus=1))
+    assert with_gpu.bundles == [{"GPU": 0.125}] + [{"CPU": 0.5, "GPU": 0.125}] * 4
     assert with_gpu.required_resources["GPU"] <= 1  # a trial fits on one GPU
     fixed = {**cfg, "runtime": {**cfg["runtime"], "workers": 3}}
     assert trial_resources(resolve_runtime(fixed, cpus=64, gpus=0)).bundles == [{"CPU": 0.5}] * 3

@@ -112,3 +112,65 @@ def test_vrcs_solves_least_squares():
 def test_bad_hyperparameters_name_the_value(kwargs, bad):
     with pytest.raises(ConfigError, match=bad.replace(".", r"\.")):
         VRCS(**kwargs)
+
+
+class SampledClientsOracle(SpyOracle):
+    """Group G has K clients of n_i examples with ∇F_i(x) = c_i ∇G_0(x) + s_i (different
+    curvatures c_i, offsets s_i) whose example-weighted mean is ∇G; a subset answers with
+    fedsweep's sampled (Horvitz–Thompson) weights."""
+
+    def __init__(self, point: torch.Tensor, clients: int = 5) -> None:
+        super().__init__(point)
+        gen = torch.Generator().manual_seed(7)
+        self.members = {}
+        for group, loss in (("f", self.f), ("g", self.g)):
+            shift = [torch.randn(self.dim, generator=gen, dtype=torch.float64) for _ in range(clients)]
+            sizes = np.arange(1, clients + 1) * 3
+            scale = np.linspace(0.2, 3.0, clients)
+            scale /= scale @ (sizes / sizes.sum())  # example-weighted mean curvature 1
+            self.members[group] = (sizes, shift, loss, scale)
+        self.subsets: list[tuple[str, tuple[int, ...], int]] = []
+
+    def num_clients(self, group):
+        return len(self.members[group][0])
+
+    def _client_grad(self, group, i, x):
+        sizes, shift, loss, scale = self.members[group]
+        offset = shift[i] - sum(s * w for s, w in zip(shift, sizes / sizes.sum()))
+        return float(scale[i]) * loss.grad(x) + offset  # example-weighted mean over clients: ∇G
+
+    def clients(self, group, points, seed, *, subset=None):
+        from fedsweep.methods.aggregate import group_weights, sampled_weights
+
+        self.calls[group] += 1
+        sizes = self.members[group][0]
+        chosen = np.arange(len(sizes)) if subset is None else subset
+        weights = group_weights(sizes) if subset is None else sampled_weights(sizes, subset)
+        self.subsets.append((group, tuple(chosen), len(points)))
+        return [
+            self.wrap(sum(w * self._client_grad(group, int(i), p["x"]) for i, w in zip(chosen, weights))) for p in points
+        ]
+
+
+def test_vrcs_with_sampled_clients_is_unbiased_monte_carlo():
+    """With local_participation, each local step asks a sample S of the group at x and at the
+    snapshot (the same S), and the estimates still average to ∇h − ∇h1 at the local iterate."""
+    gen = torch.Generator().manual_seed(2)
+    x_t = torch.randn(8, generator=gen, dtype=torch.float64)
+    x_local = x_t + torch.randn(8, generator=gen, dtype=torch.float64)
+    oracle = SampledClientsOracle(x_local)
+    method = VRCS(theta=0.5, p=0.5, q=0.05, local_participation=2)
+    state = method.init(Weights({"x": x_t}), seed=5)
+    estimates = []
+    while len(estimates) < 6000:
+        state.x = Weights({"x": x_t.clone()})
+        oracle.linear.clear()
+        state, _ = method.round(state, oracle)
+        estimates.extend(oracle.linear[1:])
+    local = [s for s in oracle.subsets if len(s[1]) < 5]
+    assert local and all(len(chosen) == 2 and points == 2 for _, chosen, points in local)  # S at x and x_0
+    samples = torch.stack(estimates)
+    target = oracle.grad_h(x_local) - oracle.grad_h1(x_local)
+    stderr = samples.std(dim=0) / len(samples) ** 0.5
+    assert torch.all((samples.mean(dim=0) - target).abs() <= 5 * stderr + 1e-12)
+    assert (samples.std(dim=0) > 0).all()  # the sampling does add noise: the test can fail

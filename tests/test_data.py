@@ -67,6 +67,17 @@ def test_digits_split_is_stratified(digits: DataBundle) -> None:
     assert (test_counts - expected).abs().max().item() <= 1.0
 
 
+def test_digits_are_scikit_learns_digits() -> None:
+    """Read from the file in scikit-learn's wheel: the same images and labels as its loader."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    from fedsweep.data.datasets import _digits_rows
+
+    raw, sk = _digits_rows(), sk_load_digits()
+    np.testing.assert_array_equal(raw[:, :-1], sk.data)
+    np.testing.assert_array_equal(raw[:, -1], sk.target)
+
+
 def test_digits_split_determinism_and_fraction() -> None:
     a = load_dataset("digits", root="unused", seed=3)
     b = load_dataset("digits", root="unused", seed=3)

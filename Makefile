@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SWEEP ?= sweeps/vrcs_grid.yaml
 
-.PHONY: sweep test bench install
+.PHONY: sweep test bench bench-scale bench-sweep install
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,3 +24,9 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/weights.py
+
+bench-scale: $(VENV)/.installed
+	$(PY) bench/scale.py
+
+bench-sweep: $(VENV)/.installed
+	$(PY) bench/sweep.py

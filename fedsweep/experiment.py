@@ -153,7 +153,7 @@ def build(cfg: Mapping[str, Any], setup: Setup, runtime: Runtime) -> Run:
 @contextmanager
 def _torch_threads(threads: int) -> Iterator[None]:
     """The driver's torch threads while a worker pool computes: idle torch threads spin after
-    each parallel op, and on the workers' cores that slowed a round by ~40% (2 CPUs)."""
+    each parallel op, and on the workers' cores that made a round a third slower or more (2 CPUs)."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

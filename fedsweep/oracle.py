@@ -83,14 +83,14 @@ class FederatedOracle:
             return self._ids[group], group_weights(sizes)
         return self._ids[group][subset], weights(sizes, subset)
 
-    def _request(self, request: Request, subsets: Mapping[Group, np.ndarray | None], weights, payload: int):
+    def _request(self, request: Request, subsets: Mapping[Group, np.ndarray | None], weights):
         """One round trip to the groups in ``subsets``; each group's sums, back on the server's
         device and dtype, and the communication counted per group."""
         parts = {group: self._contact(group, subset, weights) for group, subset in subsets.items()}
         sums = self.runtime.map_reduce(request, list(parts.values()))
         out = {}
         for (group, (ids, _)), group_sums in zip(parts.items(), sums):
-            self._count(group, len(ids), payload)
+            self._count(group, len(ids), request.nbytes)
             out[group] = [s.to(self.device, self.dtype) for s in group_sums]
         return out
 
@@ -106,9 +106,7 @@ class FederatedOracle:
         self, subsets: Mapping[Group, np.ndarray | None], points: Sequence[Weights], seed: int | None
     ) -> dict[Group, list[Weights]]:
         """∇G at each point for every group of ``subsets`` (sampled clients: unbiased estimates)."""
-        request = GradRequest(tuple(points), self.batch_size, seed)
-        payload = sum(p.numel * p.dtype.itemsize for p in points)
-        return self._request(request, subsets, sampled_weights, payload)
+        return self._request(GradRequest(tuple(points), self.batch_size, seed), subsets, sampled_weights)
 
     def local_updates(
         self,
@@ -120,8 +118,7 @@ class FederatedOracle:
         seed: int,
         subsets: Mapping[Group, np.ndarray | None],
     ) -> dict[Group, Weights]:
-        request = TrainRequest(x, epochs, lr, batch_size, seed)
-        sums = self._request(request, subsets, participation_weights, x.numel * x.dtype.itemsize)
+        sums = self._request(TrainRequest(x, epochs, lr, batch_size, seed), subsets, participation_weights)
         return {group: total for group, (total,) in sums.items()}
 
     def server(self, group: Group, points: Sequence[Weights], seed: int | None) -> list[Weights]:

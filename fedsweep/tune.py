@@ -55,7 +55,7 @@ def trial(config: dict[str, Any], *, tensorboard_root: str) -> None:
     from fedsweep.checkpoint import FILENAME
     from fedsweep.experiment import checkpoint_path, run_experiment
 
-    torch.set_num_threads(1)  # the trial's own bundle holds no CPU; clients do the heavy lifting
+    torch.set_num_threads(1)  # the trial's share: one CPU when it serves its clients itself, none beside workers
     log_dir = Path(tensorboard_root) / tune.get_context().get_trial_name()
     saved = tune.get_checkpoint()
     if saved is not None:  # a resumed sweep: continue this trial where it stopped

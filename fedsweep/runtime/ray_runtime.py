@@ -2,18 +2,18 @@
 
 The pool starts its W workers at once (they boot and import torch while the driver
 loads data), then ``attach`` puts the clients' data and the model constructor in the
-object store once: every worker of a node maps the same arrays zero-copy. A request is
-put once too; the clients of all its parts (both groups of a full communication) are
-split into W contiguous shares balanced by examples, and each worker answers with one
-float64 partial sum per part; the driver adds the partials in worker order. 10,000
-clients are W processes and one round trip, not 10,000.
+object store once: every worker of a node maps the same arrays zero-copy. A request
+travels with the call when small, else is put once; the clients of all its parts (both
+groups of a full communication) are split into W contiguous shares balanced by examples,
+and each worker answers with one float64 partial sum per part; the driver adds the
+partials in worker order. 10,000 clients are W processes and one round trip, not 10,000.
 
 Faults use Ray's actor fault tolerance: a worker that dies is restarted by Ray
 (``max_restarts``) and its request retried (``max_task_retries``); the restarted (fresh)
 worker answers that it lacks the run's setup, the driver sends it again (the data is
 mapped from the object store, not copied) and repeats the request, and the answer is the
-one an undisturbed worker gives. A worker that dies
-more often than that fails the run with a one-line :class:`WorkerDiedError`.
+one an undisturbed worker gives. A worker that dies more often than that fails the run
+with a one-line :class:`WorkerDiedError`.
 
 Inside a Ray Tune trial the workers join the trial's placement group (Tune captures
 child actors by default), which must hold one bundle per worker: see
@@ -27,7 +27,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import ray
@@ -114,14 +114,6 @@ class SetupMissing(Exception):
     """A worker was asked to serve a run whose setup it does not hold (it was restarted)."""
 
 
-def _weights(request: Request) -> list[Weights]:
-    return [v for f in fields(request) for v in _flatten(getattr(request, f.name)) if isinstance(v, Weights)]
-
-
-def _flatten(value):
-    return value if isinstance(value, tuple) else (value,)
-
-
 def split(sizes: np.ndarray, parts: int) -> list[slice]:
     """At most ``parts`` contiguous, non-empty slices of clients with about equal examples."""
     cumulative = np.cumsum(sizes)
@@ -171,7 +163,7 @@ class RayRuntime(Runtime):
         """A small request travels with each call (inline); a large one is put in the object
         store once, and the same request again (both groups at the same points) reuses it.
         Requests compare their ``Weights`` by identity; the cache keeps them alive."""
-        if sum(w.numel * w.dtype.itemsize for w in _weights(request)) <= INLINE_BYTES // 2:
+        if request.nbytes <= INLINE_BYTES // 2:
             return request
         if self._last is None or self._last[0] != request:
             self._last = (request, ray.put(request))
@@ -180,7 +172,7 @@ class RayRuntime(Runtime):
     def map_reduce(self, request: Request, parts: Sequence[Part]) -> list[list[Weights]]:
         if self._setup is None or self._sizes is None:
             raise RuntimeError("attach() the clients' data before the first request")
-        request_ref = self._argument(request)
+        argument = self._argument(request)
         clients = [np.asarray(c, dtype=np.int64) for c, _ in parts]
         weights = [np.asarray(w, dtype=np.float64) for _, w in parts]
         owner = np.repeat(np.arange(len(parts)), [len(c) for c in clients])
@@ -188,10 +180,10 @@ class RayRuntime(Runtime):
         refs = []
         for share in split(self._sizes[every], len(self.workers)):  # contiguous shares of all parts' clients
             local = [(every[share][owner[share] == k], every_weight[share][owner[share] == k]) for k in range(len(parts))]
-            refs.append((self.workers[len(refs)].serve.remote(self._setup[1], request_ref, local), local))
+            refs.append((self.workers[len(refs)].serve.remote(self._setup[1], argument, local), local))
         totals: list[list[Weights] | None] = [None] * len(parts)
         for index, (ref, local) in enumerate(refs):  # in worker order: the same sums whatever finishes first
-            for k, partial in enumerate(self._answer(index, ref, request_ref, local)):
+            for k, partial in enumerate(self._answer(index, ref, argument, local)):
                 if partial is None:
                     continue
                 if totals[k] is None:
@@ -201,7 +193,7 @@ class RayRuntime(Runtime):
                         t.add_(p)
         return [t if t is not None else [] for t in totals]
 
-    def _answer(self, index: int, ref: ray.ObjectRef, request_ref: ray.ObjectRef, parts: list[Part]):
+    def _answer(self, index: int, ref: ray.ObjectRef, argument, parts: list[Part]):
         """Worker ``index``'s reply; a restarted worker gets the setup again and the request anew."""
         try:
             return self._get(ref, index)
@@ -209,7 +201,7 @@ class RayRuntime(Runtime):
             worker = self.workers[index]
             setup_ref, setup_id = self._setup
             worker.load.remote([setup_ref], setup_id)
-            return self._get(worker.serve.remote(setup_id, request_ref, parts), index)
+            return self._get(worker.serve.remote(setup_id, argument, parts), index)
 
     def _get(self, ref: ray.ObjectRef, index: int):
         try:

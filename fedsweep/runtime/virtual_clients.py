@@ -43,17 +43,28 @@ BLOCK_BYTES = 256 * 2**20  # memory for one block of clients trained together (s
 VMAP_MIN_CLIENTS = 4  # fewer clients train faster one by one (vmap's fixed cost measured ~0.4 ms a step)
 
 
+class _Payload:
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the vectors a client receives with this request."""
+        return sum(w.numel * w.dtype.itemsize for w in self.vectors)
+
+
 @dataclass(frozen=True)
-class GradRequest:
+class GradRequest(_Payload):
     """∇F_i at each point, on each client's minibatch drawn by ``seed`` (None: its whole shard)."""
 
     points: tuple[Weights, ...]
     batch_size: int | None
     seed: int | None
 
+    @property
+    def vectors(self) -> tuple[Weights, ...]:
+        return self.points
+
 
 @dataclass(frozen=True)
-class HvpRequest:
+class HvpRequest(_Payload):
     """∇²F_i(point) · vector, on each client's minibatch drawn by ``seed``."""
 
     point: Weights
@@ -61,9 +72,13 @@ class HvpRequest:
     batch_size: int | None
     seed: int | None
 
+    @property
+    def vectors(self) -> tuple[Weights, ...]:
+        return (self.point, self.vector)
+
 
 @dataclass(frozen=True)
-class TrainRequest:
+class TrainRequest(_Payload):
     """Each client's model after ``epochs`` of plain SGD (step ``lr``) from ``x`` on its shard."""
 
     x: Weights
@@ -71,6 +86,10 @@ class TrainRequest:
     lr: float
     batch_size: int | None
     seed: int
+
+    @property
+    def vectors(self) -> tuple[Weights, ...]:
+        return (self.x,)
 
 
 Request = GradRequest | HvpRequest | TrainRequest

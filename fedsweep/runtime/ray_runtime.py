@@ -49,7 +49,7 @@ class WorkerResources:
 
 
 @dataclass(frozen=True)
-class Setup:
+class WorkerSetup:
     """What a worker needs to serve a run's clients; put in the object store once per run."""
 
     data: ClientData
@@ -97,7 +97,7 @@ class Worker:
         """Take the run's clients and model (``setup[0]``: nested, so Ray hands over the reference)."""
         from fedsweep.runtime.virtual_clients import VirtualClients
 
-        s: Setup = ray.get(setup[0])  # the arrays are mapped from the object store, not copied
+        s: WorkerSetup = ray.get(setup[0])  # the arrays are mapped from the object store, not copied
         # Ray hides GPUs from actors without a GPU share, so "auto" is cuda exactly when it holds one
         self._clients = VirtualClients(s.data, s.model_fn, device="auto", vectorize=s.vectorize)
         self._setup_id = setup_id
@@ -154,7 +154,7 @@ class RayRuntime(Runtime):
         self._last: tuple[Request, ray.ObjectRef] | None = None
 
     def attach(self, data: ClientData, model_fn: Callable[[], nn.Module], *, vectorize: bool | str) -> None:
-        self._setup = (ray.put(Setup(data, model_fn, vectorize)), uuid.uuid4().hex)
+        self._setup = (ray.put(WorkerSetup(data, model_fn, vectorize)), uuid.uuid4().hex)
         self._sizes = data.sizes
         for worker in self.workers:  # queued before any request: actor calls run in order
             worker.load.remote([self._setup[0]], self._setup[1])

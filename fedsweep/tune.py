@@ -10,6 +10,7 @@ command again resumes a stopped sweep without redoing finished trials.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,14 @@ from fedsweep.sweep import Sweep, expand, label, load_sweep, param_space
 RESULTS_DIR = Path("results")
 
 
-def trial_resources(config: dict[str, Any]):
+def trial_resources(config: dict[str, Any], share: dict[str, float] | None = None):
     """A bundle for the trial itself and one per worker: actors a trial creates must fit its
     placement group. The trial's own bundle holds its server's GPU share (like a worker's),
-    and a CPU when it computes in-process (no workers)."""
+    and a CPU when it computes in-process (no workers). ``share`` resolves ``auto`` values
+    (a grid may set them) as :func:`trial` does."""
     from ray import tune
 
-    runtime = config["runtime"]
+    runtime = (resolve_runtime(config, **share) if share else config)["runtime"]
     workers = runtime["workers"] if runtime["name"] == "ray" else 0
     gpu = runtime.get("num_gpus", 0) if runtime["name"] == "ray" else 0
     own: dict[str, float] = {"GPU": gpu} if gpu else {}
@@ -37,18 +39,18 @@ def trial_resources(config: dict[str, Any]):
     return tune.PlacementGroupFactory([own] + [dict(bundle) for _ in range(workers)])
 
 
-def trial_share(base: dict[str, Any], sweep: Sweep, trials: int) -> dict[str, Any]:
-    """``base`` with the pool resolved for one trial's share of the cluster: the CPUs divided
-    among the trials that run at once (``runtime.workers: auto``), and a GPU share."""
+def trial_share(sweep: Sweep, trials: int) -> dict[str, float]:
+    """One trial's share of the cluster: its CPUs divided among the trials that run at once,
+    and the cluster's GPUs (what ``runtime.workers`` and ``runtime.num_gpus: auto`` resolve to)."""
     import ray
 
     cluster = ray.cluster_resources()
     concurrent = min(sweep.max_concurrent_trials or trials, trials)
-    return resolve_runtime(base, cpus=cluster.get("CPU", 1) / concurrent, gpus=cluster.get("GPU", 0))
+    return {"cpus": cluster.get("CPU", 1) / concurrent, "gpus": cluster.get("GPU", 0)}
 
 
-def trial(config: dict[str, Any], *, tensorboard_root: str) -> None:
-    """A Tune trial: one experiment, reported every round."""
+def trial(config: dict[str, Any], *, tensorboard_root: str, share: dict[str, float]) -> None:
+    """A Tune trial: one experiment on its share of the cluster, reported every round."""
     import torch
     from ray import tune
 
@@ -56,6 +58,7 @@ def trial(config: dict[str, Any], *, tensorboard_root: str) -> None:
     from fedsweep.experiment import checkpoint_path, run_experiment
 
     torch.set_num_threads(1)  # the trial's share: one CPU when it serves its clients itself, none beside workers
+    config = resolve_runtime(config, **share)
     log_dir = Path(tensorboard_root) / tune.get_context().get_trial_name()
     saved = tune.get_checkpoint()
     if saved is not None:  # a resumed sweep: continue this trial where it stopped
@@ -103,8 +106,10 @@ def run_sweep(sweep: Sweep, *, results_dir: Path = RESULTS_DIR, address: str | N
         if context.dashboard_url:
             print(f"Ray dashboard: http://{context.dashboard_url}")
     try:
+        share = trial_share(sweep, len(points))
         trainable = tune.with_resources(
-            tune.with_parameters(trial, tensorboard_root=str(tensorboard_root)), trial_resources
+            tune.with_parameters(trial, tensorboard_root=str(tensorboard_root), share=share),
+            functools.partial(trial_resources, share=share),
         )
         if tune.Tuner.can_restore(str(exp_dir)):
             print(f"Resuming {exp_dir} (finished trials are kept)")
@@ -112,7 +117,7 @@ def run_sweep(sweep: Sweep, *, results_dir: Path = RESULTS_DIR, address: str | N
         else:
             tuner = tune.Tuner(
                 trainable,
-                param_space=param_space(trial_share(base, sweep, len(points)), grid),
+                param_space=param_space(resolve_runtime(base, **share), grid),
                 tune_config=tune.TuneConfig(
                     max_concurrent_trials=sweep.max_concurrent_trials,
                     reuse_actors=True,  # a trial's process (torch imported) serves the next trial

@@ -183,6 +183,8 @@ def test_trial_reserves_one_bundle_per_worker_and_a_gpu_share_for_its_server():
     assert with_gpu.required_resources["GPU"] <= 1  # a trial fits on one GPU
     fixed = {**cfg, "runtime": {**cfg["runtime"], "workers": 3}}
     assert trial_resources(resolve_runtime(fixed, cpus=64, gpus=0)).bundles == [{"CPU": 0.5}] * 3
+    # "auto" left in a trial's config (a grid can set it) resolves against the trial's share
+    assert trial_resources(cfg, share={"cpus": 2, "gpus": 0}).bundles == [{"CPU": 0.5}] * 4
     # a share of one CPU: no pool, the trial computes in-process on its own CPU (and GPU share)
     assert trial_resources(resolve_runtime(cfg, cpus=1, gpus=0)).bundles == [{"CPU": 1}]
     assert trial_resources(resolve_runtime(cfg, cpus=1, gpus=1)).bundles == [{"CPU": 1, "GPU": 1.0}]

@@ -131,8 +131,12 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
     if not (isinstance(every, int) and every >= 0):
         raise ConfigError(f"checkpoint.every must be an integer >= 0, got checkpoint.every={every}")
     resume = _require(c, "checkpoint.resume")
-    if resume is not None and not Path(resume).is_file():
-        raise ConfigError(f"checkpoint.resume file not found: {resume}")
+    if resume is not None:
+        if not Path(resume).is_file():
+            raise ConfigError(f"checkpoint.resume file not found: {resume}")
+        from fedsweep.checkpoint import check_config, load_checkpoint
+
+        check_config(load_checkpoint(resume), c, resume)  # read safely; the same config, or one line
     _check_partition(_require(c, "partition"))
 
 

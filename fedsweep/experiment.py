@@ -207,7 +207,7 @@ def run_experiment(
         checkpoint_every, resume = cfg["checkpoint"]["every"], cfg["checkpoint"]["resume"]
         done, state, oracle = 0, run.state, run.oracle
         if resume:
-            done, state = restore(load_checkpoint(resume), oracle.comm, tracker)
+            done, state = restore(load_checkpoint(resume), oracle.comm, tracker, run.state.x.device)
         # a rerun into the same directory (a restarted trial) replaces what was logged after its start
         logger = RunLogger(log_dir, resume_round=done, resume_comm=oracle.comm.as_metrics())
         similarity = {}
@@ -229,7 +229,9 @@ def run_experiment(
             logger.log(metrics, rnd)
             bar.set_postfix({"acc": f"{metrics['accuracy/test']:.3f}", "loss": f"{metrics['loss/test']:.3f}"})
             if checkpoint_every and rnd % checkpoint_every == 0:  # before reporting: Tune persists it with the report
-                save_checkpoint(checkpoint_path(log_dir), rnd=rnd, state=state, comm=oracle.comm, tracker=tracker)
+                save_checkpoint(
+                    checkpoint_path(log_dir), rnd=rnd, state=state, comm=oracle.comm, tracker=tracker, config=cfg
+                )
             if report is not None:
                 report(metrics)
             if rnd == done + 1:

@@ -8,7 +8,7 @@ state and the round's statistics. All maths is here; the driver only calls it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -22,15 +22,6 @@ class MethodState:
     x: Weights  # the current iterate x_t
     rng: np.random.Generator  # every random draw of the method (groups, K, minibatch seeds)
     round: int = 0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"x": self.x.clone(), "rng": self.rng.bit_generator.state, "round": self.round}
-
-    @classmethod
-    def from_state_dict(cls, d: dict[str, Any]) -> "MethodState":
-        rng = np.random.default_rng()
-        rng.bit_generator.state = d["rng"]
-        return cls(x=d["x"].clone(), rng=rng, round=d["round"])
 
 
 class Method(Protocol):

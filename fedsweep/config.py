@@ -130,6 +130,9 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
     every = _require(c, "checkpoint.every")
     if not (isinstance(every, int) and every >= 0):
         raise ConfigError(f"checkpoint.every must be an integer >= 0, got checkpoint.every={every}")
+    keep = _require(c, "checkpoint.keep")
+    if not (_is_int(keep) and keep >= 1):
+        raise ConfigError(f"checkpoint.keep must be a positive integer, got checkpoint.keep={keep!r}")
     resume = _require(c, "checkpoint.resume")
     if resume is not None:
         if not Path(resume).is_file():

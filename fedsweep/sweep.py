@@ -62,8 +62,11 @@ def load_sweep(path: str | Path) -> Sweep:
     if unknown:
         raise ConfigError(f"{path}: unknown key {unknown[0]!r}; known: {', '.join(SWEEP_KEYS)}")
     name = raw.get("name", path.stem)
-    if not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", name)):
-        raise ConfigError(f"{path}: name must be letters, digits, '_', '-' or '.', got name={name!r}")
+    if not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", name) and name.strip(".")):
+        raise ConfigError(
+            f"{path}: name must be one folder name of letters, digits, '_', '-' or '.' (not only dots), "
+            f"got name={name!r}"
+        )
     overrides = raw.get("overrides") or []
     if not (isinstance(overrides, list) and all(isinstance(o, str) for o in overrides)):
         raise ConfigError(f"{path}: overrides must be a list of key=value strings, got {overrides!r}")

@@ -10,8 +10,12 @@ command again resumes a stopped sweep without redoing finished trials.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import functools
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,7 @@ from fedsweep.errors import ConfigError
 from fedsweep.sweep import Sweep, expand, label, load_sweep, param_space
 
 RESULTS_DIR = Path("results")
+LOCKFILE = ".driver.lock"  # in the sweep's folder: the pid of the driver running it
 
 
 def trial_resources(config: dict[str, Any], share: dict[str, float] | None = None):
@@ -83,18 +88,52 @@ def trial_name(sweep: Sweep):
 
 
 def run_sweep(sweep: Sweep, *, results_dir: Path = RESULTS_DIR, address: str | None = None):
-    """Run (or resume) ``sweep``; returns its results directory and its table (a DataFrame)."""
+    """Run (or resume) ``sweep``; returns its results directory and its table (a DataFrame).
+
+    The sweep writes only inside ``results_dir/<name>/`` (mode 700), and one driver at a time.
+    """
+    base, grid, points = expand(sweep)  # validates every grid point before Ray starts
+    root = results_dir.resolve()
+    exp_dir = (root / sweep.name).resolve()
+    if exp_dir.parent != root:  # e.g. a link planted under the sweep's name
+        raise ConfigError(f"the sweep folder {exp_dir} lies outside the results folder {root}")
+    root.mkdir(parents=True, exist_ok=True)
+    exp_dir.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(exp_dir, 0o700)  # results (and Tune's pickles) are private to their owner
+    with one_driver(exp_dir):
+        return _run_sweep(sweep, base, grid, points, exp_dir, results_dir=root, address=address)
+
+
+@contextmanager
+def one_driver(exp_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``exp_dir`` while a driver runs its sweep: a second driver
+    stops at once with one line naming the folder and the holder's pid."""
+    with open(exp_dir / LOCKFILE, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            raise ConfigError(f"{exp_dir} is in use by another sweep driver (pid {holder}); wait for it or stop it") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _run_sweep(sweep: Sweep, base, grid, points, exp_dir: Path, *, results_dir: Path, address: str | None):
     import ray
     from ray import tune
 
-    base, grid, points = expand(sweep)  # validates every grid point before Ray starts
-    exp_dir = (results_dir / sweep.name).resolve()
     saved = exp_dir / "sweep.yaml"
     if saved.exists() and saved.read_text() != sweep.source:
         raise ConfigError(
             f"{exp_dir} holds a different sweep named {sweep.name!r}; change 'name' or move that directory"
         )
-    exp_dir.mkdir(parents=True, exist_ok=True)
     saved.write_text(sweep.source)
     tensorboard_root = exp_dir / "tensorboard"
 
@@ -124,7 +163,13 @@ def run_sweep(sweep: Sweep, *, results_dir: Path = RESULTS_DIR, address: str | N
                     trial_name_creator=trial_name(sweep),
                     trial_dirname_creator=trial_name(sweep),
                 ),
-                run_config=tune.RunConfig(name=sweep.name, storage_path=str(results_dir.resolve()), verbose=1),
+                run_config=tune.RunConfig(
+                    name=sweep.name,
+                    storage_path=str(results_dir),
+                    verbose=1,
+                    # bounded: each trial keeps its newest checkpoint.keep checkpoints
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=base["checkpoint"]["keep"]),
+                ),
             )
         results = tuner.fit()
     finally:
@@ -137,9 +182,10 @@ def run_sweep(sweep: Sweep, *, results_dir: Path = RESULTS_DIR, address: str | N
     print(f"\nTensorBoard logs: {tensorboard_root}   (tensorboard --logdir {tensorboard_root})")
     print(f"Results: {exp_dir / 'results.csv'}, plots: {exp_dir / 'accuracy.png'}, {exp_dir / 'accuracy_vs_comm.png'}\n")
     print(table.to_string(index=False))
-    unfinished = len(results) - int((table["status"] == "done").sum()) if len(table) else len(results)
+    done = int((table["status"] == "done").sum()) if len(table) else 0
+    table.attrs["unfinished"] = unfinished = len(points) - done  # those that never started included
     if unfinished:
-        print(f"\n{unfinished} trial(s) not finished: run the same command again to resume them.")
+        print(f"\n{unfinished} of {len(points)} trial(s) not finished: run the same command again to resume them.")
     return exp_dir, table
 
 
@@ -159,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"error: {failed} trial(s) failed; Ray Tune's error files are in {exp_dir}", file=sys.stderr)
         return 1
+    if table.attrs.get("unfinished"):  # stopped (Ctrl-C): its state is saved for the resume
+        again = [sys.executable, "-m", "fedsweep.tune", args.sweep, "--results", args.results]
+        print("resume with: " + " ".join([*again, *(["--address", args.address] if args.address else [])]))
+        return 130
     return 0
 
 

@@ -50,6 +50,10 @@ def test_good_sweep_expands_to_the_full_grid(tmp_path):
         ("grid: [1, 2\n", "not valid YAML"),
         ("overrides: [data=imagenet]\ngrid:\n  theta: [0.1]\n", "imagenet"),
         ("overrides: [no_such_key=1]\ngrid:\n  theta: [0.1]\n", "no_such_key"),
+        ("name: ..\ngrid:\n  theta: [0.1]\n", "name='..'"),
+        ("name: .\ngrid:\n  theta: [0.1]\n", "name='.'"),
+        ("name: ../escape\ngrid:\n  theta: [0.1]\n", "name='../escape'"),
+        ("name: /tmp/x\ngrid:\n  theta: [0.1]\n", "name='/tmp/x'"),
     ],
 )
 def test_bad_sweep_files_fail_in_one_line_before_ray(tmp_path, monkeypatch, capsys, text, needle):

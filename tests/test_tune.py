@@ -23,7 +23,7 @@ TAGS = {
 
 SWEEP = """\
 name: e2e
-overrides: [runtime=ray, rounds=3, server.epochs=1]
+overrides: [runtime=ray, rounds=3, server.epochs=1, checkpoint.every=1, checkpoint.keep=2]
 grid:
   theta: [0.1, 1.0]
   q: [0.5]
@@ -40,6 +40,9 @@ def test_sweep_end_to_end_and_resume(ray_session, tmp_path):
     table = (out / "results.csv").read_text().splitlines()
     assert len(table) == 3 and table[0].startswith("theta,q,accuracy/test")
     assert (out / "accuracy.png").stat().st_size > 0 and (out / "accuracy_vs_comm.png").stat().st_size > 0
+    assert out.stat().st_mode & 0o777 == 0o700  # private to its owner
+    for trial in out.glob("*/params.json"):  # three checkpoints made, the newest two kept
+        assert len(list(trial.parent.glob("checkpoint_*"))) == 2
     trial_dirs = sorted((out / "tensorboard").iterdir())
     assert len(trial_dirs) == 2
     for trial_dir in trial_dirs:
@@ -83,3 +86,39 @@ def test_two_trials_of_a_thousand_clients_each_share_two_cpus(ray_session, tmp_p
     assert [p["runtime"]["workers"] for p in params] == [1, 1]
     results = [json.loads(line) for p in sorted(out.glob("*/result.json")) for line in p.read_text().splitlines()]
     assert all(r["comm/messages"] >= 1000 * r["round"] for r in results)  # every client, every full communication
+
+
+def test_a_second_driver_of_the_same_sweep_stops_in_one_line(tmp_path, capsys):
+    """While one driver holds the sweep's folder, another stops at once, naming it and the holder."""
+    import fcntl
+    import os
+
+    from fedsweep.tune import LOCKFILE, main
+
+    path = tmp_path / "e2e.yaml"
+    path.write_text(SWEEP)
+    folder = tmp_path / "results" / "e2e"
+    folder.mkdir(parents=True)
+    with open(folder / LOCKFILE, "w") as holder:
+        holder.write(str(os.getpid()))
+        holder.flush()
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main([str(path), "--results", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {folder} is in use by another sweep driver (pid {os.getpid()}); wait for it or stop it"
+    assert sorted(p.name for p in folder.iterdir()) == [LOCKFILE]  # nothing written
+
+
+def test_a_sweep_never_writes_outside_its_results_folder(tmp_path, capsys):
+    """A link planted under the sweep's name, pointing elsewhere, is refused before anything is written."""
+    from fedsweep.tune import main
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "e2e").symlink_to(outside)
+    path = tmp_path / "e2e.yaml"
+    path.write_text(SWEEP)
+    assert main([str(path), "--results", str(tmp_path / "results")]) == 2
+    assert "lies outside the results folder" in capsys.readouterr().err
+    assert list(outside.iterdir()) == []

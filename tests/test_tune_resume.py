@@ -42,7 +42,9 @@ def test_stopped_sweep_resumes_mid_trial(ray_session, tmp_path):
         time.sleep(0.2)
     driver.send_signal(signal.SIGINT)  # what Ctrl-C does
     output = driver.communicate(timeout=180)[0].decode()
-    assert "not finished: run the same command again" in output, output[-2000:]
+    assert driver.returncode == 130, output[-2000:]  # stopped, not done: the shell sees it
+    assert "1 of 1 trial(s) not finished: run the same command again" in output, output[-2000:]
+    assert f"resume with: {sys.executable} -m fedsweep.tune {path} --results {results}" in output
     stopped = pd.read_csv(results / "stop" / "results.csv")
     assert stopped["status"][0].startswith("stopped at")
 

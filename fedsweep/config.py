@@ -116,6 +116,7 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
     lr = _require(c, "optimizer.lr")
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ConfigError(f"optimizer.lr must be > 0, got optimizer.lr={lr}")
+    _check_optimizer(c["optimizer"])
     _check_runtime(_require(c, "runtime"))
     device = _require(c, "device")
     if device not in ("auto", "cpu") and not str(device).startswith("cuda"):
@@ -141,6 +142,20 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
 
         check_config(load_checkpoint(resume), c, resume)  # read safely; the same config, or one line
     _check_partition(_require(c, "partition"))
+
+
+def _check_optimizer(opt_cfg: Mapping[str, Any]) -> None:
+    """Build the optimizer once over a one-value parameter: the name must be a concrete
+    ``torch.optim`` optimizer and it must accept every other key with its value."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    try:
+        optimizer = make_optimizer_factory(opt_cfg)([param])
+        param.grad = torch.zeros(1)
+        optimizer.step()
+    except Exception as err:  # noqa: BLE001 - torch's own message, as one line
+        message = " ".join(str(err).split()) or type(err).__name__
+        settings = ", ".join(f"optimizer.{k}={v!r}" for k, v in opt_cfg.items())
+        raise ConfigError(f"the optimizer cannot be built from {settings}: {message[:200]}") from None
 
 
 def _check_runtime(runtime: Mapping[str, Any]) -> None:

@@ -6,7 +6,15 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torch.utils.tensorboard import SummaryWriter
+
+REPORTED = (  # every metric a run may report (tests/test_experiment.py checks the list)
+    "round", "accuracy/test", "loss/test", "accuracy/server", "loss/server",
+    "comm/f", "comm/g", "comm/total", "comm/messages", "comm/bytes_sent", "comm/bytes_received",
+    "norm/extragrad/full", "norm/extragrad/f", "norm/extragrad/g", "norm/update", "loss/argmin", "local_steps",
+    "clients/f", "clients/g", "clients/local",
+    "target/round", "target/comm_f", "target/comm_g", "target/bytes",
+    "similarity/delta_f", "similarity/delta_g",
+)  # fmt: skip
 
 # curves re-indexed by cumulative communication: tag prefix → the counter used as step
 COMM_AXES = {"f": "comm/f", "g": "comm/g", "total": "comm/total"}
@@ -46,6 +54,8 @@ class RunLogger:
     def __init__(
         self, log_dir: str | Path, *, resume_round: int = 0, resume_comm: dict[str, float] | None = None
     ) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # here: sweep-file checks import this module
+
         log_dir = Path(log_dir)
         resume_comm = resume_comm or {}
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=resume_round + 1 if resume_round else 0)

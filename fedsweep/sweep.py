@@ -11,6 +11,7 @@ A sweep file is YAML:
     metric: accuracy/test            # what the table ranks by (optional)
     mode: max                        # max | min (optional)
     max_concurrent_trials: 2         # optional
+    max_trials: 1000                 # optional: a larger grid stops before it starts
 
 Everything here runs before Ray starts, so a bad file costs nothing.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,8 +31,10 @@ import yaml
 
 from fedsweep.config import CONFIG_DIR, compose, to_container, validate
 from fedsweep.errors import ConfigError
+from fedsweep.metrics import REPORTED
 
-SWEEP_KEYS = ("name", "overrides", "grid", "metric", "mode", "max_concurrent_trials")
+SWEEP_KEYS = ("name", "overrides", "grid", "metric", "mode", "max_concurrent_trials", "max_trials")
+MAX_TRIALS = 1000  # a larger grid must say so with max_trials
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class Sweep:
     metric: str = "accuracy/test"
     mode: str = "max"
     max_concurrent_trials: int | None = None
+    max_trials: int = MAX_TRIALS
     source: str = field(default="", compare=False)  # the file's text, kept beside the results
 
 
@@ -79,16 +84,29 @@ def load_sweep(path: str | Path) -> Sweep:
     mode = raw.get("mode", "max")
     if mode not in ("max", "min"):
         raise ConfigError(f"{path}: mode must be max or min, got mode={mode!r}")
+    metric = raw.get("metric", "accuracy/test")
+    if metric not in REPORTED:
+        raise ConfigError(f"{path}: metric={metric!r} is not a metric runs report; known: {', '.join(REPORTED)}")
     mct = raw.get("max_concurrent_trials")
     if mct is not None and not (isinstance(mct, int) and mct >= 1):
         raise ConfigError(f"{path}: max_concurrent_trials must be a positive integer, got {mct!r}")
+    max_trials = raw.get("max_trials", MAX_TRIALS)
+    if not (isinstance(max_trials, int) and not isinstance(max_trials, bool) and max_trials >= 1):
+        raise ConfigError(f"{path}: max_trials must be a positive integer, got max_trials={max_trials!r}")
+    trials = math.prod(len(v) for v in grid.values())
+    if trials > max_trials:
+        raise ConfigError(
+            f"{path}: the grid makes {trials} trials, more than max_trials={max_trials}; "
+            f"set max_trials: {trials} in the file to run them all"
+        )
     return Sweep(
         name=name,
         overrides=tuple(overrides),
         grid={str(k): list(v) for k, v in grid.items()},
-        metric=str(raw.get("metric", "accuracy/test")),
+        metric=metric,
         mode=mode,
         max_concurrent_trials=mct,
+        max_trials=max_trials,
         source=text,
     )
 

@@ -79,3 +79,16 @@ def test_a_rerun_into_the_same_directory_replaces_its_curves(tmp_path):
     acc = EventAccumulator(str(tmp_path / "run"))
     acc.Reload()
     assert [e.step for e in acc.Scalars("accuracy/test")] == [1, 2]
+
+
+def test_every_reported_metric_is_known_to_sweep_files(tmp_path):
+    """A sweep's metric is checked against REPORTED: every method's report must stay inside it."""
+    from fedsweep.metrics import REPORTED
+
+    seen = set()
+    for method in ("vrcs", "sliding", "fedavg", "server_only"):
+        overrides = [f"method={method}", "rounds=1", "server.epochs=1", "similarity.estimate=true",
+                     "similarity.iterations=1", "q=0.2"]  # fmt: skip
+        seen |= set(run(overrides, tmp_path / method)[-1])
+    assert seen <= set(REPORTED), seen - set(REPORTED)
+    assert {"accuracy/test", "comm/messages", "clients/f", "clients/local", "target/round"} <= seen

@@ -54,6 +54,9 @@ def test_good_sweep_expands_to_the_full_grid(tmp_path):
         ("name: .\ngrid:\n  theta: [0.1]\n", "name='.'"),
         ("name: ../escape\ngrid:\n  theta: [0.1]\n", "name='../escape'"),
         ("name: /tmp/x\ngrid:\n  theta: [0.1]\n", "name='/tmp/x'"),
+        ("metric: accuracy\ngrid:\n  theta: [0.1]\n", "metric='accuracy'"),
+        ("grid:\n  theta: [0.1, 0.2]\n  p: [0.1, 0.2, 0.3]\nmax_trials: 5\n", "makes 6 trials, more than max_trials=5"),
+        ("grid:\n  theta: [0.1]\nmax_trials: 0\n", "max_trials=0"),
     ],
 )
 def test_bad_sweep_files_fail_in_one_line_before_ray(tmp_path, monkeypatch, capsys, text, needle):
@@ -105,6 +108,9 @@ def test_bad_config_values(override, needle):
         (["method=fedavg", "method.participation=0"], "method.participation=0"),
         (["method.local_participation=-3"], "method.local_participation=-3"),
         (["method.local_participation=all"], "method.local_participation='all'"),
+        (["optimizer.name=Optimizer"], "optimizer.name='Optimizer'"),
+        (["optimizer.momentum=abc"], "optimizer.momentum='abc'"),
+        (["+optimizer.colour=red"], "optimizer.colour='red'"),
     ],
 )
 def test_bad_pool_and_participation_values_name_the_key(overrides, needle):
@@ -192,3 +198,12 @@ def test_trial_reserves_one_bundle_per_worker_and_a_gpu_share_for_its_server():
     # a share of one CPU: no pool, the trial computes in-process on its own CPU (and GPU share)
     assert trial_resources(resolve_runtime(cfg, cpus=1, gpus=0)).bundles == [{"CPU": 1}]
     assert trial_resources(resolve_runtime(cfg, cpus=1, gpus=1)).bundles == [{"CPU": 1, "GPU": 1.0}]
+
+
+def test_a_huge_grid_stops_before_it_expands(tmp_path, capsys):
+    """40 × 40 × 40 = 64,000 trials: one line at once, naming the count, nothing validated or started."""
+    values = "[" + ", ".join(str(0.01 * (i + 1)) for i in range(40)) + "]"
+    path = write(tmp_path, f"grid:\n  theta: {values}\n  p: {values}\n  q: {values}\n")
+    assert fedsweep_tune.main([str(path), "--results", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "makes 64000 trials, more than max_trials=1000" in err and len(err.splitlines()) == 1

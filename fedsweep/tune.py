@@ -24,6 +24,7 @@ from fedsweep.errors import ConfigError
 from fedsweep.sweep import Sweep, expand, label, load_sweep, param_space
 
 RESULTS_DIR = Path("results")
+FAILURE_RETRIES = 2  # times Tune restarts a failed trial from its last checkpoint
 LOCKFILE = ".driver.lock"  # in the sweep's folder: the pid of the driver running it
 
 
@@ -169,6 +170,8 @@ def _run_sweep(sweep: Sweep, base, grid, points, exp_dir: Path, *, results_dir: 
                     verbose=1,
                     # bounded: each trial keeps its newest checkpoint.keep checkpoints
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=base["checkpoint"]["keep"]),
+                    # a trial whose process or node dies starts again from its last checkpoint
+                    failure_config=tune.FailureConfig(max_failures=FAILURE_RETRIES),
                 ),
             )
         results = tuner.fit()

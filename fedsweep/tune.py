@@ -99,10 +99,23 @@ def run_sweep(sweep: Sweep, *, results_dir: Path = RESULTS_DIR, address: str | N
     if exp_dir.parent != root:  # e.g. a link planted under the sweep's name
         raise ConfigError(f"the sweep folder {exp_dir} lies outside the results folder {root}")
     root.mkdir(parents=True, exist_ok=True)
+    _check_private(exp_dir)
     exp_dir.mkdir(mode=0o700, exist_ok=True)
     os.chmod(exp_dir, 0o700)  # results (and Tune's pickles) are private to their owner
     with one_driver(exp_dir):
         return _run_sweep(sweep, base, grid, points, exp_dir, results_dir=root, address=address)
+
+
+def _check_private(exp_dir: Path) -> None:
+    """Resuming unpickles Ray Tune's state (``tuner.pkl``, trial state): refuse a folder, or
+    such a file, that someone else owns or may write."""
+    for path in (exp_dir, *exp_dir.glob("*.pkl")) if exp_dir.exists() else ():
+        info = path.lstat()
+        if info.st_uid != os.getuid() or info.st_mode & 0o022:
+            raise ConfigError(
+                f"{path} is not private to you (owner uid {info.st_uid}, mode {oct(info.st_mode & 0o777)}); "
+                "refusing to resume from files others could have written"
+            )
 
 
 @contextmanager

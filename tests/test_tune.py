@@ -122,3 +122,20 @@ def test_a_sweep_never_writes_outside_its_results_folder(tmp_path, capsys):
     assert main([str(path), "--results", str(tmp_path / "results")]) == 2
     assert "lies outside the results folder" in capsys.readouterr().err
     assert list(outside.iterdir()) == []
+
+
+def test_a_sweep_does_not_resume_from_pickles_others_could_write(tmp_path, capsys):
+    """Resuming unpickles Tune's tuner.pkl: a group- or world-writable one is refused, untouched."""
+    from fedsweep.tune import main
+
+    folder = tmp_path / "results" / "e2e"
+    folder.mkdir(parents=True)
+    planted = folder / "tuner.pkl"
+    planted.write_bytes(b"not read")
+    planted.chmod(0o666)
+    path = tmp_path / "e2e.yaml"
+    path.write_text(SWEEP)
+    assert main([str(path), "--results", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{planted} is not private to you" in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in folder.iterdir()) == ["tuner.pkl"]

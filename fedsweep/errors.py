@@ -11,3 +11,11 @@ class ConfigError(ValueError):
 
 class RunError(RuntimeError):
     """A run that cannot go on (e.g. a worker that keeps dying); its message is one line."""
+
+
+class DivergedError(RunError):
+    """The iterate or a metric stopped being finite (the message names the round and the value)."""
+
+    def __init__(self, message: str, *, round: int) -> None:
+        super().__init__(message)
+        self.round = round

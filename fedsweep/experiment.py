@@ -7,6 +7,7 @@ round → evaluate → log. Methods do the maths; runtimes reach the clients.
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 from fedsweep.config import make_optimizer_factory, resolve_runtime, to_container, validate
 from fedsweep.data import DataBundle, Dataset, Partition, load_dataset, make_partition
 from fedsweep.data.client_data import ClientData
+from fedsweep.errors import DivergedError
 from fedsweep.checkpoint import DIRNAME, FILENAME, load_checkpoint, restore, save_checkpoint
 from fedsweep.methods import Method, MethodState, build_method
 from fedsweep.methods.similarity import estimate_similarity
@@ -226,6 +228,7 @@ def run_experiment(
             metrics["round"] = float(rnd)
             metrics.update(similarity)
             metrics.update(tracker.update(metrics))
+            _check_finite(metrics, state.x, rnd, cfg)
             logger.log(metrics, rnd)
             bar.set_postfix({"acc": f"{metrics['accuracy/test']:.3f}", "loss": f"{metrics['loss/test']:.3f}"})
             if checkpoint_every and rnd % checkpoint_every == 0:  # before reporting: Tune persists it with the report
@@ -238,6 +241,22 @@ def run_experiment(
                 stamp("first_round")
         logger.close()
     return metrics
+
+
+def _check_finite(metrics: dict[str, float], x: Weights, rnd: int, cfg: Mapping[str, Any]) -> None:
+    """Stop a run whose iterate or metrics are no longer finite, in one line, before it logs them.
+    (``target/*`` is NaN by design until the target is reached.)"""
+    bad = [(k, v) for k, v in metrics.items() if not k.startswith("target/") and not math.isfinite(v)]
+    norm = x.norm().item()
+    if not math.isfinite(norm):
+        bad.insert(0, ("the iterate's norm", norm))
+    if bad:
+        what, value = bad[0]
+        raise DivergedError(
+            f"diverged at round {rnd}: {what}={value} (theta={cfg['theta']}, optimizer.lr={cfg['optimizer']['lr']}); "
+            "try a larger theta or a smaller optimizer.lr",
+            round=rnd,
+        )
 
 
 def checkpoint_path(log_dir: str | Path) -> Path:

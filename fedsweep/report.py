@@ -16,6 +16,8 @@ SIMILARITY = ("similarity/delta_f", "similarity/delta_g")
 def _status(result) -> str:
     if result.error:
         return "error"
+    if (result.metrics or {}).get("diverged"):
+        return f"diverged at {int(result.metrics['round'])}"
     rounds = result.config["rounds"]
     done = (result.metrics or {}).get("round", 0)
     return "done" if done >= rounds else f"stopped at {int(done)}/{rounds}"
@@ -43,8 +45,11 @@ def write_report(results, sweep: Sweep, out_dir: Path) -> pd.DataFrame:
             legend = ", ".join(f"{k.split('.')[-1]}={row[k]}" for k in sweep.grid)
             curves[legend] = history
     table = pd.DataFrame(rows)
-    if sweep.metric in table:
-        table = table.sort_values(sweep.metric, ascending=sweep.mode == "min", na_position="last")
+    if sweep.metric in table:  # diverged trials are listed, not ranked: last, whatever they reached before
+        ranked = table["status"].str.startswith("diverged")
+        table = table.assign(_last=ranked).sort_values(
+            ["_last", sweep.metric], ascending=[True, sweep.mode == "min"], na_position="last"
+        ).drop(columns="_last")
     table.to_csv(out_dir / "results.csv", index=False)
     if curves:
         _plot(curves, "round", "round", out_dir / "accuracy.png")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsweep.config import resolve_runtime
-from fedsweep.errors import ConfigError
+from fedsweep.errors import ConfigError, DivergedError
 from fedsweep.sweep import Sweep, expand, label, load_sweep, param_space
 
 RESULTS_DIR = Path("results")
@@ -78,7 +78,11 @@ def trial(config: dict[str, Any], *, tensorboard_root: str, share: dict[str, flo
         else:
             tune.report(metrics)
 
-    run_experiment(config, log_dir=log_dir, report=report, progress=False)
+    try:
+        run_experiment(config, log_dir=log_dir, report=report, progress=False)
+    except DivergedError as err:  # a result, not a crash: the table marks the trial and does not rank it
+        print(f"trial {tune.get_context().get_trial_name()}: {err}")
+        tune.report({"round": float(err.round), "diverged": 1.0})
 
 
 def trial_name(sweep: Sweep):

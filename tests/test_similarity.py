@@ -23,6 +23,18 @@ def test_power_iteration_finds_the_largest_magnitude_eigenvalue():
     assert abs(estimate - 3.0) < 1e-6
 
 
+def test_an_indefinite_spectrum_plus_minus_lambda_gives_lambda_from_any_start():
+    """Eigenvalues ±3 (and smaller ones): the Rayleigh quotient of a mixed iterate ranges over
+    [−3, 3]; the estimate is the spectral norm, 3, whatever the start."""
+    gen = torch.Generator().manual_seed(2)
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=gen, dtype=torch.float64))
+    matrix = q @ torch.diag(torch.tensor([3.0, -3.0, 1.0, -0.5, 0.2, 0.0], dtype=torch.float64)) @ q.T
+    for seed in range(8):
+        v0 = random_like(Weights({"v": torch.zeros(6, dtype=torch.float64)}), seed=seed)
+        estimate = power_iteration(lambda v: Weights({"v": matrix @ v["v"]}), v0, iterations=60)
+        assert abs(estimate - 3.0) < 1e-6, seed
+
+
 def test_hvp_matches_the_autograd_hessian():
     torch.manual_seed(0)
     model = build_model("mlp", input_shape=(1, 2, 2), num_classes=3, hidden=3, seed=0)

@@ -3,7 +3,8 @@
 The sliding methods contract when θ is of order 1/δ (δ bounds the Hessian
 difference between h and h1), so measuring δ_f and δ_g at the starting point
 lets a user pick θ from data. Estimated by power iteration on Hessian-vector
-products (each iteration: one HVP request to the group, one on the server).
+products (each iteration: one HVP request to the group, one on the server), reading
+‖A v‖ rather than the Rayleigh quotient, since A = ∇²G − ∇²G1 is indefinite.
 """
 
 from __future__ import annotations
@@ -24,17 +25,22 @@ class HessianOracle(Protocol):
 
 
 def power_iteration(matvec: Callable[[Weights], Weights], v0: Weights, iterations: int) -> float:
-    """|largest-magnitude eigenvalue| of a symmetric operator, from ``iterations`` products."""
+    """‖A‖₂ of a symmetric operator A, from ``iterations`` products: ‖A v‖ for the unit iterate v.
+
+    ‖A v‖, not the Rayleigh quotient |vᵀA v|: on an indefinite A whose extreme eigenvalues are
+    ±λ the iterate keeps a mix of both eigenvectors, where vᵀA v can be anything in [−λ, λ]
+    but ‖A v‖ is λ. For any start, ‖A v‖ ≤ ‖A‖₂ and it rises to it.
+    """
     v = v0 / v0.norm()
-    eigenvalue = 0.0
+    estimate = 0.0
     for _ in range(iterations):
         w = matvec(v)
-        eigenvalue = Weights.dot(v, w).item()  # Rayleigh quotient
         norm = w.norm()
-        if norm.item() == 0.0:
+        estimate = norm.item()
+        if estimate == 0.0:
             return 0.0
         v = w / norm
-    return abs(eigenvalue)
+    return estimate
 
 
 def random_like(x: Weights, seed: int) -> Weights:

@@ -105,8 +105,13 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
     if model not in MODELS:
         raise ConfigError(f"unknown model.name={model!r}; known: {', '.join(MODELS)}")
     norm = _require(c, "model.norm")
+    if norm == "batch":
+        raise ConfigError(
+            "model.norm='batch' is not supported: BatchNorm's running statistics are never federated and its "
+            "batch statistics mix examples, so h would not be a mean over examples; use group or none"
+        )
     if norm not in NORMS:
-        raise ConfigError(f"unknown model.norm={norm!r}; known: {', '.join(NORMS)}")
+        raise ConfigError(f"unknown model.norm={norm!r}; known: {', '.join(n for n in NORMS if n != 'batch')}")
     hidden = _require(c, "model.hidden")
     if not (isinstance(hidden, int) and not isinstance(hidden, bool) and hidden >= 1):
         raise ConfigError(f"model.hidden must be a positive integer, got model.hidden={hidden}")

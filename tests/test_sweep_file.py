@@ -109,6 +109,7 @@ def test_bad_config_values(override, needle):
         (["method.local_participation=-3"], "method.local_participation=-3"),
         (["method.local_participation=all"], "method.local_participation='all'"),
         (["optimizer.name=Optimizer"], "optimizer.name='Optimizer'"),
+        (["model=cnn", "model.norm=batch"], "model.norm='batch' is not supported"),
         (["optimizer.momentum=abc"], "optimizer.momentum='abc'"),
         (["+optimizer.colour=red"], "optimizer.colour='red'"),
     ],

@@ -99,14 +99,16 @@ class FederatedOracle:
     ) -> list[Weights]:
         return self.gradients({group: subset}, points, seed)[group]
 
-    def full_communication(self, points: Sequence[Weights], seed: int | None) -> dict[Group, list[Weights]]:
-        return self.gradients({"f": None, "g": None}, points, seed)
+    def full_communication(self, points: Sequence[Weights]) -> dict[Group, list[Weights]]:
+        return self.gradients({"f": None, "g": None}, points, None)
 
     def gradients(
         self, subsets: Mapping[Group, np.ndarray | None], points: Sequence[Weights], seed: int | None
     ) -> dict[Group, list[Weights]]:
-        """∇G at each point for every group of ``subsets`` (sampled clients: unbiased estimates)."""
-        return self._request(GradRequest(tuple(points), self.batch_size, seed), subsets, sampled_weights)
+        """∇G at each point for every group of ``subsets`` (sampled clients: unbiased estimates),
+        on the clients' minibatches drawn by ``seed`` (``None``: whole shards, exact)."""
+        batch_size = None if seed is None else self.batch_size
+        return self._request(GradRequest(tuple(points), batch_size, seed), subsets, sampled_weights)
 
     def local_updates(
         self,

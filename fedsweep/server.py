@@ -40,8 +40,9 @@ class Server:
         self.make_optimizer = make_optimizer
 
     def grads(self, group: Group, points: Sequence[Weights], seed: int | None) -> list[Weights]:
-        """∇G1 at each point on the same minibatch."""
-        return mean_grads(self.model, self.data[group], points, batch_size=self.config.grad_batch_size, seed=seed)
+        """∇G1 at each point on the same minibatch (drawn by ``seed``; ``None``: all the data)."""
+        batch_size = None if seed is None else self.config.grad_batch_size
+        return mean_grads(self.model, self.data[group], points, batch_size=batch_size, seed=seed)
 
     def hvp(self, group: Group, point: Weights, vector: Weights, seed: int | None) -> Weights:
         """∇²G1(point) · vector."""

@@ -70,8 +70,8 @@ class QuadraticOracle:
         loss = self.f1 if group == "f" else self.g1
         return [self.wrap(loss.grad(p["x"])) for p in points]
 
-    def full_communication(self, points: Sequence[Weights], seed) -> dict[str, list[Weights]]:
-        return {group: self.clients(group, points, seed) for group in ("f", "g")}
+    def full_communication(self, points: Sequence[Weights]) -> dict[str, list[Weights]]:
+        return {group: self.clients(group, points, None) for group in ("f", "g")}
 
     def local_updates(self, x: Weights, *, epochs: int, lr: float, batch_size, seed, subsets) -> dict[str, Weights]:
         """Full-batch gradient descent: one step per epoch."""

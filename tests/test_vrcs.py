@@ -174,3 +174,56 @@ def test_vrcs_with_sampled_clients_is_unbiased_monte_carlo():
     stderr = samples.std(dim=0) / len(samples) ** 0.5
     assert torch.all((samples.mean(dim=0) - target).abs() <= 5 * stderr + 1e-12)
     assert (samples.std(dim=0) > 0).all()  # the sampling does add noise: the test can fail
+
+
+class MinibatchOracle(SpyOracle):
+    """Least squares with minibatch gradients: each seed draws 5 of a group's 40 rows (at every
+    point of the call alike), seed None uses all rows. Not deterministic."""
+
+    deterministic = False
+
+    def __init__(self, point: torch.Tensor) -> None:
+        super().__init__(point)
+        self.snapshot_seeds: list = []
+
+    @staticmethod
+    def _grad(loss, x, seed):
+        if seed is None:
+            return loss.grad(x)
+        rows = torch.randperm(len(loss.b), generator=torch.Generator().manual_seed(seed))[:5]
+        A, b = loss.A[rows], loss.b[rows]
+        return A.T @ (A @ x - b) / len(rows)
+
+    def clients(self, group, points, seed, *, subset=None):
+        self.calls[group] += 1
+        return [self.wrap(self._grad(self.f if group == "f" else self.g, p["x"], seed)) for p in points]
+
+    def full_communication(self, points):
+        return {group: self.clients(group, points, None) for group in ("f", "g")}
+
+    def server(self, group, points, seed):
+        return [self.wrap(self._grad(self.f1 if group == "f" else self.g1, p["x"], seed)) for p in points]
+
+
+def test_stochastic_vrcs_has_an_exact_snapshot_and_unbiased_corrections():
+    """With minibatches, the round's snapshot difference is exact (every round, to rounding),
+    and the local estimates (minibatch corrections at x^k and x_0) average to ∇h − ∇h1."""
+    gen = torch.Generator().manual_seed(4)
+    x_t = torch.randn(8, generator=gen, dtype=torch.float64)
+    x_local = x_t + torch.randn(8, generator=gen, dtype=torch.float64)
+    oracle = MinibatchOracle(x_local)
+    method = VRCS(theta=0.5, p=0.5, q=0.05)
+    state = method.init(Weights({"x": x_t}), seed=6)
+    exact_snapshot = oracle.grad_h(x_t) - oracle.grad_h1(x_t)
+    estimates = []
+    while len(estimates) < 6000:
+        state.x = Weights({"x": x_t.clone()})
+        oracle.linear.clear()
+        state, _ = method.round(state, oracle)
+        torch.testing.assert_close(oracle.linear[0], exact_snapshot, rtol=1e-12, atol=1e-12)
+        estimates.extend(oracle.linear[1:])
+    samples = torch.stack(estimates)
+    target = oracle.grad_h(x_local) - oracle.grad_h1(x_local)
+    stderr = samples.std(dim=0) / len(samples) ** 0.5
+    assert (samples.std(dim=0) > 1e-3).all()  # the minibatches do add noise
+    assert torch.all((samples.mean(dim=0) - target).abs() <= 5 * stderr + 1e-12)

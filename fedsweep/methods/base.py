@@ -49,12 +49,14 @@ def draw_seed(rng: np.random.Generator) -> int:
     return int(rng.integers(2**31 - 1))
 
 
-def full_difference(oracle: GradientOracle, x: Weights, seed: int) -> tuple[Weights, dict[Group, Weights]]:
-    """One full communication at x: ``(∇h − ∇h1)(x)`` and the per-group ``(∇G − ∇G1)(x)``."""
-    clients = oracle.full_communication([x], seed)
+def full_difference(oracle: GradientOracle, x: Weights) -> tuple[Weights, dict[Group, Weights]]:
+    """One full communication at x: ``(∇h − ∇h1)(x)`` and the per-group ``(∇G − ∇G1)(x)``,
+    exact (whole shards, all the server's data), also when the corrections use minibatches:
+    a minibatch snapshot would persist through the round and bias every local step."""
+    clients = oracle.full_communication([x])
     diffs = {}
     for group in GROUPS:
-        (server_grad,) = oracle.server(group, [x], seed)
+        (server_grad,) = oracle.server(group, [x], None)
         diffs[group] = clients[group][0].sub_(server_grad)
     return Weights.add(diffs["f"], diffs["g"]).mul_(0.5), diffs
 

@@ -39,15 +39,16 @@ class GradientOracle(Protocol):
 
         One communication with the group's clients (or ``subset`` of them: then an
         unbiased estimate of ∇G, see ``fedsweep.methods.aggregate.sampled_weights``);
-        all points use the same minibatches (drawn by ``seed``).
+        all points use the same minibatches (drawn by ``seed``; ``None``: whole shards).
         """
 
-    def full_communication(self, points: Sequence[Weights], seed: int | None) -> dict[Group, list[Weights]]:
-        """``{"f": ∇f at each point, "g": ∇g at each point}``: one communication with every
-        client of both groups (one round trip; counted as one contact per group)."""
+    def full_communication(self, points: Sequence[Weights]) -> dict[Group, list[Weights]]:
+        """``{"f": ∇f at each point, "g": ∇g at each point}``, exact: every client of both groups
+        on its whole shard (one round trip; counted as one contact per group)."""
 
     def server(self, group: Group, points: Sequence[Weights], seed: int | None) -> list[Weights]:
-        """∇G1 at each point: the server's f-like (G=f) or g-like (G=g) data."""
+        """∇G1 at each point: the server's f-like (G=f) or g-like (G=g) data, on the minibatch
+        drawn by ``seed``; ``seed=None``: all of it (exact)."""
 
     def local_updates(
         self,

@@ -33,7 +33,7 @@ class Sliding:
         return MethodState(x=x0.clone(), rng=np.random.default_rng(seed))
 
     def round(self, state: MethodState, oracle: GradientOracle) -> tuple[MethodState, dict[str, float]]:
-        extragrad, diffs = full_difference(oracle, state.x, draw_seed(state.rng))
+        extragrad, diffs = full_difference(oracle, state.x)
         state.x, objective = oracle.argmin(extragrad, state.x, self.theta, draw_seed(state.rng))
         state.round += 1
         return state, {**difference_norms(extragrad, diffs), "loss/argmin": objective}

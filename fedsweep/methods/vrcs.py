@@ -12,8 +12,9 @@ into a frequent group f and a rare group g with h = (f + g)/2. One round at x_t:
 
        ĝ_k = e + w_G · ([∇G − ∇G1](x^k) − [∇G − ∇G1](x_0))
 
-   which is unbiased: E ĝ_k = ∇h(x^k) − ∇h1(x^k). The same minibatch is used at
-   x^k and x_0. Then x^{k+1} = argmin_x ⟨ĝ_k, x⟩ + ‖x − x^k‖²/(2θ) + h1(x).
+   which is unbiased: E ĝ_k = ∇h(x^k) − ∇h1(x^k). The snapshot difference e is exact
+   (whole shards) and only the correction uses minibatches, the same at x^k and x_0, so
+   the estimate is unbiased given the trajectory too. Then x^{k+1} = argmin_x ⟨ĝ_k, x⟩ + ‖x − x^k‖²/(2θ) + h1(x).
 5. x_{t+1} = x^{K+1}.
 
 With ``local_participation`` a local step contacts only a uniform sample S of m of the
@@ -106,7 +107,7 @@ class VRCS:
         cfg, rng, x_t = self.config, state.rng, state.x
 
         # 1. full communication at x_t: d_G(x_t) = ∇G(x_t) − ∇G1(x_t) for both groups
-        extragrad, snapshot_diffs = full_difference(oracle, x_t, draw_seed(rng))
+        extragrad, snapshot_diffs = full_difference(oracle, x_t)
 
         # 2. proximal step around x_t
         x, objective = oracle.argmin(extragrad, x_t, cfg.theta, draw_seed(rng))
@@ -119,7 +120,7 @@ class VRCS:
             group = sample_group(rng, cfg.p)
             subset = sample_clients(rng, oracle.num_clients(group), cfg.local_participation)
             seed = draw_seed(rng)
-            if oracle.deterministic and subset is None:  # d_G(x_0) is exactly the snapshot's
+            if oracle.deterministic and subset is None:  # d_G(x_0) is exactly the (exact) snapshot's
                 (client_x,) = oracle.clients(group, [x], seed)
                 (server_x,) = oracle.server(group, [x], seed)
                 diff_snapshot = snapshot_diffs[group]

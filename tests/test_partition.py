@@ -100,20 +100,31 @@ def test_frequent_rare_needs_enough_rare_examples() -> None:
         build(scheme="frequent_rare", rare_fraction=0.6)
 
 
-def test_server_similarity_mixes_server_data_and_keeps_size() -> None:
-    same = build(server_similarity=1.0)
-    swapped = build(server_similarity=0.0)
-    half = build(server_similarity=0.5)
-    assert in_f(same.server_f).all() and not in_f(same.server_g).any()
-    assert not in_f(swapped.server_f).any() and in_f(swapped.server_g).all()
-    assert in_f(half.server_f).sum().item() == round(0.5 * len(half.server_f))
-    for p in (swapped, half):
-        assert len(p.server_f) == len(same.server_f) and len(p.server_g) == len(same.server_g)
-        all_ids = [i for d in parts(p) for i in ids(d)]
-        assert sorted(all_ids) == list(range(N))
-    # the clients keep their group's labels whatever the server's similarity
-    assert all(in_f(d).all() for d in swapped.clients_f)
-    assert not any(in_f(d).any() for d in swapped.clients_g)
+def _top_share(ds: Dataset) -> float:
+    return torch.bincount(ds.y).max().item() / len(ds)
+
+
+def test_server_similarity_skews_the_server_class_mix_and_keeps_size() -> None:
+    """1.0: f1 (g1) has its group's class mix; 0.0: one class only; in between, the top class
+    holds s·π_top + (1 − s) of the part. The server's parts stay in their groups."""
+    same, half, single = (build(server_similarity=s) for s in (1.0, 0.5, 0.0))
+    for p in (same, half, single):
+        assert in_f(p.server_f).all() and not in_f(p.server_g).any()
+        assert (len(p.server_f), len(p.server_g)) == (len(same.server_f), len(same.server_g))
+        assert sorted(i for d in parts(p) for i in ids(d)) == list(range(N))
+        assert all(in_f(d).all() for d in p.clients_f) and not any(in_f(d).any() for d in p.clients_g)
+    for part in ("server_f", "server_g"):
+        top_same, top_half = _top_share(getattr(same, part)), _top_share(getattr(half, part))
+        assert top_same <= 0.2 + 2 / len(getattr(same, part))  # five classes of equal size: 1/5 each
+        assert top_half == pytest.approx(0.5 * top_same + 0.5, abs=2 / len(getattr(half, part)))
+        assert _top_share(getattr(single, part)) == 1.0
+
+
+def test_a_class_too_small_for_its_share_is_filled_from_the_others() -> None:
+    """Asking one class for more examples than it has takes all of it and the rest by the mix."""
+    p = build(server_fraction=0.3, server_similarity=0.0)  # f1 wants 300 of class 0, which has 200
+    counts = torch.bincount(p.server_f.y, minlength=C)
+    assert len(p.server_f) == 300 and counts.max().item() == 200 and counts.sum().item() == 300
 
 
 def _mean_top_class_share(clients: tuple[Dataset, ...]) -> float:

@@ -77,9 +77,11 @@ def delta(tmp_path, server_similarity):
     return history[0]["similarity/delta_f"], history[0]["similarity/delta_g"]
 
 
-def test_dissimilar_server_data_has_larger_delta(tmp_path):
-    """A server whose f1 is g-like (similarity 0) is much further from the groups than a matching one."""
-    like = delta(tmp_path, 1.0)
-    unlike = delta(tmp_path, 0.0)
-    assert all(d > 0 for d in like)
-    assert unlike[0] > 2 * like[0] and unlike[1] > 2 * like[1]
+def test_delta_rises_as_the_server_similarity_falls(tmp_path):
+    """A server whose class mix moves away from its groups' (similarity 1 → 0.5 → 0) has a larger
+    δ_f and δ_g each time."""
+    deltas = [delta(tmp_path, s) for s in (1.0, 0.5, 0.0)]
+    assert all(d > 0 for d in deltas[0])
+    for group in (0, 1):
+        assert deltas[0][group] < deltas[1][group] < deltas[2][group]
+    assert deltas[2][0] > 4 * deltas[0][0] and deltas[2][1] > 4 * deltas[0][1]

@@ -18,12 +18,14 @@ small local dataset split into an f-like part (loss f1) and a g-like part (loss 
 
    ``f_classes`` defaults to the first half of the classes, ``range(num_classes // 2)``.
 
-2. **Server.** The server's f1 has ``n_f1 = round(server_fraction * |f|)`` examples and
-   its g1 ``n_g1 = round(server_fraction * |g|)``, whatever ``server_similarity`` is.
-   ``round(server_similarity * n_f1)`` of f1 come from group f and the rest are drawn
-   uniformly from group g; likewise g1 (own part from g, rest from f). So 1.0 means
-   the server data is distributed exactly like the groups, 0.0 means f1 is g-like and
-   g1 is f-like.
+2. **Server.** The server's f1 has ``n_f1 = round(server_fraction * |f|)`` examples of
+   group f and its g1 ``n_g1 = round(server_fraction * |g|)`` of group g. Their class mix
+   is set by ``server_similarity`` s: f1 draws class c with share
+   ``s * π_c + (1 - s) * [c = c*]``, π the group's class mix and c* its most frequent
+   class (likewise g1 from g). So 1.0 means the server data is distributed exactly like
+   the groups, 0.0 means each part holds one class only, and h1 moves away from h as s
+   falls. Shares are apportioned by largest remainder; a class with too few examples
+   gives its excess to the others in proportion to π.
 
 3. **Clients.** What remains of each group is split among its clients
    (``client_split``): ``"iid"`` is an even random split (sizes differ by at most one);
@@ -124,7 +126,7 @@ def make_partition(
             f"check f_classes={sorted(f_set)}"
         )
 
-    # Server: own part from its group, the rest from the other group.
+    # Server: n_f1 of group f and n_g1 of group g, their class mix skewed by server_similarity.
     n_f1 = round(server_fraction * len(f_idx))
     n_g1 = round(server_fraction * len(g_idx))
     if n_f1 == 0 or n_g1 == 0:
@@ -132,28 +134,19 @@ def make_partition(
             f"server_fraction={server_fraction} gives an empty server part "
             f"(groups f/g have {len(f_idx)}/{len(g_idx)} examples)"
         )
-    own_f1 = round(server_similarity * n_f1)
-    own_g1 = round(server_similarity * n_g1)
     f_pool = rng.permutation(f_idx)
     g_pool = rng.permutation(g_idx)
-    taken_from_f = own_f1 + (n_g1 - own_g1)
-    taken_from_g = own_g1 + (n_f1 - own_f1)
-    for grp, pool, taken, k in (
-        ("f", f_pool, taken_from_f, clients_f),
-        ("g", g_pool, taken_from_g, clients_g),
-    ):
+    for grp, pool, taken, k in (("f", f_pool, n_f1, clients_f), ("g", g_pool, n_g1, clients_g)):
         if len(pool) - taken < k:
             raise ConfigError(
                 f"too few examples for clients_{grp}={k}: group {grp} has {len(pool)}, "
-                f"the server takes {taken} (server_fraction={server_fraction}, "
-                f"server_similarity={server_similarity})"
+                f"the server takes {taken} (server_fraction={server_fraction})"
             )
-    # f_pool = [f1's own part | g1's cross part | f clients], g_pool likewise.
-    server_f_idx = np.concatenate([f_pool[:own_f1], g_pool[own_g1:taken_from_g]])
-    server_g_idx = np.concatenate([g_pool[:own_g1], f_pool[own_f1:taken_from_f]])
-    server_f_idx, server_g_idx = rng.permutation(server_f_idx), rng.permutation(server_g_idx)
-    rest_f = f_pool[taken_from_f:]
-    rest_g = g_pool[taken_from_g:]
+    take_f = _skewed_sample(f_pool, y, n_f1, server_similarity)
+    take_g = _skewed_sample(g_pool, y, n_g1, server_similarity)
+    server_f_idx, server_g_idx = rng.permutation(f_pool[take_f]), rng.permutation(g_pool[take_g])
+    rest_f = np.delete(f_pool, take_f)
+    rest_g = np.delete(g_pool, take_g)
 
     split = _split_iid if client_split == "iid" else _split_dirichlet
     parts_f = split(rest_f, y, clients_f, dirichlet_alpha, rng)
@@ -190,6 +183,30 @@ def _assign_groups(
             f"have only {len(g_idx)} (f classes have {len(f_idx)})"
         )
     return f_idx, _stratified_sample(g_idx, y, n_g, rng)
+
+
+def _skewed_sample(pool: np.ndarray, y: np.ndarray, n: int, similarity: float) -> np.ndarray:
+    """Positions in ``pool`` (already shuffled) of ``n`` examples whose class mix is
+    ``similarity * π + (1 - similarity) * one-hot(most frequent class)``."""
+    labels = y[pool]
+    classes, counts = np.unique(labels, return_counts=True)
+    share = similarity * counts / counts.sum()
+    share[np.argmax(counts)] += 1.0 - similarity
+    quota = _apportion(n, share)
+    while (quota > counts).any():  # a class too small for its share: the rest go by the group's mix
+        excess = int((quota - counts).clip(min=0).sum())
+        quota = np.minimum(quota, counts)
+        room = counts - quota
+        quota += _apportion(excess, np.where(room > 0, counts, 0) / counts[room > 0].sum())
+    return np.concatenate([np.flatnonzero(labels == c)[:q] for c, q in zip(classes, quota)])
+
+
+def _apportion(n: int, share: np.ndarray) -> np.ndarray:
+    """``n`` split in proportion to ``share`` (summing to 1) by largest remainder."""
+    exact = n * share
+    quota = np.floor(exact).astype(int)
+    quota[np.argsort(-(exact - quota), kind="stable")[: n - quota.sum()]] += 1
+    return quota
 
 
 def _stratified_sample(idx: np.ndarray, y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

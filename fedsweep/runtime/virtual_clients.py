@@ -200,12 +200,12 @@ class VirtualClients:
 
     def _train(self, req: TrainRequest, clients: np.ndarray, weights: np.ndarray) -> Weights:
         x = req.x.to(self.device)
-        acc = Weights.zeros_like(x, dtype=torch.float64)
         sizes = self.starts[clients + 1] - self.starts[clients]
         batch = sizes if req.batch_size is None else np.minimum(sizes, req.batch_size)
-        steps = -(-sizes // batch) * req.epochs
         if not self.vectorized:
-            return acc.add_(self._train_loop(req, x, clients, weights, batch))
+            return self._train_loop(req, x, clients, weights, batch)
+        acc = Weights.zeros_like(x, dtype=torch.float64)
+        steps = -(-sizes // batch) * req.epochs
         single = steps == 1  # x − lr·∇F_i(x): linear in the gradient, so summed in one pass
         if single.any():
             rows, owner = client_rows(self.starts, clients[single])

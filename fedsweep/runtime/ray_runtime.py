@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -82,7 +81,6 @@ class Worker:
 
         torch.set_num_threads(num_threads)
         self.label, self.index = label, index
-        self.ready_at = time.time()
         self._setup_id: str | None = None
         self._clients = None
 
@@ -90,8 +88,8 @@ class Worker:
         return f"fedsweep_worker[{self.label}#{self.index}]"
 
     def where(self) -> dict[str, object]:
-        """Where this worker runs and when it became ready (``time.time()``)."""
-        return {"node": ray.util.get_node_ip_address(), "pid": os.getpid(), "ready_at": self.ready_at}
+        """Where this worker runs: its node's address and its process id."""
+        return {"node": ray.util.get_node_ip_address(), "pid": os.getpid()}
 
     def load(self, setup: list[ray.ObjectRef], setup_id: str) -> None:
         """Take the run's clients and model (``setup[0]``: nested, so Ray hands over the reference)."""

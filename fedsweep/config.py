@@ -93,6 +93,15 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
         value = _require(c, key)
         if not (isinstance(value, int) and value >= 1):
             raise ConfigError(f"{key} must be a positive integer, got {key}={value}")
+    solver = _require(c, "server.solver")
+    if solver not in ("lbfgs", "optimizer"):
+        raise ConfigError(f"server.solver must be lbfgs or optimizer, got server.solver={solver!r}")
+    tolerance = _require(c, "server.tolerance")
+    if not (_is_number(tolerance) and tolerance > 0):
+        raise ConfigError(f"server.tolerance must be > 0, got server.tolerance={tolerance!r}")
+    max_steps = _require(c, "server.max_steps")
+    if not (_is_int(max_steps) and max_steps >= 1):
+        raise ConfigError(f"server.max_steps must be a positive integer, got server.max_steps={max_steps!r}")
     for key in ("server.batch_size", "server.grad_batch_size", "client.batch_size"):
         _positive_int_or_none(key, _require(c, key))
     data = _require(c, "data.name")

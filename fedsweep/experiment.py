@@ -223,6 +223,7 @@ def run_experiment(
         bar = tqdm(range(done + 1, cfg["rounds"] + 1), desc=run.method.name, disable=not progress, unit="round")
         for rnd in bar:
             state, stats = run.method.round(state, oracle)
+            stats.update(_solver_stats(run.server))
             state.x.to_model(run.server.model)
             metrics = {**stats, **_evaluate(run.server.model, run.server_data, run.test_data), **oracle.comm.as_metrics()}
             metrics["round"] = float(rnd)
@@ -243,18 +244,37 @@ def run_experiment(
     return metrics
 
 
+def _solver_stats(server: Server) -> dict[str, float]:
+    """The round's argmin solves (lbfgs solver): their iterations in all and the worst inexactness."""
+    if not server.solves:
+        return {}
+    stats = {"argmin/steps": float(sum(s.steps for s in server.solves)),
+             "argmin/residual": max(s.residual for s in server.solves),
+             "argmin/unconverged": float(sum(not s.converged for s in server.solves))}  # fmt: skip
+    server.solves.clear()
+    return stats
+
+
 def _check_finite(metrics: dict[str, float], x: Weights, rnd: int, cfg: Mapping[str, Any]) -> None:
-    """Stop a run whose iterate or metrics are no longer finite, in one line, before it logs them.
-    (``target/*`` is NaN by design until the target is reached.)"""
-    bad = [(k, v) for k, v in metrics.items() if not k.startswith("target/") and not math.isfinite(v)]
+    """Stop a run, in one line and before it logs the round, whose iterate or metrics are no longer
+    finite or whose argmin stopped short of its tolerance. (``target/*`` is NaN by design until
+    the target is reached.)"""
+    bad = [(k, v) for k, v in metrics.items() if not k.startswith(("target/", "argmin/")) and not math.isfinite(v)]
     norm = x.norm().item()
     if not math.isfinite(norm):
         bad.insert(0, ("the iterate's norm", norm))
+    by_optimizer = cfg["server"]["solver"] == "optimizer"
+    settings = f"theta={cfg['theta']}" + (f", optimizer.lr={cfg['optimizer']['lr']}" if by_optimizer else "")
     if bad:
         what, value = bad[0]
+        advice = "try a larger theta or a smaller optimizer.lr" if by_optimizer else "try a smaller theta"
+        raise DivergedError(f"diverged at round {rnd}: {what}={value} ({settings}); {advice}", round=rnd)
+    residual, tolerance = metrics.get("argmin/residual"), cfg["server"]["tolerance"]
+    if metrics.get("argmin/unconverged"):
         raise DivergedError(
-            f"diverged at round {rnd}: {what}={value} (theta={cfg['theta']}, optimizer.lr={cfg['optimizer']['lr']}); "
-            "try a larger theta or a smaller optimizer.lr",
+            f"diverged at round {rnd}: the argmin stopped at residual {residual:.3g} after "
+            f"{metrics['argmin/steps']:.0f} steps in the round, above server.tolerance={tolerance} ({settings}); "
+            "theta is likely too large for the server's similarity (theta ~ 1/delta), or raise server.max_steps",
             round=rnd,
         )
 

@@ -10,16 +10,19 @@ import torch
 from torch import nn
 
 from fedsweep.data import Dataset
-from fedsweep.methods.argmin import OptimizerFactory, solve_argmin
+from fedsweep.methods.argmin import OptimizerFactory, SolveStats, solve_argmin, solve_argmin_lbfgs
 from fedsweep.methods.oracle import Group
-from fedsweep.task import loss_fn, mean_grads, mean_hvp
+from fedsweep.task import CHUNK, loss_fn, mean_grads, mean_hvp
 from fedsweep.weights import Weights
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    epochs: int  # passes over the server's data per argmin solve
-    batch_size: int | None  # argmin minibatch per part (f1 and g1); None = full data, one step per epoch
+    solver: str  # "lbfgs": L-BFGS on all the data to a tolerance; "optimizer": epochs of optimizer.*
+    tolerance: float  # lbfgs: stop once θ‖∇A(x⁺)‖ ≤ tolerance · ‖x⁺ − c‖
+    max_steps: int  # lbfgs: at most this many iterations per solve
+    epochs: int  # optimizer: passes over the server's data per argmin solve
+    batch_size: int | None  # optimizer: minibatch per part (f1 and g1); None = full data, one step per epoch
     grad_batch_size: int | None  # minibatch for ∇f1/∇g1 in the corrections; None = exact
 
 
@@ -38,6 +41,7 @@ class Server:
         self.data = data
         self.config = config
         self.make_optimizer = make_optimizer
+        self.solves: list[SolveStats] = []  # the lbfgs solver's account of each solve, read by the driver
 
     def grads(self, group: Group, points: Sequence[Weights], seed: int | None) -> list[Weights]:
         """∇G1 at each point on the same minibatch (drawn by ``seed``; ``None``: all the data)."""
@@ -54,11 +58,35 @@ class Server:
         return 1 if bs is None or bs >= n else math.ceil(n / bs)
 
     def argmin(self, linear: Weights, center: Weights, theta: float, seed: int) -> tuple[Weights, float]:
-        """argmin_x ⟨linear, x⟩ + ‖x − center‖²/(2θ) + (f1 + g1)(x)/2 over ``epochs`` passes.
+        """argmin_x ⟨linear, x⟩ + ‖x − center‖²/(2θ) + (f1 + g1)(x)/2 by the configured solver."""
+        if self.config.solver == "lbfgs":
+            x, value, stats = solve_argmin_lbfgs(
+                self.model,
+                self._full_loss,
+                linear=linear,
+                center=center,
+                theta=theta,
+                tolerance=self.config.tolerance,
+                max_steps=self.config.max_steps,
+            )
+            self.solves.append(stats)
+            return x, value
+        return self._argmin_optimizer(linear, center, theta, seed)
 
-        Each step takes a minibatch from f1 and one from g1 (each part reshuffled
-        every epoch, cycling the smaller one) and uses ½(f1_batch + g1_batch).
-        """
+    def _full_loss(self) -> torch.Tensor:
+        """h1 = ½(f1 + g1) on all the server's data."""
+        self.model.train()
+        total = torch.zeros((), device=self.data["f"].x.device)
+        for part in self.data.values():
+            for start in range(0, len(part), CHUNK):
+                xs, ys = part.x[start : start + CHUNK], part.y[start : start + CHUNK]
+                total = total + 0.5 * loss_fn(self.model, xs, ys) * (len(ys) / len(part))
+        return total
+
+    def _argmin_optimizer(self, linear: Weights, center: Weights, theta: float, seed: int) -> tuple[Weights, float]:
+        """``epochs`` passes of the configured torch optimizer. Each step takes a minibatch from f1
+        and one from g1 (each part reshuffled every epoch, cycling the smaller one) and uses
+        ½(f1_batch + g1_batch)."""
         per_epoch = self.steps_per_epoch()
         bs = self.config.batch_size
         gen = torch.Generator().manual_seed(seed)

@@ -13,7 +13,8 @@ from fedsweep.config import compose
 from fedsweep.experiment import run_experiment
 
 # two workers of 1 CPU on two 1-CPU nodes: one per node, each serving two of the four clients
-OVERRIDES = ["rounds=2", "server.epochs=1", "seed=5", "partition.clients_f=2", "partition.clients_g=2"]
+OVERRIDES = ["rounds=2", "server.solver=optimizer", "server.epochs=1", "seed=5", "partition.clients_f=2",
+             "partition.clients_g=2"]  # fmt: skip (the fixed-step solver: see test_runtimes.py)
 
 
 def test_two_node_cluster_gives_the_local_numbers(tmp_path):

@@ -45,19 +45,20 @@ def test_cfg_prints_the_composed_config_and_runs_nothing(tmp_path, capsys):
 
 
 def test_a_diverging_run_stops_in_one_line_and_reports_no_nan(tmp_path, capsys):
-    """θ = 0.01 makes the argmin's SGD diverge (lr/θ > 2): the run says so, at the round it happens."""
+    """θ = 0.01 makes the fixed-step SGD solver diverge (lr/θ > 2): the run says so, at the round it happens."""
     import math
 
     from fedsweep.config import compose
     from fedsweep.errors import DivergedError
     from fedsweep.experiment import run_experiment
 
-    assert run.main(["theta=0.01", "p=0.5", "q=0.5", "rounds=3", f"log_dir={tmp_path / 'cli'}"]) == 1
+    sgd = ["server.solver=optimizer", "theta=0.01"]
+    assert run.main([*sgd, "p=0.5", "q=0.5", "rounds=3", f"log_dir={tmp_path / 'cli'}"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
     assert err.startswith("error: diverged at round ") and "theta=0.01" in err
 
     reported = []
     with pytest.raises(DivergedError):
-        run_experiment(compose(["theta=0.01", "rounds=3"]), log_dir=tmp_path / "run", report=reported.append,
+        run_experiment(compose([*sgd, "rounds=3"]), log_dir=tmp_path / "run", report=reported.append,
                        progress=False)
     assert all(math.isfinite(v) for m in reported for k, v in m.items() if not k.startswith("target/"))

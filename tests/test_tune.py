@@ -143,7 +143,7 @@ def test_a_sweep_does_not_resume_from_pickles_others_could_write(tmp_path, capsy
 
 def test_a_diverged_trial_is_listed_not_ranked(ray_session, tmp_path):
     path = tmp_path / "div.yaml"
-    path.write_text("name: div\noverrides: [rounds=2]\ngrid:\n  theta: [0.01, 0.5]\n")
+    path.write_text("name: div\noverrides: [rounds=2, server.solver=optimizer]\ngrid:\n  theta: [0.01, 0.5]\n")
     _, table = run_sweep(load_sweep(path), results_dir=tmp_path / "results")
     assert table["theta"].tolist() == [0.5, 0.01]  # the finished trial first
     assert table["status"].tolist() == ["done", "diverged at 1"]

@@ -110,8 +110,9 @@ def test_bad_config_values(override, needle):
         (["method.local_participation=all"], "method.local_participation='all'"),
         (["optimizer.name=Optimizer"], "optimizer.name='Optimizer'"),
         (["model=cnn", "model.norm=batch"], "model.norm='batch' is not supported"),
-        (["optimizer.momentum=abc"], "optimizer.momentum='abc'"),
-        (["+optimizer.colour=red"], "optimizer.colour='red'"),
+        (["optimizer.momentum=abc"], "optimizer.momentum must be a number, got optimizer.momentum='abc'"),
+        (["+optimizer.colour=red"], "optimizer.colour='red' is not an argument of torch.optim.SGD"),
+        (["+optimizer.nesterov=maybe"], "optimizer.nesterov must be true or false"),
     ],
 )
 def test_bad_pool_and_participation_values_name_the_key(overrides, needle):

@@ -85,8 +85,8 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
         raise ConfigError(f"unknown method.name={method!r}; known: {', '.join(METHODS)}")
     for key in {"vrcs": ("theta", "p", "q"), "sliding": ("theta",), "server_only": ("theta",)}.get(method, ()):
         _require(c, key)
-    if method == "fedavg":
-        for key in ("method.local_epochs", "method.lr", "method.batch_size"):
+    if method in ("fedavg", "fedprox"):
+        for key in ("method.local_epochs", "method.lr", "method.batch_size") + (("method.mu",) if method == "fedprox" else ()):
             _require(c, key)
     build_method(c)  # checks the method's own hyperparameters
     for key in ("rounds", "server.epochs"):

@@ -119,8 +119,9 @@ class FederatedOracle:
         batch_size: int | None,
         seed: int,
         subsets: Mapping[Group, np.ndarray | None],
+        prox: float = 0.0,
     ) -> dict[Group, Weights]:
-        sums = self._request(TrainRequest(x, epochs, lr, batch_size, seed), subsets, participation_weights)
+        sums = self._request(TrainRequest(x, epochs, lr, batch_size, seed, prox), subsets, participation_weights)
         return {group: total for group, (total,) in sums.items()}
 
     def server(self, group: Group, points: Sequence[Weights], seed: int | None) -> list[Weights]:

@@ -73,15 +73,17 @@ class QuadraticOracle:
     def full_communication(self, points: Sequence[Weights]) -> dict[str, list[Weights]]:
         return {group: self.clients(group, points, None) for group in ("f", "g")}
 
-    def local_updates(self, x: Weights, *, epochs: int, lr: float, batch_size, seed, subsets) -> dict[str, Weights]:
-        """Full-batch gradient descent: one step per epoch."""
+    def local_updates(
+        self, x: Weights, *, epochs: int, lr: float, batch_size, seed, subsets, prox: float = 0.0
+    ) -> dict[str, Weights]:
+        """Full-batch gradient descent on G(w) + (prox/2)‖w − x‖²: one step per epoch."""
         out = {}
         for group in subsets:
             self.calls[group] += 1
             loss = self.f if group == "f" else self.g
             w = x["x"].clone()
             for _ in range(epochs):
-                w = w - lr * loss.grad(w)
+                w = w - lr * (loss.grad(w) + prox * (w - x["x"]))
             out[group] = self.wrap(w)
         return out
 

@@ -64,7 +64,7 @@ def test_unreached_target_is_nan(tmp_path):
     assert math.isnan(last["target/comm_f"])
 
 
-@pytest.mark.parametrize("method", ["vrcs", "sliding", "fedavg", "server_only"])
+@pytest.mark.parametrize("method", ["vrcs", "sliding", "fedavg", "fedprox", "server_only"])
 def test_every_method_learns_digits(tmp_path, method):
     history = run([f"method={method}", "rounds=5", "theta=0.5", "q=0.5"], tmp_path / method)
     assert history[-1]["loss/test"] < history[0]["loss/test"]
@@ -86,7 +86,7 @@ def test_every_reported_metric_is_known_to_sweep_files(tmp_path):
     from fedsweep.metrics import REPORTED
 
     seen = set()
-    for method in ("vrcs", "sliding", "fedavg", "server_only"):
+    for method in ("vrcs", "sliding", "fedavg", "fedprox", "server_only"):
         overrides = [f"method={method}", "rounds=1", "server.epochs=1", "similarity.estimate=true",
                      "similarity.iterations=1", "q=0.2"]  # fmt: skip
         seen |= set(run(overrides, tmp_path / method)[-1])

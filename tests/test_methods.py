@@ -56,6 +56,28 @@ def test_fedavg_one_round_by_hand():
     assert oracle.calls == {"f": 1, "g": 1}
 
 
+def test_fedprox_one_round_by_hand():
+    """Each local step adds μ(w − x_t) to the gradient; μ = 0 is FedAvg."""
+    from fedsweep.methods import FedProx
+
+    oracle, x0 = QuadraticOracle(), start()
+    state, _ = FedProx(mu=2.0, local_epochs=3, lr=0.05, batch_size=None).round(
+        FedProx(mu=2.0, local_epochs=3, lr=0.05, batch_size=None).init(Weights({"x": x0}), seed=0), oracle
+    )
+    expected = []
+    for loss in (oracle.f, oracle.g):
+        w = x0.clone()
+        for _ in range(3):
+            w = w - 0.05 * (loss.A.T @ (loss.A @ w - loss.b) / len(loss.b) + 2.0 * (w - x0))
+        expected.append(w)
+    torch.testing.assert_close(state.x["x"], (expected[0] + expected[1]) / 2)
+    plain = FedAvg(local_epochs=3, lr=0.05, batch_size=None)
+    zero = FedProx(mu=0.0, local_epochs=3, lr=0.05, batch_size=None)
+    a, _ = plain.round(plain.init(Weights({"x": x0}), seed=0), QuadraticOracle())
+    b, _ = zero.round(zero.init(Weights({"x": x0}), seed=0), QuadraticOracle())
+    torch.testing.assert_close(a.x["x"], b.x["x"], rtol=0, atol=0)
+
+
 def test_vrcs_one_round_by_hand():
     """Replay the round's random draws with the same generator and compute every step by hand."""
     oracle, x_t = QuadraticOracle(), start()

@@ -136,9 +136,9 @@ def test_grid_over_a_config_group(tmp_path):
 
 
 def test_unknown_group_option_is_named(tmp_path, capsys):
-    path = write(tmp_path, "grid:\n  method: [vrcs, fedprox]\n")
+    path = write(tmp_path, "grid:\n  method: [vrcs, scaffold]\n")
     assert fedsweep_tune.main([str(path), "--results", str(tmp_path / "r")]) == 2
-    assert "fedprox" in capsys.readouterr().err
+    assert "scaffold" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -54,9 +54,10 @@ def by_hand_grad(data: ClientData, x: Weights, client: int, rows=None) -> Weight
     return Weights.from_grads(model)
 
 
-def by_hand_sgd(data: ClientData, x: Weights, client: int, *, epochs, lr, batch, seed) -> Weights:
+def by_hand_sgd(data: ClientData, x: Weights, client: int, *, epochs, lr, batch, seed, prox=0.0) -> Weights:
     model = model_fn()
     x.to_model(model)
+    start = [t.clone() for t in x.tensors]
     for epoch in range(epochs):
         n = data.sizes[client]
         order = epoch_order(data.starts, np.array([client]), seed, epoch)[0, :n]
@@ -65,8 +66,8 @@ def by_hand_sgd(data: ClientData, x: Weights, client: int, *, epochs, lr, batch,
             model.zero_grad()
             F.cross_entropy(model(torch.from_numpy(data.x[rows])), torch.from_numpy(data.y[rows])).backward()
             with torch.no_grad():
-                for p in model.parameters():
-                    p -= lr * p.grad
+                for p, p0 in zip(model.parameters(), start):
+                    p -= lr * (p.grad + prox * (p - p0))
     return Weights.from_model(model).clone()
 
 
@@ -137,6 +138,16 @@ def test_local_training_is_the_weighted_sum_of_client_models(vectorize, epochs, 
     replies = [
         by_hand_sgd(data, x, int(c), epochs=epochs, lr=0.3, batch=batch or int(data.sizes[c]), seed=9) for c in CLIENTS
     ]
+    assert_weights_close(got, weighted(replies, WEIGHTS))
+
+
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_fedprox_local_training_adds_the_proximal_gradient(vectorize):
+    data = federation()
+    x = point(2)
+    request = TrainRequest(x, epochs=2, lr=0.3, batch_size=3, seed=9, prox=0.7)
+    got = VirtualClients(data, model_fn, vectorize=vectorize).serve(request, CLIENTS, WEIGHTS)[0]
+    replies = [by_hand_sgd(data, x, int(c), epochs=2, lr=0.3, batch=3, seed=9, prox=0.7) for c in CLIENTS]
     assert_weights_close(got, weighted(replies, WEIGHTS))
 
 

@@ -7,12 +7,12 @@ from typing import Any
 
 from fedsweep.errors import ConfigError
 from fedsweep.methods.base import Method, MethodState
-from fedsweep.methods.fedavg import FedAvg
+from fedsweep.methods.fedavg import FedAvg, FedProx
 from fedsweep.methods.server_only import ServerOnly
 from fedsweep.methods.sliding import Sliding
 from fedsweep.methods.vrcs import VRCS
 
-METHODS = ("vrcs", "sliding", "fedavg", "server_only")
+METHODS = ("vrcs", "sliding", "fedavg", "fedprox", "server_only")
 
 
 def build_method(cfg: Mapping[str, Any]) -> Method:
@@ -25,14 +25,15 @@ def build_method(cfg: Mapping[str, Any]) -> Method:
         return Sliding(theta=cfg["theta"])
     if name == "server_only":
         return ServerOnly(theta=cfg["theta"])
-    if name == "fedavg":
-        return FedAvg(
+    if name in ("fedavg", "fedprox"):
+        local = dict(
             local_epochs=method["local_epochs"],
             lr=method["lr"],
             batch_size=method["batch_size"],
             participation=method.get("participation"),
         )
+        return FedAvg(**local) if name == "fedavg" else FedProx(mu=method["mu"], **local)
     raise ConfigError(f"unknown method.name={name!r}; known: {', '.join(METHODS)}")
 
 
-__all__ = ["METHODS", "Method", "MethodState", "build_method", "VRCS", "Sliding", "FedAvg", "ServerOnly"]
+__all__ = ["METHODS", "Method", "MethodState", "build_method", "VRCS", "Sliding", "FedAvg", "FedProx", "ServerOnly"]

@@ -25,6 +25,7 @@ from fedsweep.weights import Weights
 
 class FedAvg:
     name = "fedavg"
+    prox = 0.0  # FedProx's μ
 
     def __init__(
         self, *, local_epochs: int, lr: float, batch_size: int | None, participation: float | int | None = None
@@ -46,8 +47,9 @@ class FedAvg:
         seed = draw_seed(state.rng)
         subsets = {group: sample_clients(state.rng, oracle.num_clients(group), self.participation) for group in GROUPS}
         means = oracle.local_updates(
-            state.x, epochs=self.local_epochs, lr=self.lr, batch_size=self.batch_size, seed=seed, subsets=subsets
-        )
+            state.x, epochs=self.local_epochs, lr=self.lr, batch_size=self.batch_size, seed=seed, subsets=subsets,
+            prox=self.prox,
+        )  # fmt: skip
         stats = {
             f"clients/{group}": float(oracle.num_clients(group) if subset is None else len(subset))
             for group, subset in subsets.items()
@@ -57,3 +59,22 @@ class FedAvg:
         state.x = x_next
         state.round += 1
         return state, stats
+
+
+class FedProx(FedAvg):
+    """FedProx: FedAvg whose clients minimise F_i(w) + (μ/2)‖w − x_t‖² locally,
+
+        w ← w − lr·(∇F_i(w) + μ (w − x_t)),
+
+    which holds each client near x_t and so limits client drift under heterogeneity
+    (μ = 0 is FedAvg). Li, Sahu, Zaheer, Sanjabi, Talwalkar, Smith: "Federated Optimization
+    in Heterogeneous Networks" (MLSys 2020), https://arxiv.org/abs/1812.06127.
+    """
+
+    name = "fedprox"
+
+    def __init__(self, *, mu: float, **fedavg: object) -> None:
+        if not (isinstance(mu, (int, float)) and not isinstance(mu, bool) and mu >= 0):
+            raise ConfigError(f"method.mu must be a number >= 0, got method.mu={mu!r}")
+        super().__init__(**fedavg)  # type: ignore[arg-type]
+        self.prox = float(mu)

@@ -59,10 +59,11 @@ class GradientOracle(Protocol):
         batch_size: int | None,
         seed: int,
         subsets: Mapping[Group, np.ndarray | None],
+        prox: float = 0.0,
     ) -> dict[Group, Weights]:
         """For each group of ``subsets``: its clients (the subset, or all for None) run
-        ``epochs`` of SGD from x, and the example-weighted mean of their models
-        (``fedsweep.methods.aggregate.participation_weights``). One round trip."""
+        ``epochs`` of SGD from x on F_i(w) + (prox/2)‖w − x‖², and the example-weighted mean
+        of their models (``fedsweep.methods.aggregate.participation_weights``). One round trip."""
 
     def argmin(self, linear: Weights, center: Weights, theta: float, seed: int) -> tuple[Weights, float]:
         """``argmin_x ⟨linear, x⟩ + ‖x − center‖²/(2θ) + h1(x)`` and its objective value."""

@@ -79,13 +79,15 @@ class HvpRequest(_Payload):
 
 @dataclass(frozen=True)
 class TrainRequest(_Payload):
-    """Each client's model after ``epochs`` of plain SGD (step ``lr``) from ``x`` on its shard."""
+    """Each client's model after ``epochs`` of plain SGD (step ``lr``) from ``x`` on its shard,
+    on F_i(w) + (prox/2)·‖w − x‖² (FedProx's proximal term; 0 for FedAvg)."""
 
     x: Weights
     epochs: int
     lr: float
     batch_size: int | None
     seed: int
+    prox: float = 0.0
 
     @property
     def vectors(self) -> tuple[Weights, ...]:
@@ -206,7 +208,7 @@ class VirtualClients:
             return self._train_loop(req, x, clients, weights, batch)
         acc = Weights.zeros_like(x, dtype=torch.float64)
         steps = -(-sizes // batch) * req.epochs
-        single = steps == 1  # x − lr·∇F_i(x): linear in the gradient, so summed in one pass
+        single = steps == 1  # x − lr·∇F_i(x) (the proximal term is 0 at x): linear, so summed in one pass
         if single.any():
             rows, owner = client_rows(self.starts, clients[single])
             per_example = weights[single][owner] / sizes[single][owner]
@@ -245,6 +247,8 @@ class VirtualClients:
                 loss = example_losses(self.model(self.x[r]), self.y[r]).mean()
                 grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
                 with torch.no_grad():
+                    if req.prox:  # ∇ of (prox/2)‖w − x‖², before w moves
+                        torch._foreach_add_(grads, torch._foreach_sub(params, x.tensors), alpha=req.prox)
                     torch._foreach_add_(params, grads, alpha=-req.lr)
         return Weights.from_model(self.model).detach()
 
@@ -279,6 +283,10 @@ class VirtualClients:
                 losses = example_losses(outputs.flatten(0, 1), self.y[rows].flatten())
                 grads = torch.autograd.grad((losses * wb.flatten()).sum(), stacked)  # client c's: its params' only
                 with torch.no_grad():
+                    if req.prox:  # only clients that take this step: the others have no rows left
+                        active = torch.from_numpy(valid.any(axis=1).astype(np.float32)).to(self.device)
+                        for g, w, x0 in zip(grads, stacked, x.tensors):
+                            g.add_((w - x0) * active.view(-1, *([1] * x0.dim())), alpha=req.prox)
                     torch._foreach_add_(stacked, grads, alpha=-req.lr)
         w = torch.from_numpy(weights).to(self.device)
         out = Weights.zeros_like(x, dtype=torch.float64)

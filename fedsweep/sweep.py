@@ -12,6 +12,7 @@ A sweep file is YAML:
     mode: max                        # max | min (optional)
     max_concurrent_trials: 2         # optional
     max_trials: 1000                 # optional: a larger grid stops before it starts
+    repeats: 5                       # optional: every grid point with seeds 0..4; mean ± 95% CI
 
 Everything here runs before Ray starts, so a bad file costs nothing.
 """
@@ -33,7 +34,7 @@ from fedsweep.config import CONFIG_DIR, compose, to_container, validate
 from fedsweep.errors import ConfigError
 from fedsweep.metrics import REPORTED
 
-SWEEP_KEYS = ("name", "overrides", "grid", "metric", "mode", "max_concurrent_trials", "max_trials")
+SWEEP_KEYS = ("name", "overrides", "grid", "repeats", "metric", "mode", "max_concurrent_trials", "max_trials")
 MAX_TRIALS = 1000  # a larger grid must say so with max_trials
 
 
@@ -46,6 +47,7 @@ class Sweep:
     mode: str = "max"
     max_concurrent_trials: int | None = None
     max_trials: int = MAX_TRIALS
+    repeats: int = 1  # seeds 0 .. repeats - 1 for every grid point; the table reports their mean and CI
     source: str = field(default="", compare=False)  # the file's text, kept beside the results
 
 
@@ -93,6 +95,13 @@ def load_sweep(path: str | Path) -> Sweep:
     max_trials = raw.get("max_trials", MAX_TRIALS)
     if not (isinstance(max_trials, int) and not isinstance(max_trials, bool) and max_trials >= 1):
         raise ConfigError(f"{path}: max_trials must be a positive integer, got max_trials={max_trials!r}")
+    repeats = raw.get("repeats", 1)
+    if not (isinstance(repeats, int) and not isinstance(repeats, bool) and repeats >= 1):
+        raise ConfigError(f"{path}: repeats must be a positive integer, got repeats={repeats!r}")
+    if repeats > 1:
+        if "seed" in grid:
+            raise ConfigError(f"{path}: repeats={repeats} sets the seeds; drop seed from the grid or use repeats: 1")
+        grid = {**grid, "seed": list(range(repeats))}
     trials = math.prod(len(v) for v in grid.values())
     if trials > max_trials:
         raise ConfigError(
@@ -107,6 +116,7 @@ def load_sweep(path: str | Path) -> Sweep:
         mode=mode,
         max_concurrent_trials=mct,
         max_trials=max_trials,
+        repeats=repeats,
         source=text,
     )
 

@@ -202,6 +202,9 @@ def _run_sweep(sweep: Sweep, base, grid, points, exp_dir: Path, *, results_dir: 
     print(f"\nTensorBoard logs: {tensorboard_root}   (tensorboard --logdir {tensorboard_root})")
     print(f"Results: {exp_dir / 'results.csv'}, plots: {exp_dir / 'accuracy.png'}, {exp_dir / 'accuracy_vs_comm.png'}\n")
     print(table.to_string(index=False))
+    if "summary" in table.attrs:
+        print(f"\nOver {sweep.repeats} seeds (mean, std, 95% CI half-width; {exp_dir / 'summary.csv'}):")
+        print(table.attrs["summary"].to_string(index=False))
     done = int((table["status"] == "done").sum()) if len(table) else 0
     table.attrs["unfinished"] = unfinished = len(points) - done  # those that never started included
     if unfinished:

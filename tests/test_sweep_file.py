@@ -57,6 +57,9 @@ def test_good_sweep_expands_to_the_full_grid(tmp_path):
         ("metric: accuracy\ngrid:\n  theta: [0.1]\n", "metric='accuracy'"),
         ("grid:\n  theta: [0.1, 0.2]\n  p: [0.1, 0.2, 0.3]\nmax_trials: 5\n", "makes 6 trials, more than max_trials=5"),
         ("grid:\n  theta: [0.1]\nmax_trials: 0\n", "max_trials=0"),
+        ("grid:\n  theta: [0.1]\nrepeats: 0\n", "repeats=0"),
+        ("grid:\n  seed: [1, 2]\nrepeats: 3\n", "drop seed from the grid"),
+        ("grid:\n  theta: [0.1, 0.2, 0.3]\nrepeats: 4\nmax_trials: 10\n", "makes 12 trials"),
     ],
 )
 def test_bad_sweep_files_fail_in_one_line_before_ray(tmp_path, monkeypatch, capsys, text, needle):
@@ -209,3 +212,34 @@ def test_a_huge_grid_stops_before_it_expands(tmp_path, capsys):
     assert fedsweep_tune.main([str(path), "--results", str(tmp_path / "results")]) == 2
     err = capsys.readouterr().err.strip()
     assert "makes 64000 trials, more than max_trials=1000" in err and len(err.splitlines()) == 1
+
+
+def test_repeats_add_seeds_to_the_grid(tmp_path):
+    sweep = load_sweep(write(tmp_path, "grid:\n  theta: [0.1, 0.5]\nrepeats: 3\n"))
+    _, _, points = expand(sweep)
+    assert sweep.repeats == 3 and sweep.grid["seed"] == [0, 1, 2]
+    assert sorted((p["theta"], p["seed"]) for p in points) == [(t, s) for t in (0.1, 0.5) for s in range(3)]
+
+
+def test_the_summary_gives_mean_std_and_a_student_t_interval(tmp_path):
+    import math
+
+    import pandas as pd
+    from scipy.stats import t as student_t
+
+    from fedsweep.report import summarize
+
+    sweep = load_sweep(write(tmp_path, "grid:\n  theta: [0.1, 0.5]\nrepeats: 3\n"))
+    table = pd.DataFrame({
+        "theta": [0.1, 0.1, 0.1, 0.5, 0.5, 0.5], "seed": [0, 1, 2] * 2,
+        "accuracy/test": [0.5, 0.6, 0.7, 0.9, 0.8, 0.0], "comm/f": [1, 2, 3, 4, 5, 6],
+        "status": ["done"] * 5 + ["diverged at 2"],
+    })  # fmt: skip
+    summary = summarize(table, sweep)
+    best, worst = summary.iloc[0], summary.iloc[1]
+    assert (best["theta"], best["seeds"], best["finished"]) == (0.5, 3, 2)  # the diverged seed left out
+    assert best["accuracy/test mean"] == pytest.approx(0.85)
+    assert best["accuracy/test std"] == pytest.approx(math.sqrt(0.005))
+    assert best["accuracy/test ci95"] == pytest.approx(student_t.ppf(0.975, 1) * math.sqrt(0.005) / math.sqrt(2))
+    assert worst["accuracy/test mean"] == pytest.approx(0.6) and worst["comm/f mean"] == pytest.approx(2.0)
+    assert worst["accuracy/test ci95"] == pytest.approx(student_t.ppf(0.975, 2) * 0.1 / math.sqrt(3))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fedsweep.sweep import load_sweep
@@ -147,3 +149,17 @@ def test_a_diverged_trial_is_listed_not_ranked(ray_session, tmp_path):
     _, table = run_sweep(load_sweep(path), results_dir=tmp_path / "results")
     assert table["theta"].tolist() == [0.5, 0.01]  # the finished trial first
     assert table["status"].tolist() == ["done", "diverged at 1"]
+
+
+def test_repeats_give_a_summary_over_seeds(ray_session, tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "seeds.yaml"
+    path.write_text("name: seeds\noverrides: [runtime=local, rounds=1, server.epochs=1]\n"
+                    "grid:\n  theta: [0.5]\nrepeats: 2\n")  # fmt: skip
+    out, table = run_sweep(load_sweep(path), results_dir=tmp_path / "results")
+    assert sorted(table["seed"]) == [0, 1] and (table["status"] == "done").all()
+    summary = pd.read_csv(out / "summary.csv")
+    assert summary["seeds"].tolist() == [2] and summary["finished"].tolist() == [2]
+    assert summary["accuracy/test mean"][0] == pytest.approx(table["accuracy/test"].mean())
+    assert (out / "accuracy.png").stat().st_size > 0

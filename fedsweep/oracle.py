@@ -95,20 +95,33 @@ class FederatedOracle:
         return out
 
     def clients(
-        self, group: Group, points: Sequence[Weights], seed: int | None, *, subset: np.ndarray | None = None
+        self,
+        group: Group,
+        points: Sequence[Weights],
+        seed: int | None,
+        *,
+        subset: np.ndarray | None = None,
+        snapshot: Weights | None = None,
     ) -> list[Weights]:
-        return self.gradients({group: subset}, points, seed)[group]
+        return self.gradients({group: subset}, points, seed, snapshot=snapshot)[group]
 
     def full_communication(self, points: Sequence[Weights]) -> dict[Group, list[Weights]]:
         return self.gradients({"f": None, "g": None}, points, None)
 
     def gradients(
-        self, subsets: Mapping[Group, np.ndarray | None], points: Sequence[Weights], seed: int | None
+        self,
+        subsets: Mapping[Group, np.ndarray | None],
+        points: Sequence[Weights],
+        seed: int | None,
+        *,
+        snapshot: Weights | None = None,
     ) -> dict[Group, list[Weights]]:
-        """∇G at each point for every group of ``subsets`` (sampled clients: unbiased estimates),
-        on the clients' minibatches drawn by ``seed`` (``None``: whole shards, exact)."""
+        """∇G at each point (minus ∇G at ``snapshot``, if given) for every group of ``subsets``
+        (sampled clients: unbiased estimates), on the clients' minibatches drawn by ``seed``
+        (``None``: whole shards, exact)."""
         batch_size = None if seed is None else self.batch_size
-        return self._request(GradRequest(tuple(points), batch_size, seed), subsets, sampled_weights)
+        request = GradRequest(tuple(points), batch_size, seed, snapshot)
+        return self._request(request, subsets, sampled_weights)
 
     def local_updates(
         self,

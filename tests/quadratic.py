@@ -61,10 +61,11 @@ class QuadraticOracle:
     def num_clients(self, group: str) -> int:
         return 1
 
-    def clients(self, group: str, points: Sequence[Weights], seed, *, subset=None) -> list[Weights]:
+    def clients(self, group: str, points: Sequence[Weights], seed, *, subset=None, snapshot=None) -> list[Weights]:
         self.calls[group] += 1
         loss = self.f if group == "f" else self.g
-        return [self.wrap(loss.grad(p["x"])) for p in points]
+        base = loss.grad(snapshot["x"]) if snapshot is not None else 0.0
+        return [self.wrap(loss.grad(p["x"]) - base) for p in points]
 
     def server(self, group: str, points: Sequence[Weights], seed) -> list[Weights]:
         loss = self.f1 if group == "f" else self.g1

@@ -208,3 +208,31 @@ def test_split_covers_the_clients_in_balanced_contiguous_shares(parts):
     assert all(a.stop == b.start for a, b in zip(shares, shares[1:]))
     if parts <= len(sizes):
         assert max(sizes[s].sum() for s in shares) <= sizes.sum() / parts + sizes.max()
+
+
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_a_snapshot_request_returns_the_change_since_the_snapshot(vectorize):
+    """With a snapshot, a client replies ∇F_i(x) − ∇F_i(x_0) on one minibatch: one vector."""
+    data = federation()
+    clients = VirtualClients(data, model_fn, vectorize=vectorize)
+    x, x0 = point(2), point(5)
+    (change,) = clients.serve(GradRequest((x,), 4, 11, snapshot=x0), CLIENTS, WEIGHTS)
+    at_x, at_x0 = clients.serve(GradRequest((x, x0), 4, 11), CLIENTS, WEIGHTS)
+    assert_weights_close(change, at_x.sub_(at_x0))
+
+
+def test_a_local_step_with_a_snapshot_counts_one_vector_each_way():
+    """The logical federation: the clients hold x_0, so a request sends x and receives one vector."""
+    from fedsweep.oracle import FederatedOracle
+    from fedsweep.runtime.local import LocalRuntime
+
+    data = federation()
+    runtime = LocalRuntime(device="cpu")
+    runtime.attach(data, model_fn, vectorize="auto")
+    oracle = FederatedOracle(runtime, data, server=None, batch_size=4, deterministic=False, device=torch.device("cpu"))
+    x, x0 = point(2), point(5)
+    oracle.clients("f", [x], 3, snapshot=x0)
+    nbytes = x.numel * 4
+    assert oracle.comm.as_metrics()["comm/bytes_sent"] == 3 * nbytes  # three clients in group f
+    assert oracle.comm.as_metrics()["comm/bytes_received"] == 3 * nbytes
+    assert oracle.comm.messages == 3

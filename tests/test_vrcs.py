@@ -39,8 +39,8 @@ def test_correction_expectation_is_exact():
     snapshot = (diff("f", x0) + diff("g", x0)) / 2
     target = oracle.grad_h(x) - oracle.grad_h1(x)
     for p in (0.1, 0.5, 0.9):
-        est_f = corrected_difference(snapshot, "f", diff("f", x), diff("f", x0), p)
-        est_g = corrected_difference(snapshot, "g", diff("g", x), diff("g", x0), p)
+        est_f = corrected_difference(snapshot, "f", diff("f", x) - diff("f", x0), p)
+        est_g = corrected_difference(snapshot, "g", diff("g", x) - diff("g", x0), p)
         mean = p * est_f["x"] + (1 - p) * est_g["x"]
         torch.testing.assert_close(mean, target, rtol=1e-10, atol=1e-10)
 
@@ -139,17 +139,20 @@ class SampledClientsOracle(SpyOracle):
         offset = shift[i] - sum(s * w for s, w in zip(shift, sizes / sizes.sum()))
         return float(scale[i]) * loss.grad(x) + offset  # example-weighted mean over clients: ∇G
 
-    def clients(self, group, points, seed, *, subset=None):
+    def clients(self, group, points, seed, *, subset=None, snapshot=None):
         from fedsweep.methods.aggregate import group_weights, sampled_weights
 
         self.calls[group] += 1
         sizes = self.members[group][0]
         chosen = np.arange(len(sizes)) if subset is None else subset
         weights = group_weights(sizes) if subset is None else sampled_weights(sizes, subset)
-        self.subsets.append((group, tuple(chosen), len(points)))
-        return [
-            self.wrap(sum(w * self._client_grad(group, int(i), p["x"]) for i, w in zip(chosen, weights))) for p in points
-        ]
+        self.subsets.append((group, tuple(chosen), len(points), snapshot is not None))
+
+        def grad(x):
+            return sum(w * self._client_grad(group, int(i), x) for i, w in zip(chosen, weights))
+
+        base = grad(snapshot["x"]) if snapshot is not None else 0.0
+        return [self.wrap(grad(p["x"]) - base) for p in points]
 
 
 def test_vrcs_with_sampled_clients_is_unbiased_monte_carlo():
@@ -168,7 +171,8 @@ def test_vrcs_with_sampled_clients_is_unbiased_monte_carlo():
         state, _ = method.round(state, oracle)
         estimates.extend(oracle.linear[1:])
     local = [s for s in oracle.subsets if len(s[1]) < 5]
-    assert local and all(len(chosen) == 2 and points == 2 for _, chosen, points in local)  # S at x and x_0
+    # one point (x) each way: the sampled clients hold x_0 and return Ĝ_S(x) − Ĝ_S(x_0)
+    assert local and all(len(chosen) == 2 and points == 1 and diff for _, chosen, points, diff in local)
     samples = torch.stack(estimates)
     target = oracle.grad_h(x_local) - oracle.grad_h1(x_local)
     stderr = samples.std(dim=0) / len(samples) ** 0.5
@@ -194,9 +198,11 @@ class MinibatchOracle(SpyOracle):
         A, b = loss.A[rows], loss.b[rows]
         return A.T @ (A @ x - b) / len(rows)
 
-    def clients(self, group, points, seed, *, subset=None):
+    def clients(self, group, points, seed, *, subset=None, snapshot=None):
         self.calls[group] += 1
-        return [self.wrap(self._grad(self.f if group == "f" else self.g, p["x"], seed)) for p in points]
+        loss = self.f if group == "f" else self.g
+        base = self._grad(loss, snapshot["x"], seed) if snapshot is not None else 0.0
+        return [self.wrap(self._grad(loss, p["x"], seed) - base) for p in points]
 
     def full_communication(self, points):
         return {group: self.clients(group, points, None) for group in ("f", "g")}

@@ -33,13 +33,21 @@ class GradientOracle(Protocol):
         """How many clients the group has."""
 
     def clients(
-        self, group: Group, points: Sequence[Weights], seed: int | None, *, subset: np.ndarray | None = None
+        self,
+        group: Group,
+        points: Sequence[Weights],
+        seed: int | None,
+        *,
+        subset: np.ndarray | None = None,
+        snapshot: Weights | None = None,
     ) -> list[Weights]:
-        """∇G at each point (G = f or g: the mean loss over the group's examples).
+        """∇G at each point (G = f or g: the mean loss over the group's examples), or with a
+        ``snapshot`` ∇G(point) − ∇G(snapshot): the clients hold the snapshot since the round's
+        full communication, so one vector travels each way per point.
 
         One communication with the group's clients (or ``subset`` of them: then an
-        unbiased estimate of ∇G, see ``fedsweep.methods.aggregate.sampled_weights``);
-        all points use the same minibatches (drawn by ``seed``; ``None``: whole shards).
+        unbiased estimate, see ``fedsweep.methods.aggregate.sampled_weights``); all points
+        and the snapshot use the same minibatches (drawn by ``seed``; ``None``: whole shards).
         """
 
     def full_communication(self, points: Sequence[Weights]) -> dict[Group, list[Weights]]:

@@ -23,6 +23,10 @@ gradients are the Horvitz–Thompson estimates Ĝ_S = Σ_{i∈S} (K/m)(n_i/N) �
 x^k and at x_0 on the same S, so E_S[Ĝ_S(x^k) − Ĝ_S(x_0)] = ∇G(x^k) − ∇G(x_0) and ĝ_k
 stays unbiased (``fedsweep.methods.aggregate.sampled_weights``).
 
+The clients keep x_0 = x_t from the round's full communication, so a local step sends
+x^k and each contacted client returns one vector, ∇F_i(x^k) − ∇F_i(x_0) on one minibatch
+(with full batches the exact snapshot makes the client's ∇F_i(x^k) enough).
+
 Each local step talks to one group only, so group f is contacted about p/q
 times per round and group g about (1 − p)/q times, plus one full communication.
 """
@@ -79,17 +83,11 @@ def sample_group(rng: np.random.Generator, p: float) -> Group:
 
 
 def corrected_difference(
-    snapshot_diff: Weights,
-    group: Group,
-    diff_x: Weights,
-    diff_snapshot: Weights,
-    p: float,
-    *,
-    out: Weights | None = None,
+    snapshot_diff: Weights, group: Group, change: Weights, p: float, *, out: Weights | None = None
 ) -> Weights:
-    """ĝ = e + w_G·(d_G(x) − d_G(x_0)) with d_G = ∇G − ∇G1, into ``out`` when given."""
-    w = group_weight(group, p)
-    return Weights.axpy(w, diff_x, snapshot_diff, out=out).axpy_(-w, diff_snapshot)
+    """ĝ = e + w_G·(d_G(x) − d_G(x_0)), with ``change`` = d_G(x) − d_G(x_0) and d_G = ∇G − ∇G1,
+    into ``out`` when given."""
+    return Weights.axpy(group_weight(group, p), change, snapshot_diff, out=out)
 
 
 class VRCS:
@@ -123,15 +121,13 @@ class VRCS:
             if oracle.deterministic and subset is None:  # d_G(x_0) is exactly the (exact) snapshot's
                 (client_x,) = oracle.clients(group, [x], seed)
                 (server_x,) = oracle.server(group, [x], seed)
-                diff_snapshot = snapshot_diffs[group]
-            else:  # the same minibatch (and the same sampled clients) at x and x_0
-                client_x, client_0 = oracle.clients(group, [x, x_t], seed, subset=subset)
+                change = client_x.sub_(server_x).sub_(snapshot_diffs[group])
+            else:  # the same minibatch (and sampled clients) at x and x_0; clients hold x_0
+                (change,) = oracle.clients(group, [x], seed, subset=subset, snapshot=x_t)
                 server_x, server_0 = oracle.server(group, [x, x_t], seed)
-                diff_snapshot = client_0.sub_(server_0)
+                change.sub_(server_x).add_(server_0)
             sampled += oracle.num_clients(group) if subset is None else len(subset)
-            estimate = corrected_difference(
-                extragrad, group, client_x.sub_(server_x), diff_snapshot, cfg.p, out=estimate
-            )
+            estimate = corrected_difference(extragrad, group, change, cfg.p, out=estimate)
             x, objective = oracle.argmin(estimate, x, cfg.theta, draw_seed(rng))
 
         state.x = x

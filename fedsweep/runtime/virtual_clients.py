@@ -52,11 +52,14 @@ class _Payload:
 
 @dataclass(frozen=True)
 class GradRequest(_Payload):
-    """∇F_i at each point, on each client's minibatch drawn by ``seed`` (None: its whole shard)."""
+    """∇F_i at each point, on each client's minibatch drawn by ``seed`` (None: its whole shard);
+    with a ``snapshot``, ∇F_i(point) − ∇F_i(snapshot) on the same minibatch. Clients hold the
+    snapshot since the round's full communication, so only the points travel to them."""
 
     points: tuple[Weights, ...]
     batch_size: int | None
     seed: int | None
+    snapshot: Weights | None = None
 
     @property
     def vectors(self) -> tuple[Weights, ...]:
@@ -145,16 +148,20 @@ class VirtualClients:
     def _grads(self, req: GradRequest, clients: np.ndarray, weights: np.ndarray) -> list[Weights]:
         sel = minibatches(self.starts, clients, req.batch_size, req.seed)
         per_example = weights[sel.owner] / sel.counts[sel.owner]
-        out = []
-        for point in req.points:
+
+        def weighted_grad(point: Weights) -> Weights:
             point = point.to(self.device)
             if self.vectorized:
-                out.append(self._union_grad(point, sel.rows, per_example))
-            else:
-                acc = Weights.zeros_like(point, dtype=torch.float64)
-                for i, rows in _by_client(sel.rows, sel.owner, len(clients)):
-                    acc.axpy_(weights[i], self._union_grad(point, rows, np.full(len(rows), 1.0 / len(rows))))
-                out.append(acc)
+                return self._union_grad(point, sel.rows, per_example)
+            acc = Weights.zeros_like(point, dtype=torch.float64)
+            for i, rows in _by_client(sel.rows, sel.owner, len(clients)):
+                acc.axpy_(weights[i], self._union_grad(point, rows, np.full(len(rows), 1.0 / len(rows))))
+            return acc
+
+        out = [weighted_grad(point) for point in req.points]
+        if req.snapshot is not None:  # Σ w_i (∇F_i(p) − ∇F_i(snapshot)) = Σ w_i ∇F_i(p) − Σ w_i ∇F_i(snapshot)
+            at_snapshot = weighted_grad(req.snapshot)
+            out = [g.sub_(at_snapshot) for g in out]
         return out
 
     def _union_grad(self, point: Weights, rows: np.ndarray, per_example: np.ndarray) -> Weights:

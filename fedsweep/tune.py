@@ -205,8 +205,8 @@ def _run_sweep(sweep: Sweep, base, grid, points, exp_dir: Path, *, results_dir: 
     if "summary" in table.attrs:
         print(f"\nOver {sweep.repeats} seeds (mean, std, 95% CI half-width; {exp_dir / 'summary.csv'}):")
         print(table.attrs["summary"].to_string(index=False))
-    done = int((table["status"] == "done").sum()) if len(table) else 0
-    table.attrs["unfinished"] = unfinished = len(points) - done  # those that never started included
+    ended = table["status"].eq("done") | table["status"].str.startswith(("diverged", "error")) if len(table) else []
+    table.attrs["unfinished"] = unfinished = len(points) - int(sum(ended))  # those that never started included
     if unfinished:
         print(f"\n{unfinished} of {len(points)} trial(s) not finished: run the same command again to resume them.")
     return exp_dir, table

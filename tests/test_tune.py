@@ -149,6 +149,7 @@ def test_a_diverged_trial_is_listed_not_ranked(ray_session, tmp_path):
     _, table = run_sweep(load_sweep(path), results_dir=tmp_path / "results")
     assert table["theta"].tolist() == [0.5, 0.01]  # the finished trial first
     assert table["status"].tolist() == ["done", "diverged at 1"]
+    assert table.attrs["unfinished"] == 0  # a diverged trial has ended: nothing to resume
 
 
 def test_repeats_give_a_summary_over_seeds(ray_session, tmp_path):

@@ -23,7 +23,7 @@ import copy
 import itertools
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,12 +51,16 @@ class Sweep:
     source: str = field(default="", compare=False)  # the file's text, kept beside the results
 
 
-def load_sweep(path: str | Path) -> Sweep:
-    """Parse and check a sweep file; one-line ConfigError on anything wrong."""
+def load_sweep(path: str | Path, *, overrides: Sequence[str] = (), name: str | None = None) -> Sweep:
+    """Parse and check a sweep file; one-line ConfigError on anything wrong. ``overrides`` (Hydra
+    ``key=value``) follow the file's own, and ``name`` replaces its name: both are written into
+    the sweep's recorded source, so a resume must repeat them."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep file not found: {path}")
     text = path.read_text()
+    if overrides or name is not None:
+        text += f"\n# from the command line: name={name!r} overrides={list(overrides)!r}\n"
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -65,6 +69,13 @@ def load_sweep(path: str | Path) -> Sweep:
         raise ConfigError(f"{path}: not valid YAML{where}") from None
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: a sweep file is a mapping with keys {', '.join(SWEEP_KEYS)}")
+    if name is not None:
+        raw = {**raw, "name": name}
+    if overrides:
+        file_overrides = raw.get("overrides") or []
+        if not isinstance(file_overrides, list):
+            raise ConfigError(f"{path}: overrides must be a list of key=value strings, got {file_overrides!r}")
+        raw = {**raw, "overrides": [*file_overrides, *overrides]}
     unknown = [k for k in raw if k not in SWEEP_KEYS]
     if unknown:
         raise ConfigError(f"{path}: unknown key {unknown[0]!r}; known: {', '.join(SWEEP_KEYS)}")

@@ -215,11 +215,13 @@ def _run_sweep(sweep: Sweep, base, grid, points, exp_dir: Path, *, results_dir: 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fedsweep.tune", description=__doc__.splitlines()[0])
     parser.add_argument("sweep", help="sweep file, e.g. sweeps/vrcs_grid.yaml")
+    parser.add_argument("overrides", nargs="*", help="key=value Hydra overrides, after the file's own")
+    parser.add_argument("--name", default=None, help="the sweep's name (results/<name>/), instead of the file's")
     parser.add_argument("--results", default=str(RESULTS_DIR), help="where results/<name>/ goes (default: results)")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
     args = parser.parse_args(argv)
     try:
-        sweep = load_sweep(args.sweep)
+        sweep = load_sweep(args.sweep, overrides=args.overrides, name=args.name)
         exp_dir, table = run_sweep(sweep, results_dir=Path(args.results), address=args.address)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -229,8 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {failed} trial(s) failed; Ray Tune's error files are in {exp_dir}", file=sys.stderr)
         return 1
     if table.attrs.get("unfinished"):  # stopped (Ctrl-C): its state is saved for the resume
-        again = [sys.executable, "-m", "fedsweep.tune", args.sweep, "--results", args.results]
-        print("resume with: " + " ".join([*again, *(["--address", args.address] if args.address else [])]))
+        again = [sys.executable, "-m", "fedsweep.tune", args.sweep, *args.overrides, "--results", args.results]
+        again += [*(["--name", args.name] if args.name else []), *(["--address", args.address] if args.address else [])]
+        print("resume with: " + " ".join(again))
         return 130
     return 0
 

@@ -243,3 +243,41 @@ def test_the_summary_gives_mean_std_and_a_student_t_interval(tmp_path):
     assert best["accuracy/test ci95"] == pytest.approx(student_t.ppf(0.975, 1) * math.sqrt(0.005) / math.sqrt(2))
     assert worst["accuracy/test mean"] == pytest.approx(0.6) and worst["comm/f mean"] == pytest.approx(2.0)
     assert worst["accuracy/test ci95"] == pytest.approx(student_t.ppf(0.975, 2) * 0.1 / math.sqrt(3))
+
+
+def test_command_line_overrides_and_name_follow_the_file(tmp_path):
+    path = write(tmp_path, GOOD)
+    sweep = load_sweep(path, overrides=["rounds=3", "theta=0.7"], name="other")
+    assert sweep.name == "other" and sweep.overrides == ("rounds=2", "rounds=3", "theta=0.7")
+    base, _, _ = expand(sweep)
+    assert base["rounds"] == 3  # the command line comes after the file
+    assert "overrides=['rounds=3', 'theta=0.7']" in sweep.source  # recorded: a resume must repeat them
+    assert load_sweep(path).source != sweep.source
+
+
+def test_a_bad_command_line_override_stops_in_one_line(tmp_path, capsys):
+    path = write(tmp_path, GOOD)
+    assert fedsweep_tune.main([str(path), "rounds=0", "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "rounds=0" in err and len(err.splitlines()) == 1
+    assert fedsweep_tune.main([str(path), "--name", "..", "--results", str(tmp_path / "r")]) == 2
+    assert "name='..'" in capsys.readouterr().err
+
+
+def test_the_fedsweep_command_runs_both_entry_points(tmp_path, capsys):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from fedsweep import cli
+
+    assert cli.main(["run", "--cfg", "theta=0.25"]) == 0
+    assert "theta: 0.25" in capsys.readouterr().out
+    assert cli.main(["tune", str(tmp_path / "missing.yaml")]) == 2
+    assert "sweep file not found" in capsys.readouterr().err
+    assert cli.main(["nope"]) == 2
+    script = shutil.which("fedsweep", path=str(Path(sys.executable).parent))
+    assert script, "pip install puts the fedsweep console script beside python"
+    done = subprocess.run([script, "run", "--cfg", "rounds=4"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "rounds: 4" in done.stdout

@@ -1,6 +1,6 @@
 """Composing and checking experiment configs.
 
-``compose`` builds a config from ``configs/`` with Hydra's compose API (used by
+``compose`` builds a config from ``fedsweep/configs/`` with Hydra's compose API (used by
 ``fedsweep.run``, the sweep driver and tests) and turns Hydra's multi-line
 errors into one line. ``validate`` checks every value a run will use and raises
 a one-line :class:`ConfigError` naming the bad one, before any work starts.
@@ -24,12 +24,13 @@ from fedsweep.errors import ConfigError
 from fedsweep.methods import METHODS, build_method
 from fedsweep.models import MODELS, NORMS
 
-CONFIG_DIR = Path(os.environ.get("FEDSWEEP_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
+CONFIG_DIR = Path(os.environ.get("FEDSWEEP_CONFIG_DIR", Path(__file__).resolve().parent / "configs"))
+"""The shipped configs: inside the package, so a wheel carries them (``FEDSWEEP_CONFIG_DIR`` replaces them)."""
 RUNTIMES = ("local", "ray")
 
 
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
-    """The experiment config from ``configs/config.yaml`` with Hydra-style overrides."""
+    """The experiment config from ``fedsweep/configs/config.yaml`` with Hydra-style overrides."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException

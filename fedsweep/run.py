@@ -1,6 +1,6 @@
 """Run one experiment: ``python -m fedsweep.run theta=0.01 p=0.5 q=0.5``.
 
-Arguments are Hydra overrides of ``configs/config.yaml`` (``key=value``,
+Arguments are Hydra overrides of ``fedsweep/configs/config.yaml`` (``key=value``,
 ``group=option``, ``+new_key=value``), composed with Hydra's compose API and
 checked before anything is written; ``--cfg`` prints the composed config and
 exits. The run directory (``results/runs/<time>`` unless ``log_dir=...``) gets

@@ -3,11 +3,11 @@
 A sweep file is YAML:
 
     name: vrcs_grid                  # results/<name>/ holds everything the sweep writes
-    overrides: [runtime=ray, rounds=20]   # Hydra overrides of configs/config.yaml
+    overrides: [runtime=ray, rounds=20]   # Hydra overrides of fedsweep/configs/config.yaml
     grid:                            # dotted config keys → lists of values (a full grid)
       theta: [0.05, 0.5]
       p: [0.2, 0.8]
-      method: [vrcs, fedavg]         # a config group (configs/<group>/) → its options
+      method: [vrcs, fedavg]         # a config group (fedsweep/configs/<group>/) → its options
     metric: accuracy/test            # what the table ranks by (optional)
     mode: max                        # max | min (optional)
     max_concurrent_trials: 2         # optional
@@ -150,7 +150,7 @@ def _has(cfg: Mapping[str, Any], dotted: str) -> bool:
 
 
 def config_groups() -> set[str]:
-    """Config groups: the folders of ``configs/`` (data, model, method, ...)."""
+    """Config groups: the folders of ``fedsweep/configs/`` (data, model, method, ...)."""
     return {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()}
 
 
@@ -174,7 +174,7 @@ def expand(sweep: Sweep) -> tuple[dict[str, Any], dict[str, list[Any]], list[dic
     base = to_container(compose(sweep.overrides))
     for key in sweep.grid:
         if not _has(base, key):
-            raise ConfigError(f"grid key {key!r} is not a config key (see configs/config.yaml)")
+            raise ConfigError(f"grid key {key!r} is not a config key (see fedsweep/configs/config.yaml)")
     grid = grid_values(sweep)
     points = []
     for values in itertools.product(*grid.values()):

@@ -1,0 +1,301 @@
+"""One experiment: build data, model, server, runtime and method from a config, then run the rounds.
+
+The loop in :func:`run_experiment` is the whole story of a run, top to bottom:
+round → evaluate → log. Methods do the maths; runtimes reach the clients.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from fedsweep.config import make_optimizer_factory, resolve_runtime, to_container, validate
+from fedsweep.data import DataBundle, Dataset, Partition, load_dataset, make_partition
+from fedsweep.data.client_data import ClientData
+from fedsweep.errors import DivergedError
+from fedsweep.checkpoint import DIRNAME, FILENAME, load_checkpoint, restore, save_checkpoint
+from fedsweep.methods import Method, MethodState, build_method
+from fedsweep.methods.similarity import estimate_similarity
+from fedsweep.metrics import RunLogger, TargetTracker
+from fedsweep.models import build_model
+from fedsweep.oracle import FederatedOracle
+from fedsweep.runtime.base import Runtime
+from fedsweep.runtime.local import LocalRuntime
+from fedsweep.server import Server, ServerConfig
+from fedsweep.task import evaluate, resolve_device
+from fedsweep.weights import Weights
+
+Reporter = Callable[[dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything a run needs that does not change between rounds."""
+
+    bundle: DataBundle
+    partition: Partition
+    model_fn: Callable[[], torch.nn.Module]
+    device: torch.device
+
+
+def prepare(cfg: Mapping[str, Any]) -> Setup:
+    """Load data, partition it and fix the model constructor (deterministic for ``cfg['seed']``)."""
+    data, part, model = cfg["data"], cfg["partition"], cfg["model"]
+    bundle = load_dataset(data["name"], root=data["root"], seed=cfg["seed"], test_fraction=data["test_fraction"])
+    partition = make_partition(
+        bundle.train,
+        num_classes=bundle.num_classes,
+        seed=cfg["seed"],
+        **part,
+    )
+    model_fn = functools.partial(
+        build_model,
+        model["name"],
+        input_shape=bundle.input_shape,
+        num_classes=bundle.num_classes,
+        hidden=model["hidden"],
+        norm=model["norm"],
+        seed=cfg["seed"],
+    )
+    return Setup(bundle, partition, model_fn, resolve_device(cfg["device"]))
+
+
+def make_runtime(cfg: Mapping[str, Any], *, label: str) -> Runtime:
+    """The run's runtime; a Ray pool starts its workers now, so they boot while the driver loads
+    data. A pool of no workers (``runtime.workers: 0``, or ``auto`` on less than 2 CPUs) is
+    the in-process runtime."""
+    runtime = cfg["runtime"]
+    if runtime["name"] == "ray":
+        import ray
+
+        cluster = ray.cluster_resources()  # a sweep resolves "auto" for its trials' share before this
+        runtime = resolve_runtime(dict(cfg), cpus=cluster.get("CPU", 1), gpus=cluster.get("GPU", 0))["runtime"]
+    if runtime["name"] != "ray" or runtime["workers"] == 0:
+        return LocalRuntime(device=cfg["device"])
+    from fedsweep.runtime.ray_runtime import RayRuntime, WorkerResources  # Ray only when asked for
+
+    return RayRuntime(
+        workers=runtime["workers"],
+        resources=WorkerResources(num_cpus=runtime["num_cpus"], num_gpus=runtime["num_gpus"]),
+        label=label,
+        max_restarts=runtime["max_restarts"],
+    )
+
+
+def _on(data: Dataset, device: torch.device) -> Dataset:
+    return Dataset(data.x.to(device), data.y.to(device))
+
+
+@contextmanager
+def _ray_if_needed(cfg: Mapping[str, Any]) -> Iterator[None]:
+    """Start (and later stop) Ray for a ``runtime=ray`` run outside Tune."""
+    if cfg["runtime"]["name"] != "ray":
+        yield
+        return
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        from fedsweep.runtime.ray_runtime import init_ray
+
+        context = init_ray(cfg["runtime"]["address"], dashboard=cfg["runtime"]["dashboard"])
+        if context.dashboard_url:
+            print(f"Ray dashboard: http://{context.dashboard_url}")
+        started = True
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+@dataclass
+class Run:
+    """A built run: what the round loop touches."""
+
+    method: Method
+    state: MethodState
+    oracle: FederatedOracle
+    server: Server
+    server_data: dict[str, Dataset]
+    test_data: Dataset
+
+
+def build(cfg: Mapping[str, Any], setup: Setup, runtime: Runtime) -> Run:
+    """The clients attached to ``runtime``, the server, the method and its start."""
+    clients = ClientData.from_partition(setup.partition)
+    runtime.attach(clients, setup.model_fn, vectorize=cfg["runtime"]["vectorize"])
+    device = setup.device
+    server_data = {"f": _on(setup.partition.server_f, device), "g": _on(setup.partition.server_g, device)}
+    server = Server(
+        setup.model_fn().to(device),
+        server_data,
+        config=ServerConfig(**cfg["server"]),
+        make_optimizer=make_optimizer_factory(cfg["optimizer"]),
+    )
+    deterministic = cfg["client"]["batch_size"] is None and cfg["server"]["grad_batch_size"] is None
+    oracle = FederatedOracle(
+        runtime, clients, server, batch_size=cfg["client"]["batch_size"], deterministic=deterministic, device=device
+    )
+    method = build_method(cfg)
+    state = method.init(Weights.from_model(server.model), seed=cfg["seed"])
+    return Run(method, state, oracle, server, server_data, _on(setup.bundle.test, device))
+
+
+@contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """The driver's torch threads while a worker pool computes: idle torch threads spin after
+    each parallel op, and on the workers' cores that made a round a third slower or more (2 CPUs)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_experiment(
+    cfg: Mapping[str, Any],
+    *,
+    log_dir: str | Path,
+    report: Reporter | None = None,
+    progress: bool = True,
+    timings: dict[str, float] | None = None,
+) -> dict[str, float]:
+    """Run ``cfg['rounds']`` rounds; log every metric to TensorBoard in ``log_dir``.
+
+    ``report`` (e.g. ``ray.tune.report``) receives each round's metrics. With
+    ``checkpoint.every: N`` the run saves ``checkpoint_path(log_dir)`` every N
+    rounds (before that round's report); ``checkpoint.resume: <file>`` continues
+    from one. ``timings``, if given, receives the wall-clock time (``time.time()``)
+    at which each start-up phase ended: ``ray``, ``data`` (data, model and server
+    built, clients attached), ``workers`` (every worker ready) and ``first_round``.
+    Returns the last round's metrics.
+    """
+    cfg = to_container(cfg)
+    validate(cfg)
+    log_dir = Path(log_dir)
+    stamp = (lambda phase: timings.__setitem__(phase, time.time())) if timings is not None else (lambda phase: None)
+    torch.manual_seed(cfg["seed"])
+    with ExitStack() as stack:
+        if cfg["runtime"]["name"] == "ray":  # the workers hold the cores
+            stack.enter_context(_torch_threads(1))
+        background = ThreadPoolExecutor(max_workers=1)
+        preparing = background.submit(prepare, cfg)  # data loads while Ray starts
+        try:
+            stack.enter_context(_ray_if_needed(cfg))
+            runtime = stack.enter_context(make_runtime(cfg, label=log_dir.name))
+            stamp("ray")
+            setup = preparing.result()
+        finally:
+            # the thread must end: while a thread that ran torch ops lives, the driver's own
+            # backward passes measured 5x slower
+            background.shutdown()
+        run = build(cfg, setup, runtime)  # the pool's workers boot meanwhile
+        stamp("data")
+        runtime.wait_ready()
+        stamp("workers")
+        tracker = TargetTracker(cfg["target_accuracy"])
+        checkpoint_every, resume = cfg["checkpoint"]["every"], cfg["checkpoint"]["resume"]
+        done, state, oracle = 0, run.state, run.oracle
+        if resume:
+            done, state = restore(load_checkpoint(resume), oracle.comm, tracker, run.state.x.device)
+        # a rerun into the same directory (a restarted trial) replaces what was logged after its start
+        logger = RunLogger(log_dir, resume_round=done, resume_comm=oracle.comm.as_metrics())
+        similarity = {}
+        if cfg["similarity"]["estimate"]:
+            similarity = estimate_similarity(
+                oracle, state.x, iterations=cfg["similarity"]["iterations"], seed=cfg["seed"]
+            )
+            logger.log_once(similarity)
+            _print_similarity(similarity, cfg["theta"])
+        metrics: dict[str, float] = {}
+        bar = tqdm(range(done + 1, cfg["rounds"] + 1), desc=run.method.name, disable=not progress, unit="round")
+        for rnd in bar:
+            state, stats = run.method.round(state, oracle)
+            stats.update(_solver_stats(run.server))
+            state.x.to_model(run.server.model)
+            metrics = {**stats, **_evaluate(run.server.model, run.server_data, run.test_data), **oracle.comm.as_metrics()}
+            metrics["round"] = float(rnd)
+            metrics.update(similarity)
+            metrics.update(tracker.update(metrics))
+            _check_finite(metrics, state.x, rnd, cfg)
+            logger.log(metrics, rnd)
+            bar.set_postfix({"acc": f"{metrics['accuracy/test']:.3f}", "loss": f"{metrics['loss/test']:.3f}"})
+            if checkpoint_every and rnd % checkpoint_every == 0:  # before reporting: Tune persists it with the report
+                save_checkpoint(
+                    checkpoint_path(log_dir), rnd=rnd, state=state, comm=oracle.comm, tracker=tracker, config=cfg
+                )
+            if report is not None:
+                report(metrics)
+            if rnd == done + 1:
+                stamp("first_round")
+        logger.close()
+    return metrics
+
+
+def _solver_stats(server: Server) -> dict[str, float]:
+    """The round's argmin solves (lbfgs solver): their iterations in all and the worst inexactness."""
+    if not server.solves:
+        return {}
+    stats = {"argmin/steps": float(sum(s.steps for s in server.solves)),
+             "argmin/residual": max(s.residual for s in server.solves),
+             "argmin/unconverged": float(sum(not s.converged for s in server.solves))}  # fmt: skip
+    server.solves.clear()
+    return stats
+
+
+def _check_finite(metrics: dict[str, float], x: Weights, rnd: int, cfg: Mapping[str, Any]) -> None:
+    """Stop a run, in one line and before it logs the round, whose iterate or metrics are no longer
+    finite or whose argmin stopped short of its tolerance. (``target/*`` is NaN by design until
+    the target is reached.)"""
+    bad = [(k, v) for k, v in metrics.items() if not k.startswith(("target/", "argmin/")) and not math.isfinite(v)]
+    norm = x.norm().item()
+    if not math.isfinite(norm):
+        bad.insert(0, ("the iterate's norm", norm))
+    by_optimizer = cfg["server"]["solver"] == "optimizer"
+    settings = f"theta={cfg['theta']}" + (f", optimizer.lr={cfg['optimizer']['lr']}" if by_optimizer else "")
+    if bad:
+        what, value = bad[0]
+        advice = "try a larger theta or a smaller optimizer.lr" if by_optimizer else "try a smaller theta"
+        raise DivergedError(f"diverged at round {rnd}: {what}={value} ({settings}); {advice}", round=rnd)
+    residual, tolerance = metrics.get("argmin/residual"), cfg["server"]["tolerance"]
+    if metrics.get("argmin/unconverged"):
+        raise DivergedError(
+            f"diverged at round {rnd}: the argmin stopped at residual {residual:.3g} after "
+            f"{metrics['argmin/steps']:.0f} steps in the round, above server.tolerance={tolerance} ({settings}); "
+            "theta is likely too large for the server's similarity (theta ~ 1/delta), or raise server.max_steps",
+            round=rnd,
+        )
+
+
+def checkpoint_path(log_dir: str | Path) -> Path:
+    return Path(log_dir) / DIRNAME / FILENAME
+
+
+def _print_similarity(similarity: dict[str, float], theta: float) -> None:
+    df, dg = similarity["similarity/delta_f"], similarity["similarity/delta_g"]
+    delta = max(df, dg, 1e-12)
+    print(f"similarity at x0: delta_f = {df:.4g}, delta_g = {dg:.4g}; theta ~ 1/delta = {1 / delta:.4g} (theta={theta})")
+
+
+def _evaluate(model: torch.nn.Module, server_data: dict[str, Dataset], test: Dataset) -> dict[str, float]:
+    """Test loss/accuracy, and the server's h1 = (f1 + g1)/2 with accuracy averaged the same way."""
+    test_loss, test_acc = evaluate(model, test)
+    (f_loss, f_acc), (g_loss, g_acc) = evaluate(model, server_data["f"]), evaluate(model, server_data["g"])
+    return {
+        "accuracy/test": test_acc,
+        "loss/test": test_loss,
+        "accuracy/server": (f_acc + g_acc) / 2,
+        "loss/server": (f_loss + g_loss) / 2,
+    }

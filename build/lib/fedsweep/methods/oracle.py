@@ -1,0 +1,77 @@
+"""What a method may ask of the federation: gradients and the server's argmin.
+
+Methods are plain code over this protocol and ``Weights``; they never see Ray,
+workers or data. ``fedsweep.oracle.FederatedOracle`` implements it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal, Protocol
+
+import numpy as np
+
+from fedsweep.weights import Weights
+
+Group = Literal["f", "g"]
+GROUPS: tuple[Group, Group] = ("f", "g")
+
+
+class GradientOracle(Protocol):
+    """Gradients of the group losses and the server's proximal solve.
+
+    Every returned ``Weights`` is a fresh, writable result owned by the caller.
+    ``subset`` picks clients of a group by position (0 .. ``num_clients(group)`` − 1);
+    None contacts the whole group.
+    """
+
+    @property
+    def deterministic(self) -> bool:
+        """True when every gradient is a full-data mean (no minibatch noise)."""
+
+    def num_clients(self, group: Group) -> int:
+        """How many clients the group has."""
+
+    def clients(
+        self,
+        group: Group,
+        points: Sequence[Weights],
+        seed: int | None,
+        *,
+        subset: np.ndarray | None = None,
+        snapshot: Weights | None = None,
+    ) -> list[Weights]:
+        """∇G at each point (G = f or g: the mean loss over the group's examples), or with a
+        ``snapshot`` ∇G(point) − ∇G(snapshot): the clients hold the snapshot since the round's
+        full communication, so one vector travels each way per point.
+
+        One communication with the group's clients (or ``subset`` of them: then an
+        unbiased estimate, see ``fedsweep.methods.aggregate.sampled_weights``); all points
+        and the snapshot use the same minibatches (drawn by ``seed``; ``None``: whole shards).
+        """
+
+    def full_communication(self, points: Sequence[Weights]) -> dict[Group, list[Weights]]:
+        """``{"f": ∇f at each point, "g": ∇g at each point}``, exact: every client of both groups
+        on its whole shard (one round trip; counted as one contact per group)."""
+
+    def server(self, group: Group, points: Sequence[Weights], seed: int | None) -> list[Weights]:
+        """∇G1 at each point: the server's f-like (G=f) or g-like (G=g) data, on the minibatch
+        drawn by ``seed``; ``seed=None``: all of it (exact)."""
+
+    def local_updates(
+        self,
+        x: Weights,
+        *,
+        epochs: int,
+        lr: float,
+        batch_size: int | None,
+        seed: int,
+        subsets: Mapping[Group, np.ndarray | None],
+        prox: float = 0.0,
+    ) -> dict[Group, Weights]:
+        """For each group of ``subsets``: its clients (the subset, or all for None) run
+        ``epochs`` of SGD from x on F_i(w) + (prox/2)‖w − x‖², and the example-weighted mean
+        of their models (``fedsweep.methods.aggregate.participation_weights``). One round trip."""
+
+    def argmin(self, linear: Weights, center: Weights, theta: float, seed: int) -> tuple[Weights, float]:
+        """``argmin_x ⟨linear, x⟩ + ‖x − center‖²/(2θ) + h1(x)`` and its objective value."""

@@ -1,0 +1,87 @@
+"""Per-round metrics to TensorBoard, also indexed by communication, and the target tracker."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+REPORTED = (  # every metric a run may report (tests/test_experiment.py checks the list)
+    "round", "accuracy/test", "loss/test", "accuracy/server", "loss/server",
+    "comm/f", "comm/g", "comm/total", "comm/messages", "comm/bytes_sent", "comm/bytes_received",
+    "norm/extragrad/full", "norm/extragrad/f", "norm/extragrad/g", "norm/update", "loss/argmin", "argmin/steps", "argmin/residual", "argmin/unconverged", "local_steps",
+    "clients/f", "clients/g", "clients/local",
+    "target/round", "target/comm_f", "target/comm_g", "target/bytes",
+    "similarity/delta_f", "similarity/delta_g",
+)  # fmt: skip
+
+# curves re-indexed by cumulative communication: tag prefix → the counter used as step
+COMM_AXES = {"f": "comm/f", "g": "comm/g", "total": "comm/total"}
+COMM_CURVES = ("accuracy/test", "loss/test")
+
+
+@dataclass
+class TargetTracker:
+    """Records the first round whose test accuracy reaches ``target`` and what it cost."""
+
+    target: float | None
+    reached: dict[str, float] = field(default_factory=dict)
+
+    def update(self, metrics: dict[str, float]) -> dict[str, float]:
+        if self.target is not None and not self.reached and metrics["accuracy/test"] >= self.target:
+            self.reached = {
+                "target/round": metrics["round"],
+                "target/comm_f": metrics["comm/f"],
+                "target/comm_g": metrics["comm/g"],
+                "target/bytes": metrics["comm/bytes_sent"] + metrics["comm/bytes_received"],
+            }
+        if self.target is None:
+            return {}
+        return self.reached or dict.fromkeys(("target/round", "target/comm_f", "target/comm_g", "target/bytes"), math.nan)
+
+
+class RunLogger:
+    """Writes every metric per round to ``log_dir``, and ``COMM_CURVES`` against each
+    communication counter to ``log_dir/vs_comm_<axis>`` (one TensorBoard run per axis,
+    so that each has its own step and its own purge point on resume).
+
+    A logger that starts a run purges what an earlier attempt in the same directory
+    logged after the starting point: everything for a fresh start, what followed the
+    checkpoint for a resumed one (``resume_round`` and the counters saved with it).
+    """
+
+    def __init__(
+        self, log_dir: str | Path, *, resume_round: int = 0, resume_comm: dict[str, float] | None = None
+    ) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # here: sweep-file checks import this module
+
+        log_dir = Path(log_dir)
+        resume_comm = resume_comm or {}
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=resume_round + 1 if resume_round else 0)
+        self._last_step = {axis: int(resume_comm.get(counter, 0)) for axis, counter in COMM_AXES.items()}
+        self.comm_writers = {
+            axis: SummaryWriter(log_dir=str(log_dir / f"vs_comm_{axis}"), purge_step=self._last_step[axis] + 1)
+            for axis in COMM_AXES
+        }
+
+    def log(self, metrics: dict[str, float], rnd: int) -> None:
+        for tag, value in metrics.items():
+            if tag != "round" and not tag.startswith(("target/", "similarity/")):
+                self.writer.add_scalar(tag, value, rnd)
+        for axis, counter in COMM_AXES.items():
+            step = int(metrics.get(counter, 0))
+            if step == self._last_step[axis]:
+                continue  # no communication since the last point (or none yet)
+            self._last_step[axis] = step
+            for curve in COMM_CURVES:
+                self.comm_writers[axis].add_scalar(f"{curve}/vs_comm_{axis}", metrics[curve], step)
+
+    def log_once(self, metrics: dict[str, float]) -> None:
+        """Scalars measured once, before the first round (step 0)."""
+        for tag, value in metrics.items():
+            self.writer.add_scalar(tag, value, 0)
+
+    def close(self) -> None:
+        for writer in (self.writer, *self.comm_writers.values()):
+            writer.close()

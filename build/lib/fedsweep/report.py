@@ -1,0 +1,142 @@
+"""The sweep's table and plots, from Ray Tune's ``ResultGrid``.
+
+With ``repeats`` (seeds as an axis) the sweep also writes ``summary.csv``: per
+configuration, the seeds that finished and, for the metric and the communication counts,
+the mean, the standard deviation and the half-width of a 95% confidence interval for the
+mean (Student's t with n − 1 degrees of freedom); the round plot draws each
+configuration's mean curve with that interval as a band.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from fedsweep.sweep import Sweep, label
+
+FINAL = ("accuracy/test", "loss/test", "accuracy/server", "comm/f", "comm/g", "round")
+TARGET = ("target/round", "target/comm_f", "target/comm_g")
+SIMILARITY = ("similarity/delta_f", "similarity/delta_g")
+
+
+def _status(result) -> str:
+    if result.error:
+        return "error"
+    if (result.metrics or {}).get("diverged"):
+        return f"diverged at {int(result.metrics['round'])}"
+    rounds = result.config["rounds"]
+    done = (result.metrics or {}).get("round", 0)
+    return "done" if done >= rounds else f"stopped at {int(done)}/{rounds}"
+
+
+def write_report(results, sweep: Sweep, out_dir: Path) -> pd.DataFrame:
+    """Write ``results.csv``, ``accuracy.png`` and ``accuracy_vs_comm.png`` to ``out_dir``.
+
+    Returns the table, best first by the sweep's metric. Trials that never
+    started (a stopped sweep) are left out; a resumed sweep runs them.
+    """
+    rows, curves = [], {}
+    for result in results:
+        if not result.config:
+            continue
+        row = {key: label(result.config, key) for key in sweep.grid}
+        metrics = result.metrics or {}
+        columns = FINAL + (TARGET if result.config.get("target_accuracy") is not None else ())
+        columns += SIMILARITY if result.config.get("similarity", {}).get("estimate") else ()
+        row.update({name: metrics.get(name) for name in columns})
+        row["status"] = _status(result)
+        rows.append(row)
+        history = result.metrics_dataframe
+        if history is not None and "accuracy/test" in history:
+            legend = ", ".join(f"{k.split('.')[-1]}={row[k]}" for k in sweep.grid)
+            curves[legend] = history
+    table = pd.DataFrame(rows)
+    if sweep.metric in table:  # diverged trials are listed, not ranked: last, whatever they reached before
+        ranked = table["status"].str.startswith("diverged")
+        table = table.assign(_last=ranked).sort_values(
+            ["_last", sweep.metric], ascending=[True, sweep.mode == "min"], na_position="last"
+        ).drop(columns="_last")
+    table.to_csv(out_dir / "results.csv", index=False)
+    summary = summarize(table, sweep)
+    if summary is not None:
+        summary.to_csv(out_dir / "summary.csv", index=False)
+        table.attrs["summary"] = summary
+    if curves:
+        by_config = _by_configuration(curves) if sweep.repeats > 1 else None
+        _plot(curves, "round", "round", out_dir / "accuracy.png", bands=by_config)
+        _plot(curves, "comm/total", "communications (f + g)", out_dir / "accuracy_vs_comm.png")
+    return table
+
+
+SUMMARIZED = ("comm/f", "comm/g", "target/round", "target/comm_f", "target/comm_g")
+
+
+def summarize(table: pd.DataFrame, sweep: Sweep) -> pd.DataFrame | None:
+    """Per configuration (the grid without its seed): the seeds run and finished, and the mean,
+    standard deviation and 95% CI half-width of the metric and the communication counts over
+    the finished ones. None without ``repeats``."""
+    if sweep.repeats <= 1 or table.empty:
+        return None
+    from scipy.stats import t as student_t
+
+    keys = [k for k in sweep.grid if k != "seed"]
+    columns = [c for c in (sweep.metric, *SUMMARIZED) if c in table and c != "round"]
+    grouped = table.groupby(keys, sort=False, dropna=False) if keys else [((), table)]
+    rows = []
+    for key, frame in grouped:
+        row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        done = frame[frame["status"] == "done"]
+        row.update({"seeds": len(frame), "finished": len(done)})
+        for column in columns:
+            values = done[column].dropna().astype(float)
+            n = len(values)
+            std = float(values.std(ddof=1)) if n > 1 else math.nan
+            row[f"{column} mean"] = float(values.mean()) if n else math.nan
+            row[f"{column} std"] = std
+            row[f"{column} ci95"] = float(student_t.ppf(0.975, n - 1)) * std / math.sqrt(n) if n > 1 else math.nan
+        rows.append(row)
+    summary = pd.DataFrame(rows)
+    return summary.sort_values(f"{sweep.metric} mean", ascending=sweep.mode == "min", na_position="last")
+
+
+def _by_configuration(curves: dict[str, pd.DataFrame]) -> dict[str, list[pd.DataFrame]]:
+    """Curves grouped by their legend without the seed."""
+    out: dict[str, list[pd.DataFrame]] = {}
+    for legend, df in curves.items():
+        config = ", ".join(part for part in legend.split(", ") if not part.startswith("seed="))
+        out.setdefault(config, []).append(df)
+    return out
+
+
+def _plot(
+    curves: dict[str, pd.DataFrame], x: str, xlabel: str, path: Path, *, bands: dict[str, list[pd.DataFrame]] | None = None
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if bands:  # the mean over seeds per round, with its 95% confidence interval
+        from scipy.stats import t as student_t
+
+        for legend, frames in bands.items():
+            stacked = pd.concat([f.set_index(x)["accuracy/test"] for f in frames if x in f], axis=1)
+            n = stacked.notna().sum(axis=1)
+            mean, std = stacked.mean(axis=1), stacked.std(axis=1, ddof=1)
+            half = student_t.ppf(0.975, (n - 1).clip(lower=1)) * std / n.clip(lower=1) ** 0.5
+            ax.plot(mean.index, mean, label=f"{legend} (n={int(n.max())})", marker=".", markersize=3)
+            ax.fill_between(mean.index, (mean - half).clip(0, 1), (mean + half).clip(0, 1), alpha=0.2)
+    else:
+        for legend, df in curves.items():
+            if x in df:
+                ax.plot(df[x], df["accuracy/test"], label=legend, marker=".", markersize=3)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

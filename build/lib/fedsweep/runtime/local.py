@@ -1,0 +1,25 @@
+"""All clients in the driver's process: for tests, debugging and single-machine runs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from torch import nn
+
+from fedsweep.data.client_data import ClientData
+from fedsweep.runtime.base import Part, Runtime
+from fedsweep.runtime.virtual_clients import Request, VirtualClients
+from fedsweep.weights import Weights
+
+
+class LocalRuntime(Runtime):
+    def __init__(self, *, device: str = "auto") -> None:
+        self.device = device
+        self.clients: VirtualClients | None = None
+
+    def attach(self, data: ClientData, model_fn: Callable[[], nn.Module], *, vectorize: bool | str) -> None:
+        self.clients = VirtualClients(data, model_fn, device=self.device, vectorize=vectorize)
+
+    def map_reduce(self, request: Request, parts: Sequence[Part]) -> list[list[Weights]]:
+        if self.clients is None:
+            raise RuntimeError("attach() the clients' data before the first request")
+        return [self.clients.serve(request, clients, weights) for clients, weights in parts]

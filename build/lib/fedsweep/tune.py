@@ -1,0 +1,242 @@
+"""Grid-search a config with Ray Tune: ``python -m fedsweep.tune sweeps/vrcs_grid.yaml``.
+
+Every trial is a plain function that runs one experiment (``fedsweep.experiment``),
+reports each round with ``tune.report`` and streams its metrics to its own
+TensorBoard directory, ``results/<name>/tensorboard/<trial>``. The sweep ends
+with a table (``results/<name>/results.csv``) and plots. Running the same
+command again resumes a stopped sweep without redoing finished trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import functools
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fedsweep.config import resolve_runtime
+from fedsweep.errors import ConfigError, DivergedError
+from fedsweep.sweep import Sweep, expand, label, load_sweep, param_space
+
+RESULTS_DIR = Path("results")
+FAILURE_RETRIES = 2  # times Tune restarts a failed trial from its last checkpoint
+LOCKFILE = ".driver.lock"  # in the sweep's folder: the pid of the driver running it
+
+
+def trial_resources(config: dict[str, Any], share: dict[str, float] | None = None):
+    """A bundle for the trial itself and one per worker: actors a trial creates must fit its
+    placement group. The trial's own bundle holds its server's GPU share (like a worker's),
+    and a CPU when it computes in-process (no workers). ``share`` resolves ``auto`` values
+    (a grid may set them) as :func:`trial` does."""
+    from ray import tune
+
+    runtime = (resolve_runtime(config, **share) if share else config)["runtime"]
+    workers = runtime["workers"] if runtime["name"] == "ray" else 0
+    gpu = runtime.get("num_gpus", 0) if runtime["name"] == "ray" else 0
+    own: dict[str, float] = {"GPU": gpu} if gpu else {}
+    if workers == 0:
+        return tune.PlacementGroupFactory([{"CPU": 1, **own}])
+    bundle = {"CPU": runtime["num_cpus"], **own}
+    return tune.PlacementGroupFactory([own] + [dict(bundle) for _ in range(workers)])
+
+
+def trial_share(sweep: Sweep, trials: int) -> dict[str, float]:
+    """One trial's share of the cluster: its CPUs divided among the trials that run at once,
+    and the cluster's GPUs (what ``runtime.workers`` and ``runtime.num_gpus: auto`` resolve to)."""
+    import ray
+
+    cluster = ray.cluster_resources()
+    concurrent = min(sweep.max_concurrent_trials or trials, trials)
+    return {"cpus": cluster.get("CPU", 1) / concurrent, "gpus": cluster.get("GPU", 0)}
+
+
+def trial(config: dict[str, Any], *, tensorboard_root: str, share: dict[str, float]) -> None:
+    """A Tune trial: one experiment on its share of the cluster, reported every round."""
+    import torch
+    from ray import tune
+
+    from fedsweep.checkpoint import FILENAME
+    from fedsweep.experiment import checkpoint_path, run_experiment
+
+    torch.set_num_threads(1)  # the trial's share: one CPU when it serves its clients itself, none beside workers
+    config = resolve_runtime(config, **share)
+    log_dir = Path(tensorboard_root) / tune.get_context().get_trial_name()
+    saved = tune.get_checkpoint()
+    if saved is not None:  # a resumed sweep: continue this trial where it stopped
+        config = {**config, "checkpoint": {**config["checkpoint"], "resume": str(Path(saved.path) / FILENAME)}}
+    every = config["checkpoint"]["every"]
+
+    def report(metrics: dict[str, float]) -> None:
+        if every and int(metrics["round"]) % every == 0:
+            checkpoint = tune.Checkpoint.from_directory(str(checkpoint_path(log_dir).parent))
+            tune.report(metrics, checkpoint=checkpoint)
+        else:
+            tune.report(metrics)
+
+    try:
+        run_experiment(config, log_dir=log_dir, report=report, progress=False)
+    except DivergedError as err:  # a result, not a crash: the table marks the trial and does not rank it
+        print(f"trial {tune.get_context().get_trial_name()}: {err}")
+        tune.report({"round": float(err.round), "diverged": 1.0})
+
+
+def trial_name(sweep: Sweep):
+    def name(t) -> str:
+        return f"{t.trial_id}_" + ",".join(f"{key.split('.')[-1]}={label(t.config, key)}" for key in sweep.grid)
+
+    return name
+
+
+def run_sweep(sweep: Sweep, *, results_dir: Path = RESULTS_DIR, address: str | None = None):
+    """Run (or resume) ``sweep``; returns its results directory and its table (a DataFrame).
+
+    The sweep writes only inside ``results_dir/<name>/`` (mode 700), and one driver at a time.
+    """
+    base, grid, points = expand(sweep)  # validates every grid point before Ray starts
+    root = results_dir.resolve()
+    exp_dir = (root / sweep.name).resolve()
+    if exp_dir.parent != root:  # e.g. a link planted under the sweep's name
+        raise ConfigError(f"the sweep folder {exp_dir} lies outside the results folder {root}")
+    root.mkdir(parents=True, exist_ok=True)
+    _check_private(exp_dir)
+    exp_dir.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(exp_dir, 0o700)  # results (and Tune's pickles) are private to their owner
+    with one_driver(exp_dir):
+        return _run_sweep(sweep, base, grid, points, exp_dir, results_dir=root, address=address)
+
+
+def _check_private(exp_dir: Path) -> None:
+    """Resuming unpickles Ray Tune's state (``tuner.pkl``, trial state): refuse a folder, or
+    such a file, that someone else owns or may write."""
+    for path in (exp_dir, *exp_dir.glob("*.pkl")) if exp_dir.exists() else ():
+        info = path.lstat()
+        if info.st_uid != os.getuid() or info.st_mode & 0o022:
+            raise ConfigError(
+                f"{path} is not private to you (owner uid {info.st_uid}, mode {oct(info.st_mode & 0o777)}); "
+                "refusing to resume from files others could have written"
+            )
+
+
+@contextmanager
+def one_driver(exp_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``exp_dir`` while a driver runs its sweep: a second driver
+    stops at once with one line naming the folder and the holder's pid."""
+    with open(exp_dir / LOCKFILE, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            raise ConfigError(f"{exp_dir} is in use by another sweep driver (pid {holder}); wait for it or stop it") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _run_sweep(sweep: Sweep, base, grid, points, exp_dir: Path, *, results_dir: Path, address: str | None):
+    import ray
+    from ray import tune
+
+    saved = exp_dir / "sweep.yaml"
+    if saved.exists() and saved.read_text() != sweep.source:
+        raise ConfigError(
+            f"{exp_dir} holds a different sweep named {sweep.name!r}; change 'name' or move that directory"
+        )
+    saved.write_text(sweep.source)
+    tensorboard_root = exp_dir / "tensorboard"
+
+    started = not ray.is_initialized()
+    if started:
+        from fedsweep.runtime.ray_runtime import init_ray
+
+        context = init_ray(address, dashboard=True)
+        if context.dashboard_url:
+            print(f"Ray dashboard: http://{context.dashboard_url}")
+    try:
+        share = trial_share(sweep, len(points))
+        trainable = tune.with_resources(
+            tune.with_parameters(trial, tensorboard_root=str(tensorboard_root), share=share),
+            functools.partial(trial_resources, share=share),
+        )
+        if tune.Tuner.can_restore(str(exp_dir)):
+            print(f"Resuming {exp_dir} (finished trials are kept)")
+            tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space(resolve_runtime(base, **share), grid),
+                tune_config=tune.TuneConfig(
+                    max_concurrent_trials=sweep.max_concurrent_trials,
+                    reuse_actors=True,  # a trial's process (torch imported) serves the next trial
+                    trial_name_creator=trial_name(sweep),
+                    trial_dirname_creator=trial_name(sweep),
+                ),
+                run_config=tune.RunConfig(
+                    name=sweep.name,
+                    storage_path=str(results_dir),
+                    verbose=1,
+                    # bounded: each trial keeps its newest checkpoint.keep checkpoints
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=base["checkpoint"]["keep"]),
+                    # a trial whose process or node dies starts again from its last checkpoint
+                    failure_config=tune.FailureConfig(max_failures=FAILURE_RETRIES),
+                ),
+            )
+        results = tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()
+
+    from fedsweep.report import write_report
+
+    table = write_report(results, sweep, exp_dir)
+    print(f"\nTensorBoard logs: {tensorboard_root}   (tensorboard --logdir {tensorboard_root})")
+    print(f"Results: {exp_dir / 'results.csv'}, plots: {exp_dir / 'accuracy.png'}, {exp_dir / 'accuracy_vs_comm.png'}\n")
+    print(table.to_string(index=False))
+    if "summary" in table.attrs:
+        print(f"\nOver {sweep.repeats} seeds (mean, std, 95% CI half-width; {exp_dir / 'summary.csv'}):")
+        print(table.attrs["summary"].to_string(index=False))
+    ended = table["status"].eq("done") | table["status"].str.startswith(("diverged", "error")) if len(table) else []
+    table.attrs["unfinished"] = unfinished = len(points) - int(sum(ended))  # those that never started included
+    if unfinished:
+        print(f"\n{unfinished} of {len(points)} trial(s) not finished: run the same command again to resume them.")
+    return exp_dir, table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fedsweep.tune", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", help="sweep file, e.g. sweeps/vrcs_grid.yaml")
+    parser.add_argument("overrides", nargs="*", help="key=value Hydra overrides, after the file's own")
+    parser.add_argument("--name", default=None, help="the sweep's name (results/<name>/), instead of the file's")
+    parser.add_argument("--results", default=str(RESULTS_DIR), help="where results/<name>/ goes (default: results)")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
+    args = parser.parse_args(argv)
+    try:
+        sweep = load_sweep(args.sweep, overrides=args.overrides, name=args.name)
+        exp_dir, table = run_sweep(sweep, results_dir=Path(args.results), address=args.address)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    failed = int((table["status"] == "error").sum()) if len(table) else 0
+    if failed:
+        print(f"error: {failed} trial(s) failed; Ray Tune's error files are in {exp_dir}", file=sys.stderr)
+        return 1
+    if table.attrs.get("unfinished"):  # stopped (Ctrl-C): its state is saved for the resume
+        again = [sys.executable, "-m", "fedsweep.tune", args.sweep, *args.overrides, "--results", args.results]
+        again += [*(["--name", args.name] if args.name else []), *(["--address", args.address] if args.address else [])]
+        print("resume with: " + " ".join(again))
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

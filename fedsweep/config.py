@@ -8,9 +8,11 @@ a one-line :class:`ConfigError` naming the bad one, before any work starts.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import os
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,19 +20,22 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from fedsweep.data import DATASETS
-from fedsweep.data.partition import check_partition_config
+from fedsweep import components
+from fedsweep.components import SECTIONS
 from fedsweep.errors import ConfigError
-from fedsweep.methods import METHODS, build_method
-from fedsweep.models import MODELS, NORMS
+from fedsweep.server import ServerConfig
 
 CONFIG_DIR = Path(os.environ.get("FEDSWEEP_CONFIG_DIR", Path(__file__).resolve().parent / "configs"))
 """The shipped configs: inside the package, so a wheel carries them (``FEDSWEEP_CONFIG_DIR`` replaces them)."""
 RUNTIMES = ("local", "ray")
 
 
-def compose(overrides: Sequence[str] = ()) -> DictConfig:
-    """The experiment config from ``fedsweep/configs/config.yaml`` with Hydra-style overrides."""
+def compose(overrides: Sequence[str] = (), *, config_dirs: Sequence[str | Path] = ()) -> DictConfig:
+    """The experiment config from ``fedsweep/configs/config.yaml`` with Hydra-style overrides.
+    ``config_dirs`` (a user's config folders) join Hydra's search path after the shipped configs,
+    as ``hydra.searchpath=[...]`` does (``pkg://package.configs`` works there too)."""
+    if config_dirs:
+        overrides = [*overrides, search_path(config_dirs)]
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -42,6 +47,15 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
         except (HydraException, OmegaConfBaseException) as err:
             raise ConfigError(_one_line(err, overrides)) from None
     return cfg
+
+
+def search_path(config_dirs: Sequence[str | Path]) -> str:
+    """The ``hydra.searchpath`` override that adds ``config_dirs`` (folders, or ``pkg://`` paths)."""
+    entries = [d if str(d).startswith(("pkg://", "file://")) else f"file://{Path(d).resolve()}" for d in map(str, config_dirs)]
+    for entry in entries:
+        if entry.startswith("file://") and not Path(entry.removeprefix("file://")).is_dir():
+            raise ConfigError(f"config directory not found: {entry.removeprefix('file://')}")
+    return f"hydra.searchpath=[{','.join(entries)}]"
 
 
 def _one_line(err: Exception, overrides: Sequence[str]) -> str:
@@ -79,72 +93,47 @@ def _require(cfg: Mapping[str, Any], dotted: str) -> Any:
 
 
 def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
-    """Raise a one-line ConfigError for the first bad value; return None if all are fine."""
+    """Raise a one-line ConfigError for the first bad value; return None if all are fine.
+
+    The plug-in sections (data, partition, model, loss, method) are checked against their
+    targets' signatures; the method and the loss are built (cheap, and they check their own
+    ranges), and a target's ``check_config`` (e.g. the partition's) checks what needs no data.
+    What needs the data (the model's shapes) is checked by ``fedsweep.setup.check_setup``.
+    """
     c = to_container(cfg)
-    method = _require(c, "method.name")
-    if method not in METHODS:
-        raise ConfigError(f"unknown method.name={method!r}; known: {', '.join(METHODS)}")
-    for key in {"vrcs": ("theta", "p", "q"), "sliding": ("theta",), "server_only": ("theta",)}.get(method, ()):
-        _require(c, key)
-    if method in ("fedavg", "fedprox"):
-        for key in ("method.local_epochs", "method.lr", "method.batch_size") + (("method.mu",) if method == "fedprox" else ()):
-            _require(c, key)
-    build_method(c)  # checks the method's own hyperparameters
-    for key in ("rounds", "server.epochs"):
-        value = _require(c, key)
-        if not (isinstance(value, int) and value >= 1):
-            raise ConfigError(f"{key} must be a positive integer, got {key}={value}")
-    solver = _require(c, "server.solver")
-    if solver not in ("lbfgs", "optimizer"):
-        raise ConfigError(f"server.solver must be lbfgs or optimizer, got server.solver={solver!r}")
-    tolerance = _require(c, "server.tolerance")
-    if not (_is_number(tolerance) and tolerance > 0):
-        raise ConfigError(f"server.tolerance must be > 0, got server.tolerance={tolerance!r}")
-    max_steps = _require(c, "server.max_steps")
-    if not (_is_int(max_steps) and max_steps >= 1):
-        raise ConfigError(f"server.max_steps must be a positive integer, got server.max_steps={max_steps!r}")
-    for key in ("server.batch_size", "server.grad_batch_size", "client.batch_size"):
-        _positive_int_or_none(key, _require(c, key))
-    data = _require(c, "data.name")
-    if data not in DATASETS:
-        raise ConfigError(f"unknown data.name={data!r}; known: {', '.join(DATASETS)}")
-    test_fraction = _require(c, "data.test_fraction")
-    if not (isinstance(test_fraction, (int, float)) and 0 < test_fraction < 1):
-        raise ConfigError(f"data.test_fraction must be in (0, 1), got data.test_fraction={test_fraction}")
-    model = _require(c, "model.name")
-    if model not in MODELS:
-        raise ConfigError(f"unknown model.name={model!r}; known: {', '.join(MODELS)}")
-    norm = _require(c, "model.norm")
-    if norm == "batch":
-        raise ConfigError(
-            "model.norm='batch' is not supported: BatchNorm's running statistics are never federated and its "
-            "batch statistics mix examples, so h would not be a mean over examples; use group or none"
-        )
-    if norm not in NORMS:
-        raise ConfigError(f"unknown model.norm={norm!r}; known: {', '.join(n for n in NORMS if n != 'batch')}")
-    hidden = _require(c, "model.hidden")
-    if not (isinstance(hidden, int) and not isinstance(hidden, bool) and hidden >= 1):
-        raise ConfigError(f"model.hidden must be a positive integer, got model.hidden={hidden}")
+    for section in SECTIONS:
+        target = components.check(section, _require(c, section))
+        if section in ("method", "loss"):
+            components.build(section, c[section])
+        elif callable(getattr(target, "check_config", None)):
+            target.check_config(**components.arguments(c[section]))
+    rounds = _require(c, "rounds")
+    if not (_is_int(rounds) and rounds >= 1):
+        raise ConfigError(f"rounds must be a positive integer, got rounds={rounds!r}")
+    _check_fields("server", ServerConfig, _require(c, "server"))
+    _positive_int_or_none("client.batch_size", _require(c, "client.batch_size"))
     opt = _require(c, "optimizer.name")
     if not isinstance(opt, str):
         raise ConfigError(f"optimizer.name={opt!r} is not a torch.optim optimizer (e.g. SGD, Adam, AdamW)")
     lr = _require(c, "optimizer.lr")
-    if not (isinstance(lr, (int, float)) and lr > 0):
+    if not (_is_number(lr) and lr > 0):
         raise ConfigError(f"optimizer.lr must be > 0, got optimizer.lr={lr}")
     _check_optimizer(c["optimizer"])
     _check_runtime(_require(c, "runtime"))
     device = _require(c, "device")
     if device not in ("auto", "cpu") and not str(device).startswith("cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda[:N], got device={device!r}")
-    _require(c, "seed")
+    seed = _require(c, "seed")
+    if not (_is_int(seed) and seed >= 0):
+        raise ConfigError(f"seed must be an integer >= 0, got seed={seed!r}")
     target = _require(c, "target_accuracy")
-    if target is not None and not (isinstance(target, (int, float)) and 0 < target <= 1):
+    if target is not None and not (_is_number(target) and 0 < target <= 1):
         raise ConfigError(f"target_accuracy must be in (0, 1] or null, got target_accuracy={target}")
     iterations = _require(c, "similarity.iterations")
-    if not (isinstance(iterations, int) and iterations >= 1):
+    if not (_is_int(iterations) and iterations >= 1):
         raise ConfigError(f"similarity.iterations must be a positive integer, got similarity.iterations={iterations}")
     every = _require(c, "checkpoint.every")
-    if not (isinstance(every, int) and every >= 0):
+    if not (_is_int(every) and every >= 0):
         raise ConfigError(f"checkpoint.every must be an integer >= 0, got checkpoint.every={every}")
     keep = _require(c, "checkpoint.keep")
     if not (_is_int(keep) and keep >= 1):
@@ -156,7 +145,24 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
         from fedsweep.checkpoint import check_config, load_checkpoint
 
         check_config(load_checkpoint(resume), c, resume)  # read safely; the same config, or one line
-    _check_partition(_require(c, "partition"))
+
+
+def _check_fields(section: str, schema: type, node: Any) -> None:
+    """``node`` against a dataclass schema: known keys, values of the annotated types, and
+    the dataclass's own range checks (``__post_init__``)."""
+    if not isinstance(node, Mapping):
+        raise ConfigError(f"{section} must be a mapping, got {section}={node!r}")
+    fields = {f.name for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
+    for key, value in node.items():
+        if key not in fields:
+            raise ConfigError(f"unknown config key {section}.{key}; known: {', '.join(sorted(fields))}")
+        if not components.fits(value, hints[key]):
+            raise ConfigError(f"{section}.{key} has the wrong type, got {section}.{key}={value!r}")
+    missing = [f for f in fields if f not in node]
+    if missing:
+        raise ConfigError(f"missing config key {section}.{sorted(missing)[0]}")
+    schema(**node)
 
 
 def _check_optimizer(opt_cfg: Mapping[str, Any]) -> None:
@@ -250,17 +256,6 @@ def resolve_runtime(cfg: dict[str, Any], *, cpus: float, gpus: float) -> dict[st
     workers = worker_count(runtime["workers"], runtime["num_cpus"], cpus)
     num_gpus = gpu_share(runtime["num_gpus"], workers + 1, gpus)
     return {**cfg, "runtime": {**runtime, "workers": workers, "num_gpus": num_gpus}}
-
-
-def _check_partition(partition: Mapping[str, Any]) -> None:
-    params = inspect.signature(check_partition_config).parameters
-    unknown = [k for k in partition if k not in params]
-    if unknown:
-        raise ConfigError(f"unknown partition key {unknown[0]!r}; known: {', '.join(params)}")
-    missing = [k for k, p in params.items() if p.default is inspect.Parameter.empty and k not in partition]
-    if missing:
-        raise ConfigError(f"missing config key partition.{missing[0]}")
-    check_partition_config(**partition)
 
 
 def make_optimizer_factory(opt_cfg: Mapping[str, Any]):

@@ -6,7 +6,6 @@ round → evaluate → log. Methods do the maths; runtimes reach the clients.
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -19,55 +18,24 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from fedsweep import components
+from fedsweep.checkpoint import DIRNAME, FILENAME, load_checkpoint, restore, save_checkpoint
 from fedsweep.config import make_optimizer_factory, resolve_runtime, to_container, validate
-from fedsweep.data import DataBundle, Dataset, Partition, load_dataset, make_partition
+from fedsweep.data import Dataset
 from fedsweep.data.client_data import ClientData
 from fedsweep.errors import DivergedError
-from fedsweep.checkpoint import DIRNAME, FILENAME, load_checkpoint, restore, save_checkpoint
-from fedsweep.methods import Method, MethodState, build_method
+from fedsweep.methods import Method, MethodState
 from fedsweep.methods.similarity import estimate_similarity
 from fedsweep.metrics import RunLogger, TargetTracker
-from fedsweep.models import build_model
 from fedsweep.oracle import FederatedOracle
 from fedsweep.runtime.base import Runtime
 from fedsweep.runtime.local import LocalRuntime
 from fedsweep.server import Server, ServerConfig
-from fedsweep.task import evaluate, resolve_device
+from fedsweep.setup import Setup, check_model, prepare
+from fedsweep.task import Loss, evaluate
 from fedsweep.weights import Weights
 
 Reporter = Callable[[dict[str, float]], None]
-
-
-@dataclass(frozen=True)
-class Setup:
-    """Everything a run needs that does not change between rounds."""
-
-    bundle: DataBundle
-    partition: Partition
-    model_fn: Callable[[], torch.nn.Module]
-    device: torch.device
-
-
-def prepare(cfg: Mapping[str, Any]) -> Setup:
-    """Load data, partition it and fix the model constructor (deterministic for ``cfg['seed']``)."""
-    data, part, model = cfg["data"], cfg["partition"], cfg["model"]
-    bundle = load_dataset(data["name"], root=data["root"], seed=cfg["seed"], test_fraction=data["test_fraction"])
-    partition = make_partition(
-        bundle.train,
-        num_classes=bundle.num_classes,
-        seed=cfg["seed"],
-        **part,
-    )
-    model_fn = functools.partial(
-        build_model,
-        model["name"],
-        input_shape=bundle.input_shape,
-        num_classes=bundle.num_classes,
-        hidden=model["hidden"],
-        norm=model["norm"],
-        seed=cfg["seed"],
-    )
-    return Setup(bundle, partition, model_fn, resolve_device(cfg["device"]))
 
 
 def make_runtime(cfg: Mapping[str, Any], *, label: str) -> Runtime:
@@ -129,27 +97,31 @@ class Run:
     server: Server
     server_data: dict[str, Dataset]
     test_data: Dataset
+    loss: Loss
 
 
 def build(cfg: Mapping[str, Any], setup: Setup, runtime: Runtime) -> Run:
     """The clients attached to ``runtime``, the server, the method and its start."""
     clients = ClientData.from_partition(setup.partition)
-    runtime.attach(clients, setup.model_fn, vectorize=cfg["runtime"]["vectorize"])
+    model = setup.model_fn()
+    check_model(model, cfg)
+    runtime.attach(clients, setup.model_fn, loss=setup.loss, vectorize=cfg["runtime"]["vectorize"])
     device = setup.device
     server_data = {"f": _on(setup.partition.server_f, device), "g": _on(setup.partition.server_g, device)}
     server = Server(
-        setup.model_fn().to(device),
+        model.to(device),
         server_data,
         config=ServerConfig(**cfg["server"]),
         make_optimizer=make_optimizer_factory(cfg["optimizer"]),
+        loss=setup.loss,
     )
     deterministic = cfg["client"]["batch_size"] is None and cfg["server"]["grad_batch_size"] is None
     oracle = FederatedOracle(
         runtime, clients, server, batch_size=cfg["client"]["batch_size"], deterministic=deterministic, device=device
     )
-    method = build_method(cfg)
+    method = components.build("method", cfg["method"])
     state = method.init(Weights.from_model(server.model), seed=cfg["seed"])
-    return Run(method, state, oracle, server, server_data, _on(setup.bundle.test, device))
+    return Run(method, state, oracle, server, server_data, _on(setup.bundle.test, device), setup.loss)
 
 
 @contextmanager
@@ -218,20 +190,22 @@ def run_experiment(
                 oracle, state.x, iterations=cfg["similarity"]["iterations"], seed=cfg["seed"]
             )
             logger.log_once(similarity)
-            _print_similarity(similarity, cfg["theta"])
+            _print_similarity(similarity, getattr(run.method, "theta", None))
         metrics: dict[str, float] = {}
-        bar = tqdm(range(done + 1, cfg["rounds"] + 1), desc=run.method.name, disable=not progress, unit="round")
+        name = components.label(cfg["method"])
+        bar = tqdm(range(done + 1, cfg["rounds"] + 1), desc=name, disable=not progress, unit="round")
         for rnd in bar:
             state, stats = run.method.round(state, oracle)
             stats.update(_solver_stats(run.server))
             state.x.to_model(run.server.model)
-            metrics = {**stats, **_evaluate(run.server.model, run.server_data, run.test_data), **oracle.comm.as_metrics()}
+            evaluation = _evaluate(run.server.model, run.server_data, run.test_data, run.loss)
+            metrics = {**stats, **evaluation, **oracle.comm.as_metrics()}
             metrics["round"] = float(rnd)
             metrics.update(similarity)
             metrics.update(tracker.update(metrics))
-            _check_finite(metrics, state.x, rnd, cfg)
+            _check_finite(metrics, state.x, rnd, cfg, getattr(run.method, "theta", None))
             logger.log(metrics, rnd)
-            bar.set_postfix({"acc": f"{metrics['accuracy/test']:.3f}", "loss": f"{metrics['loss/test']:.3f}"})
+            bar.set_postfix({k: f"{metrics[m]:.3f}" for k, m in (("acc", "accuracy/test"), ("loss", "loss/test")) if m in metrics})
             if checkpoint_every and rnd % checkpoint_every == 0:  # before reporting: Tune persists it with the report
                 save_checkpoint(
                     checkpoint_path(log_dir), rnd=rnd, state=state, comm=oracle.comm, tracker=tracker, config=cfg
@@ -255,7 +229,7 @@ def _solver_stats(server: Server) -> dict[str, float]:
     return stats
 
 
-def _check_finite(metrics: dict[str, float], x: Weights, rnd: int, cfg: Mapping[str, Any]) -> None:
+def _check_finite(metrics: dict[str, float], x: Weights, rnd: int, cfg: Mapping[str, Any], theta: float | None) -> None:
     """Stop a run, in one line and before it logs the round, whose iterate or metrics are no longer
     finite or whose argmin stopped short of its tolerance. (``target/*`` is NaN by design until
     the target is reached.)"""
@@ -264,7 +238,9 @@ def _check_finite(metrics: dict[str, float], x: Weights, rnd: int, cfg: Mapping[
     if not math.isfinite(norm):
         bad.insert(0, ("the iterate's norm", norm))
     by_optimizer = cfg["server"]["solver"] == "optimizer"
-    settings = f"theta={cfg['theta']}" + (f", optimizer.lr={cfg['optimizer']['lr']}" if by_optimizer else "")
+    settings = ", ".join(
+        ([f"method.theta={theta}"] if theta is not None else []) + ([f"optimizer.lr={cfg['optimizer']['lr']}"] if by_optimizer else [])
+    ) or f"method={components.label(cfg['method'])}"
     if bad:
         what, value = bad[0]
         advice = "try a larger theta or a smaller optimizer.lr" if by_optimizer else "try a smaller theta"
@@ -283,19 +259,19 @@ def checkpoint_path(log_dir: str | Path) -> Path:
     return Path(log_dir) / DIRNAME / FILENAME
 
 
-def _print_similarity(similarity: dict[str, float], theta: float) -> None:
+def _print_similarity(similarity: dict[str, float], theta: float | None) -> None:
     df, dg = similarity["similarity/delta_f"], similarity["similarity/delta_g"]
     delta = max(df, dg, 1e-12)
-    print(f"similarity at x0: delta_f = {df:.4g}, delta_g = {dg:.4g}; theta ~ 1/delta = {1 / delta:.4g} (theta={theta})")
+    used = f" (method.theta={theta})" if theta is not None else ""
+    print(f"similarity at x0: delta_f = {df:.4g}, delta_g = {dg:.4g}; theta ~ 1/delta = {1 / delta:.4g}{used}")
 
 
-def _evaluate(model: torch.nn.Module, server_data: dict[str, Dataset], test: Dataset) -> dict[str, float]:
-    """Test loss/accuracy, and the server's h1 = (f1 + g1)/2 with accuracy averaged the same way."""
-    test_loss, test_acc = evaluate(model, test)
-    (f_loss, f_acc), (g_loss, g_acc) = evaluate(model, server_data["f"]), evaluate(model, server_data["g"])
-    return {
-        "accuracy/test": test_acc,
-        "loss/test": test_loss,
-        "accuracy/server": (f_acc + g_acc) / 2,
-        "loss/server": (f_loss + g_loss) / 2,
-    }
+def _evaluate(model: torch.nn.Module, server_data: dict[str, Dataset], test: Dataset, loss: Loss) -> dict[str, float]:
+    """Test loss/accuracy, and the server's h1 = (f1 + g1)/2 with accuracy averaged the same way
+    (no accuracy when the labels are not classes)."""
+    test_loss, test_acc = evaluate(model, test, loss)
+    (f_loss, f_acc), (g_loss, g_acc) = evaluate(model, server_data["f"], loss), evaluate(model, server_data["g"], loss)
+    metrics = {"loss/test": test_loss, "loss/server": (f_loss + g_loss) / 2}
+    if test_acc is not None:
+        metrics.update({"accuracy/test": test_acc, "accuracy/server": (f_acc + g_acc) / 2})
+    return metrics

@@ -29,7 +29,7 @@ class TargetTracker:
     reached: dict[str, float] = field(default_factory=dict)
 
     def update(self, metrics: dict[str, float]) -> dict[str, float]:
-        if self.target is not None and not self.reached and metrics["accuracy/test"] >= self.target:
+        if self.target is not None and not self.reached and metrics.get("accuracy/test", -math.inf) >= self.target:
             self.reached = {
                 "target/round": metrics["round"],
                 "target/comm_f": metrics["comm/f"],
@@ -74,7 +74,7 @@ class RunLogger:
             if step == self._last_step[axis]:
                 continue  # no communication since the last point (or none yet)
             self._last_step[axis] = step
-            for curve in COMM_CURVES:
+            for curve in (c for c in COMM_CURVES if c in metrics):  # no accuracy for a regression loss
                 self.comm_writers[axis].add_scalar(f"{curve}/vs_comm_{axis}", metrics[curve], step)
 
     def log_once(self, metrics: dict[str, float]) -> None:

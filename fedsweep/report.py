@@ -41,7 +41,7 @@ def write_report(results, sweep: Sweep, out_dir: Path) -> pd.DataFrame:
     for result in results:
         if not result.config:
             continue
-        row = {key: label(result.config, key) for key in sweep.grid}
+        row = {key: label(result.config, key) for key in sweep.columns}
         metrics = result.metrics or {}
         columns = FINAL + (TARGET if result.config.get("target_accuracy") is not None else ())
         columns += SIMILARITY if result.config.get("similarity", {}).get("estimate") else ()
@@ -50,7 +50,7 @@ def write_report(results, sweep: Sweep, out_dir: Path) -> pd.DataFrame:
         rows.append(row)
         history = result.metrics_dataframe
         if history is not None and "accuracy/test" in history:
-            legend = ", ".join(f"{k.split('.')[-1]}={row[k]}" for k in sweep.grid)
+            legend = ", ".join(f"{k.split('.')[-1]}={row[k]}" for k in sweep.columns if row[k] is not None)
             curves[legend] = history
     table = pd.DataFrame(rows)
     if sweep.metric in table:  # diverged trials are listed, not ranked: last, whatever they reached before
@@ -81,7 +81,7 @@ def summarize(table: pd.DataFrame, sweep: Sweep) -> pd.DataFrame | None:
         return None
     from scipy.stats import t as student_t
 
-    keys = [k for k in sweep.grid if k != "seed"]
+    keys = [k for k in sweep.columns if k != "seed"]
     columns = [c for c in (sweep.metric, *SUMMARIZED) if c in table and c != "round"]
     grouped = table.groupby(keys, sort=False, dropna=False) if keys else [((), table)]
     rows = []

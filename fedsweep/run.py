@@ -47,10 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"TensorBoard logs: {log_dir}   (tensorboard --logdir {log_dir})")
-    summary = (
-        f"final test accuracy {final['accuracy/test']:.4f}, test loss {final['loss/test']:.4f}, "
-        f"communications f={final['comm/f']:.0f} g={final['comm/g']:.0f}"
-    )
+    accuracy = f"test accuracy {final['accuracy/test']:.4f}, " if "accuracy/test" in final else ""
+    summary = f"final {accuracy}test loss {final['loss/test']:.4f}, communications f={final['comm/f']:.0f} g={final['comm/g']:.0f}"
     if cfg["target_accuracy"] is not None:
         reached = final["target/round"] == final["target/round"]  # not NaN
         summary += (

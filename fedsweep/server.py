@@ -12,7 +12,8 @@ from torch import nn
 from fedsweep.data import Dataset
 from fedsweep.methods.argmin import OptimizerFactory, SolveStats, solve_argmin, solve_argmin_lbfgs
 from fedsweep.methods.oracle import Group
-from fedsweep.task import CHUNK, loss_fn, mean_grads, mean_hvp
+from fedsweep.errors import ConfigError
+from fedsweep.task import CHUNK, Loss, cross_entropy, loss_fn, mean_grads, mean_hvp
 from fedsweep.weights import Weights
 
 
@@ -25,6 +26,28 @@ class ServerConfig:
     batch_size: int | None  # optimizer: minibatch per part (f1 and g1); None = full data, one step per epoch
     grad_batch_size: int | None  # minibatch for ∇f1/∇g1 in the corrections; None = exact
 
+    def __post_init__(self) -> None:
+        if self.solver not in ("lbfgs", "optimizer"):
+            raise ConfigError(f"server.solver must be lbfgs or optimizer, got server.solver={self.solver!r}")
+        if not (_is_number(self.tolerance) and self.tolerance > 0):
+            raise ConfigError(f"server.tolerance must be > 0, got server.tolerance={self.tolerance!r}")
+        for key in ("max_steps", "epochs"):
+            value = getattr(self, key)
+            if not (_is_int(value) and value >= 1):
+                raise ConfigError(f"server.{key} must be a positive integer, got server.{key}={value!r}")
+        for key in ("batch_size", "grad_batch_size"):
+            value = getattr(self, key)
+            if value is not None and not (_is_int(value) and value >= 1):
+                raise ConfigError(f"server.{key} must be a positive integer or null, got server.{key}={value!r}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
 
 class Server:
     """Holds h1 = (f1 + g1)/2 on the server's own data."""
@@ -36,8 +59,10 @@ class Server:
         *,
         config: ServerConfig,
         make_optimizer: OptimizerFactory,
+        loss: Loss = cross_entropy,
     ) -> None:
         self.model = model
+        self.loss = loss
         self.data = data
         self.config = config
         self.make_optimizer = make_optimizer
@@ -46,11 +71,13 @@ class Server:
     def grads(self, group: Group, points: Sequence[Weights], seed: int | None) -> list[Weights]:
         """∇G1 at each point on the same minibatch (drawn by ``seed``; ``None``: all the data)."""
         batch_size = None if seed is None else self.config.grad_batch_size
-        return mean_grads(self.model, self.data[group], points, batch_size=batch_size, seed=seed)
+        return mean_grads(self.model, self.data[group], points, batch_size=batch_size, seed=seed, loss=self.loss)
 
     def hvp(self, group: Group, point: Weights, vector: Weights, seed: int | None) -> Weights:
         """∇²G1(point) · vector."""
-        return mean_hvp(self.model, self.data[group], point, vector, batch_size=self.config.grad_batch_size, seed=seed)
+        return mean_hvp(
+            self.model, self.data[group], point, vector, batch_size=self.config.grad_batch_size, seed=seed, loss=self.loss
+        )
 
     def steps_per_epoch(self) -> int:
         bs = self.config.batch_size
@@ -80,7 +107,7 @@ class Server:
         for part in self.data.values():
             for start in range(0, len(part), CHUNK):
                 xs, ys = part.x[start : start + CHUNK], part.y[start : start + CHUNK]
-                total = total + 0.5 * loss_fn(self.model, xs, ys) * (len(ys) / len(part))
+                total = total + 0.5 * loss_fn(self.model, xs, ys, self.loss) * (len(ys) / len(part))
         return total
 
     def _argmin_optimizer(self, linear: Weights, center: Weights, theta: float, seed: int) -> tuple[Weights, float]:
@@ -98,7 +125,7 @@ class Server:
                 perms.update({g: torch.randperm(len(d), generator=gen) for g, d in self.data.items()})
             bf, bg = (_minibatch(self.data[g], perms.get(g), i, bs) for g in ("f", "g"))
             self.model.train()
-            return 0.5 * (loss_fn(self.model, bf.x, bf.y) + loss_fn(self.model, bg.x, bg.y))
+            return 0.5 * (loss_fn(self.model, bf.x, bf.y, self.loss) + loss_fn(self.model, bg.x, bg.y, self.loss))
 
         return solve_argmin(
             self.model,

@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from fedsweep import components
 from fedsweep.config import CONFIG_DIR, compose, to_container, validate
 from fedsweep.errors import ConfigError
 from fedsweep.metrics import REPORTED
@@ -49,6 +50,18 @@ class Sweep:
     max_trials: int = MAX_TRIALS
     repeats: int = 1  # seeds 0 .. repeats - 1 for every grid point; the table reports their mean and CI
     source: str = field(default="", compare=False)  # the file's text, kept beside the results
+
+    @property
+    def columns(self) -> list[str]:
+        """The keys a trial is labelled by: the grid's, with a group's per-option keys as
+        ``group.key`` after the group (``method`` → ``method``, ``method.theta``, ``method.lr``)."""
+        out: list[str] = []
+        for key, values in self.grid.items():
+            out.append(key) if key not in out else None
+            if isinstance(values, Mapping):
+                for inner in values.values():
+                    out += [f"{key}.{k}" for k in (inner or {}) if f"{key}.{k}" not in out]
+        return out
 
 
 def load_sweep(path: str | Path, *, overrides: Sequence[str] = (), name: str | None = None) -> Sweep:
@@ -91,7 +104,15 @@ def load_sweep(path: str | Path, *, overrides: Sequence[str] = (), name: str | N
     grid = raw.get("grid")
     if not isinstance(grid, Mapping) or not grid:
         raise ConfigError(f"{path}: grid must be a non-empty mapping of config keys to lists of values")
+    groups = config_groups()
     for key, values in grid.items():
+        if key in groups and isinstance(values, Mapping) and values:  # per-option grids
+            for option, inner in values.items():
+                if inner is None:
+                    continue
+                if not isinstance(inner, Mapping) or not all(isinstance(v, list) and v for v in inner.values()):
+                    raise ConfigError(f"{path}: grid.{key}.{option} must map its keys to non-empty lists, got {inner!r}")
+            continue
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{path}: grid.{key} must be a non-empty list, got {values!r}")
     mode = raw.get("mode", "max")
@@ -113,8 +134,8 @@ def load_sweep(path: str | Path, *, overrides: Sequence[str] = (), name: str | N
         if "seed" in grid:
             raise ConfigError(f"{path}: repeats={repeats} sets the seeds; drop seed from the grid or use repeats: 1")
         grid = {**grid, "seed": list(range(repeats))}
-    trials = math.prod(len(v) for v in grid.values())
-    if trials > max_trials:
+    trials = math.prod(len(v) for v in grid.values())  # an upper bound when a group folds keys (see grid_values)
+    if trials > max_trials and not any(folded_keys(grid).values()) and not any(isinstance(v, Mapping) for v in grid.values()):
         raise ConfigError(
             f"{path}: the grid makes {trials} trials, more than max_trials={max_trials}; "
             f"set max_trials: {trials} in the file to run them all"
@@ -122,7 +143,7 @@ def load_sweep(path: str | Path, *, overrides: Sequence[str] = (), name: str | N
     return Sweep(
         name=name,
         overrides=tuple(overrides),
-        grid={str(k): list(v) for k, v in grid.items()},
+        grid={str(k): dict(v) if isinstance(v, Mapping) else list(v) for k, v in grid.items()},
         metric=metric,
         mode=mode,
         max_concurrent_trials=mct,
@@ -154,34 +175,92 @@ def config_groups() -> set[str]:
     return {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()}
 
 
+def folded_keys(grid: Mapping[str, Any], groups: set[str] | None = None) -> dict[str, list[str]]:
+    """For each config group in ``grid``, the grid's keys inside it (``method`` → ``method.theta``)."""
+    groups = config_groups() if groups is None else groups
+    return {g: [k for k in grid if k.startswith(g + ".")] for g in grid if g in groups}
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def option_config(overrides: Sequence[str], group: str, option: str) -> dict[str, Any]:
+    """Group ``group``'s node with ``option`` chosen, and of ``overrides`` inside the group only
+    those whose key the option has (``method.theta=0.5`` applies to VRCS, not to FedAvg)."""
+    inside = [o for o in overrides if _override_key(o).startswith(group + ".")]
+    rest = [o for o in overrides if o not in inside]
+    node = to_container(compose([*rest, f"{group}={option}"]))[group]
+    applies = [o for o in inside if o.startswith("+") or _has(node, o.split("=", 1)[0].lstrip("~")[len(group) + 1 :])]
+    return to_container(compose([*rest, f"{group}={option}", *applies]))[group] if applies else node
+
+
 def grid_values(sweep: Sweep) -> dict[str, list[Any]]:
-    """Each grid key's values as config values: a group's options become their composed sub-configs."""
-    groups = config_groups()
-    values = {}
+    """Each grid key's values as config values. A config group's options become their composed
+    nodes, each crossed with the grid's keys inside the group that it has: ``method: [vrcs,
+    fedavg]`` with ``method.theta`` and ``method.lr`` runs VRCS over θ and FedAvg over lr, each
+    method on its own grid (a union, not a product), and the table leaves θ blank for FedAvg."""
+    folded = folded_keys(sweep.grid)
+    inner_keys = {k for keys in folded.values() for k in keys}
+    values: dict[str, list[Any]] = {}
     for key, options in sweep.grid.items():
-        if key in groups:
-            values[key] = [to_container(compose([*sweep.overrides, f"{key}={option}"]))[key] for option in options]
-        else:
+        if key in inner_keys:
+            continue
+        if key not in folded:
             values[key] = list(options)
+            continue
+        nodes, used = [], set()
+        per_option = options if isinstance(options, Mapping) else dict.fromkeys(options)
+        for option, own in per_option.items():
+            node = option_config(sweep.overrides, key, option)
+            inner = [k for k in folded[key] if _has(node, k[len(key) + 1 :])]
+            used.update(inner)
+            axes = {k[len(key) + 1 :]: sweep.grid[k] for k in inner} | dict(own or {})
+            for sub_key in axes:
+                if not _has(node, sub_key):
+                    raise ConfigError(f"grid.{key}.{option}: {sub_key!r} is not a key of {key}={option}; known: {', '.join(node)}")
+            for combo in itertools.product(*axes.values()):
+                sub = copy.deepcopy(node)
+                for k, v in zip(axes, combo):
+                    _set(sub, k, copy.deepcopy(v))
+                nodes.append(sub)
+        unused = [k for k in folded[key] if k not in used]
+        if unused:
+            raise ConfigError(f"grid key {unused[0]!r} is a key of none of {key}'s options {options}")
+        values[key] = nodes
     return values
 
 
 def expand(sweep: Sweep) -> tuple[dict[str, Any], dict[str, list[Any]], list[dict[str, Any]]]:
-    """The base config, the grid's config values and every grid point's full config, each validated.
+    """The base config, the grid's config values and every grid point's full config, each validated,
+    and each distinct data/partition/model built once, cheaply (``check_setup``).
 
     Raises ConfigError naming the first bad key or value.
     """
-    base = to_container(compose(sweep.overrides))
+    from fedsweep.setup import check_setup
+
+    folded = folded_keys(sweep.grid)
+    # a grid over a group replaces its node: overrides inside it apply per option (option_config)
+    base = to_container(compose([o for o in sweep.overrides if _override_key(o).split(".")[0] not in folded]))
+    inner_keys = {k for keys in folded.values() for k in keys}
     for key in sweep.grid:
-        if not _has(base, key):
+        if key not in inner_keys and not _has(base, key):
             raise ConfigError(f"grid key {key!r} is not a config key (see fedsweep/configs/config.yaml)")
     grid = grid_values(sweep)
-    points = []
+    trials = math.prod(len(v) for v in grid.values())
+    if trials > sweep.max_trials:
+        raise ConfigError(f"the grid makes {trials} trials, more than max_trials={sweep.max_trials}; "
+                          f"set max_trials: {trials} in the file to run them all")  # fmt: skip
+    points, built = [], set()
     for values in itertools.product(*grid.values()):
         cfg = copy.deepcopy(base)
         for key, value in zip(grid, values):
             _set(cfg, key, copy.deepcopy(value))
         validate(cfg)
+        fixed = repr([cfg[k] for k in ("data", "partition", "model", "loss", "device")])  # the seed aside
+        if fixed not in built:
+            check_setup(cfg)
+            built.add(fixed)
         points.append(cfg)
     return base, grid, points
 
@@ -197,10 +276,11 @@ def param_space(base: Mapping[str, Any], grid: Mapping[str, list[Any]]) -> dict[
 
 
 def label(config: Mapping[str, Any], key: str) -> Any:
-    """A grid key's value in ``config`` as a short label (a group's ``name`` for config groups)."""
+    """A grid key's value in ``config`` as a short label (a component's name for config groups;
+    None where the key does not apply, e.g. ``method.theta`` for FedAvg)."""
     node: Any = config
     for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
         node = node[part]
-    if isinstance(node, Mapping):
-        return node.get("name", node.get("scheme", "?"))
-    return node
+    return components.label(node) if isinstance(node, Mapping) else node

@@ -6,7 +6,7 @@ functions on their own shard (Flower's ``task.py`` split).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,14 +18,24 @@ from fedsweep.weights import Weights
 CHUNK = 2048  # examples per forward pass when a "full batch" is large
 
 
-def example_losses(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The loss of each example (cross-entropy), shape ``(len(y),)``."""
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``loss(outputs, y)``: the loss of each example, shape ``(len(y),)`` (config group ``loss``)."""
+
+
+def cross_entropy(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of class logits ``(N, K)`` against labels ``(N,)``, per example."""
     return F.cross_entropy(outputs, y, reduction="none")
 
 
-def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of ``model`` on ``(x, y)``."""
-    return F.cross_entropy(model(x), y)
+def squared_error(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Squared error averaged over each example's outputs: mean_j (outputs_ij − y_ij)², per example."""
+    diff = outputs.reshape(len(outputs), -1) - y.reshape(len(y), -1).to(outputs.dtype)
+    return diff.square().mean(dim=1)
+
+
+def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: Loss = cross_entropy) -> torch.Tensor:
+    """Mean loss of ``model`` on ``(x, y)``."""
+    return loss(model(x), y).mean()
 
 
 def sample_batch(data: Dataset, batch_size: int | None, seed: int | None) -> Dataset:
@@ -42,7 +52,7 @@ def sample_batch(data: Dataset, batch_size: int | None, seed: int | None) -> Dat
     return data.subset(idx.to(data.x.device))
 
 
-def accumulate_grad(model: nn.Module, data: Dataset) -> None:
+def accumulate_grad(model: nn.Module, data: Dataset, loss: Loss = cross_entropy) -> None:
     """Add ∇(mean loss over ``data``) into the parameters' ``.grad``.
 
     Large sets are processed in chunks, each weighted by its share, so the result
@@ -51,7 +61,7 @@ def accumulate_grad(model: nn.Module, data: Dataset) -> None:
     n = len(data)
     for start in range(0, n, CHUNK):
         xs, ys = data.x[start : start + CHUNK], data.y[start : start + CHUNK]
-        (loss_fn(model, xs, ys) * (len(ys) / n)).backward()
+        (loss_fn(model, xs, ys, loss) * (len(ys) / n)).backward()
 
 
 def mean_grads(
@@ -61,6 +71,7 @@ def mean_grads(
     *,
     batch_size: int | None,
     seed: int | None,
+    loss: Loss = cross_entropy,
 ) -> list[Weights]:
     """∇(mean loss) at each of ``points``, all on the same minibatch (drawn by ``seed``)."""
     batch = sample_batch(data, batch_size, seed)
@@ -69,7 +80,7 @@ def mean_grads(
     for point in points:
         point.to_model(model)
         model.zero_grad(set_to_none=True)
-        accumulate_grad(model, batch)
+        accumulate_grad(model, batch, loss)
         grads.append(Weights.from_grads(model))
     return grads
 
@@ -82,6 +93,7 @@ def mean_hvp(
     *,
     batch_size: int | None,
     seed: int | None,
+    loss: Loss = cross_entropy,
 ) -> Weights:
     """∇²(mean loss)(point) · vector by double backward, on the minibatch drawn by ``seed``."""
     batch = sample_batch(data, batch_size, seed)
@@ -92,8 +104,8 @@ def mean_hvp(
     n = len(batch)
     for start in range(0, n, CHUNK):
         xs, ys = batch.x[start : start + CHUNK], batch.y[start : start + CHUNK]
-        loss = loss_fn(model, xs, ys) * (len(ys) / n)
-        grads = torch.autograd.grad(loss, params.tensors, create_graph=True)
+        value = loss_fn(model, xs, ys, loss) * (len(ys) / n)
+        grads = torch.autograd.grad(value, params.tensors, create_graph=True)
         gv = Weights.dot(Weights(dict(zip(params.names, grads))), vector)
         hv = torch.autograd.grad(gv, params.tensors)
         out.add_(Weights(dict(zip(params.names, hv))))
@@ -109,6 +121,7 @@ def local_sgd(
     lr: float,
     batch_size: int | None,
     seed: int | None,
+    loss: Loss = cross_entropy,
 ) -> Weights:
     """``epochs`` passes of plain SGD (step ``lr``) from ``start``; a detached copy of the result."""
     start.to_model(model)
@@ -122,24 +135,27 @@ def local_sgd(
         for start_i in range(0, n, b):
             batch = data if perm is None else data.subset(perm[start_i : start_i + b])
             model.zero_grad(set_to_none=False)
-            loss_fn(model, batch.x, batch.y).backward()
+            loss_fn(model, batch.x, batch.y, loss).backward()
             params.detach().axpy_(-lr, Weights.grad_views(model))
     return params.clone()
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Dataset) -> tuple[float, float]:
-    """(mean loss, accuracy) of ``model`` on ``data``; one host sync at the end."""
+def evaluate(model: nn.Module, data: Dataset, loss: Loss = cross_entropy) -> tuple[float, float | None]:
+    """(mean loss, accuracy) of ``model`` on ``data``; one host sync at the end. The accuracy
+    (argmax of the outputs against integer labels) is None when the labels are not classes."""
     model.eval()
+    classes = not torch.is_floating_point(data.y) and not torch.is_complex(data.y)
     loss_sum = torch.zeros((), dtype=torch.float64, device=data.x.device)
     correct = torch.zeros((), dtype=torch.int64, device=data.x.device)
     for start in range(0, len(data), CHUNK):
         xs, ys = data.x[start : start + CHUNK], data.y[start : start + CHUNK]
-        logits = model(xs)
-        loss_sum += F.cross_entropy(logits, ys, reduction="sum").double()
-        correct += (logits.argmax(dim=1) == ys).sum()
+        outputs = model(xs)
+        loss_sum += loss(outputs, ys).double().sum()
+        if classes:
+            correct += (outputs.argmax(dim=1) == ys).sum()
     n = max(len(data), 1)
-    return loss_sum.item() / n, correct.item() / n
+    return loss_sum.item() / n, (correct.item() / n if classes else None)
 
 
 def resolve_device(name: str) -> torch.device:

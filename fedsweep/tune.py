@@ -87,7 +87,8 @@ def trial(config: dict[str, Any], *, tensorboard_root: str, share: dict[str, flo
 
 def trial_name(sweep: Sweep):
     def name(t) -> str:
-        return f"{t.trial_id}_" + ",".join(f"{key.split('.')[-1]}={label(t.config, key)}" for key in sweep.grid)
+        labels = {key.split(".")[-1]: label(t.config, key) for key in sweep.columns}
+        return f"{t.trial_id}_" + ",".join(f"{key}={value}" for key, value in labels.items() if value is not None)
 
     return name
 

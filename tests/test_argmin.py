@@ -114,7 +114,7 @@ def test_every_theta_ends_finite_at_its_tolerance_or_stops_in_one_line(tmp_path)
     for theta in (1e-3, 1e-2, 0.1, 1.0, 10.0):
         history = []
         try:
-            run_experiment(compose([f"theta={theta}", "rounds=4"]), log_dir=tmp_path / str(theta),
+            run_experiment(compose([f"method.theta={theta}", "rounds=4"]), log_dir=tmp_path / str(theta),
                            report=history.append, progress=False)  # fmt: skip
         except DivergedError as err:
             assert str(err).startswith("diverged at round ") and "\n" not in str(err)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 
 from fedsweep.errors import ConfigError
-from fedsweep.methods import FedAvg, ServerOnly, Sliding, VRCS, build_method
+from fedsweep import components
+from fedsweep.methods import FedAvg, ServerOnly, Sliding, VRCS
 from fedsweep.weights import Weights
 from tests.quadratic import QuadraticOracle
 
@@ -133,14 +136,19 @@ def test_vrcs_and_sliding_beat_fedavg_client_drift():
 @pytest.mark.parametrize(
     "cfg, needle",
     [
-        ({"method": {"name": "sliding"}, "theta": -1}, "theta=-1"),
-        ({"method": {"name": "server_only"}, "theta": 0}, "theta=0"),
-        ({"method": {"name": "fedavg", "local_epochs": 0, "lr": 0.1, "batch_size": None}}, "local_epochs=0"),
-        ({"method": {"name": "fedavg", "local_epochs": 1, "lr": -0.1, "batch_size": None}}, "lr=-0.1"),
-        ({"method": {"name": "fedavg", "local_epochs": 1, "lr": 0.1, "batch_size": 0}}, "batch_size=0"),
-        ({"method": {"name": "adam"}}, "'adam'"),
+        ({"_target_": "fedsweep.methods.Sliding", "theta": -1}, "method.theta=-1"),
+        ({"_target_": "fedsweep.methods.ServerOnly", "theta": 0}, "method.theta=0"),
+        ({"_target_": "fedsweep.methods.Sliding", "theta": "big"}, "method.theta must be a number, got method.theta='big'"),
+        ({"_target_": "fedsweep.methods.FedAvg", "local_epochs": 0, "lr": 0.1, "batch_size": None}, "local_epochs=0"),
+        ({"_target_": "fedsweep.methods.FedAvg", "local_epochs": 1, "lr": -0.1, "batch_size": None}, "lr=-0.1"),
+        ({"_target_": "fedsweep.methods.FedAvg", "local_epochs": 1, "lr": 0.1, "batch_size": 0}, "batch_size=0"),
+        ({"_target_": "fedsweep.methods.FedAvg", "local_epochs": 1, "lr": 0.1}, "missing config key method.batch_size"),
+        ({"_target_": "fedsweep.methods.FedAvg", "local_epochs": 1, "lr": 0.1, "batch_size": 1, "mu": 1},
+         "method.mu=1 is not an argument of fedsweep.methods.FedAvg"),
+        ({"_target_": "fedsweep.methods.Adam"}, "'fedsweep.methods.Adam' cannot be imported"),
+        ({"theta": 0.1}, "method._target_"),
     ],
 )
 def test_method_hyperparameters_are_validated(cfg, needle):
-    with pytest.raises(ConfigError, match=needle):
-        build_method(cfg)
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        components.build("method", cfg)

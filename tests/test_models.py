@@ -1,4 +1,4 @@
-"""build_model: shapes on every dataset's input, the CIFAR ResNet-18 surgery, seeding."""
+"""The built-in model factories: shapes on every dataset's input, the CIFAR ResNet-18 surgery, seeding."""
 
 from __future__ import annotations
 
@@ -24,13 +24,19 @@ def test_output_shape(name: str, shape: tuple[int, int, int]) -> None:
     assert out.shape == (2, 7)
 
 
-@pytest.mark.parametrize("norm", ["batch", "group", "none"])
+@pytest.mark.parametrize("norm", ["group", "none"])
 def test_cnn_norm_options(norm: str) -> None:
     model = build_model("cnn", input_shape=(1, 28, 28), num_classes=10, norm=norm)
     kinds = {type(m) for m in model.modules()}
-    assert (nn.BatchNorm2d in kinds) == (norm == "batch")
     assert (nn.GroupNorm in kinds) == (norm == "group")
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+
+
+@pytest.mark.parametrize("name", ["cnn", "resnet18"])
+def test_batch_norm_is_refused_with_the_reason(name: str) -> None:
+    with pytest.raises(ConfigError, match="model.norm='batch' is not supported: BatchNorm's running statistics"):
+        build_model(name, input_shape=(3, 32, 32), num_classes=10, norm="batch")
 
 
 def test_resnet18_cifar_stem_and_size() -> None:
@@ -40,8 +46,7 @@ def test_resnet18_cifar_stem_and_size() -> None:
     assert conv1.in_channels == 3 and conv1.out_channels == 64
     assert isinstance(model.maxpool, nn.Identity)
     n_params = sum(p.numel() for p in model.parameters())
-    assert n_params == 11_173_962  # the well-known CIFAR ResNet-18 count, ~11.2M
-    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert n_params == 11_173_962  # the well-known CIFAR ResNet-18 count, ~11.2M (GroupNorm has BatchNorm's)
 
 
 def test_resnet18_group_norm_and_channels() -> None:
@@ -68,8 +73,9 @@ def test_seed_determinism_without_touching_global_rng(name: str) -> None:
     "kwargs, needle",
     [
         ({"name": "vgg"}, "name='vgg'"),
-        ({"norm": "layer"}, "norm='layer'"),
-        ({"input_shape": (8, 8)}, "input_shape=(8, 8)"),
+        ({"name": "cnn", "norm": "layer"}, "norm='layer'"),
+        ({"name": "cnn", "input_shape": (8, 8)}, "input_shape=(8, 8)"),
+        ({"input_shape": (0, 8)}, "input_shape=(0, 8)"),
         ({"num_classes": 0}, "num_classes=0"),
         ({"hidden": 0}, "hidden=0"),
     ],

@@ -15,7 +15,7 @@ import json, sys
 sys.meta_path = [f for f in sys.meta_path if "editable" not in type(f).__module__]  # not the repo's checkout
 from fedsweep.config import CONFIG_DIR, compose, to_container
 cfg = to_container(compose(["method=fedprox", "rounds=3"]))
-print(json.dumps({"dir": str(CONFIG_DIR), "method": cfg["method"]["name"], "rounds": cfg["rounds"]}))
+print(json.dumps({"dir": str(CONFIG_DIR), "method": cfg["method"]["_target_"], "rounds": cfg["rounds"]}))
 """
 
 
@@ -43,4 +43,4 @@ def test_a_built_wheel_composes_configs_outside_the_repository(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert Path(result["dir"]).is_relative_to(site) and (result["method"], result["rounds"]) == ("fedprox", 3)
+    assert Path(result["dir"]).is_relative_to(site) and (result["method"], result["rounds"]) == ("fedsweep.methods.FedProx", 3)

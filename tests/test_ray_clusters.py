@@ -41,7 +41,7 @@ def test_sweep_with_gpu_shares_schedules_on_one_gpu(tmp_path):
     server 1/2 of the GPU each: a trial fits on the GPU, and the trials finish."""
     sweep = tmp_path / "gpu.yaml"
     sweep.write_text(
-        "name: gpu\noverrides: [runtime=ray, runtime.workers=1, rounds=2, server.epochs=1]\ngrid:\n  theta: [0.1, 1.0]\n"
+        "name: gpu\noverrides: [runtime=ray, runtime.workers=1, rounds=2, server.epochs=1]\ngrid:\n  method.theta: [0.1, 1.0]\n"
     )
     script = Path(__file__).with_name("ray_cluster_run.py")
     done = subprocess.run(

@@ -11,13 +11,13 @@ from fedsweep import run
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["theta=-1"], "theta=-1"),
-        (["p=1.5"], "p=1.5"),
-        (["q=0"], "q=0"),
+        (["method.theta=-1"], "method.theta=-1"),
+        (["method.p=1.5"], "method.p=1.5"),
+        (["method.q=0"], "method.q=0"),
         (["thetaa=1"], "'thetaa'"),
         (["data=imagenet"], "data/imagenet"),
-        (["data.name=imagenet"], "'imagenet'"),
-        (["theta=abc"], "theta=abc"),
+        (["data._target_=imagenet"], "'imagenet'"),
+        (["method.theta=abc"], "method.theta='abc'"),
     ],
 )
 def test_bad_values_stop_in_one_line_and_write_nothing(tmp_path, capsys, args, needle):
@@ -30,17 +30,17 @@ def test_bad_values_stop_in_one_line_and_write_nothing(tmp_path, capsys, args, n
 
 def test_a_run_writes_its_config_and_scalars(tmp_path, capsys):
     log_dir = tmp_path / "run"
-    assert run.main(["rounds=2", "server.epochs=1", "theta=0.01", "p=0.5", "q=0.5", f"log_dir={log_dir}"]) == 0
+    assert run.main(["rounds=2", "server.epochs=1", "method.theta=0.01", "method.p=0.5", "method.q=0.5", f"log_dir={log_dir}"]) == 0
     saved = yaml.safe_load((log_dir / "config.yaml").read_text())
-    assert (saved["theta"], saved["p"], saved["q"], saved["rounds"]) == (0.01, 0.5, 0.5, 2)
+    assert (saved["method"]["theta"], saved["method"]["p"], saved["method"]["q"], saved["rounds"]) == (0.01, 0.5, 0.5, 2)
     assert list(log_dir.glob("events.out.tfevents.*"))
     assert "final test accuracy" in capsys.readouterr().out
 
 
 def test_cfg_prints_the_composed_config_and_runs_nothing(tmp_path, capsys):
-    assert run.main(["--cfg", "theta=0.25", "method=fedavg", f"log_dir={tmp_path / 'run'}"]) == 0
+    assert run.main(["--cfg", "method=fedavg", f"log_dir={tmp_path / 'run'}"]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
-    assert shown["theta"] == 0.25 and shown["method"]["name"] == "fedavg"
+    assert shown["method"]["_target_"] == "fedsweep.methods.FedAvg"
     assert not (tmp_path / "run").exists()
 
 
@@ -52,10 +52,10 @@ def test_a_diverging_run_stops_in_one_line_and_reports_no_nan(tmp_path, capsys):
     from fedsweep.errors import DivergedError
     from fedsweep.experiment import run_experiment
 
-    sgd = ["server.solver=optimizer", "theta=0.01"]
-    assert run.main([*sgd, "p=0.5", "q=0.5", "rounds=3", f"log_dir={tmp_path / 'cli'}"]) == 1
+    sgd = ["server.solver=optimizer", "method.theta=0.01"]
+    assert run.main([*sgd, "method.p=0.5", "method.q=0.5", "rounds=3", f"log_dir={tmp_path / 'cli'}"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
-    assert err.startswith("error: diverged at round ") and "theta=0.01" in err
+    assert err.startswith("error: diverged at round ") and "method.theta=0.01" in err
 
     reported = []
     with pytest.raises(DivergedError):

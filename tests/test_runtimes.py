@@ -12,11 +12,11 @@ from fedsweep.experiment import run_experiment
 
 # The fixed-step solver: an adaptive stop (server.solver=lbfgs) turns the runtimes' 1e-7
 # differences into different step counts, so the comparison would test the solver, not the runtime.
-SHORT = ["rounds=2", "server.solver=optimizer", "server.epochs=2", "q=0.5", "seed=7", "partition=iid"]
+SHORT = ["rounds=2", "server.solver=optimizer", "server.epochs=2", "seed=7", "partition=iid"]
 METHODS = {  # every method, and every request path: HVPs, minibatches, sampled clients, participation
-    "vrcs": ["method=vrcs", "similarity.estimate=true", "similarity.iterations=2"],
+    "vrcs": ["method=vrcs", "method.q=0.5", "similarity.estimate=true", "similarity.iterations=2"],
     "vrcs-minibatch-sampled": [
-        "method=vrcs", "q=0.3", "client.batch_size=8", "server.grad_batch_size=16", "method.local_participation=0.5",
+        "method=vrcs", "method.q=0.3", "client.batch_size=8", "server.grad_batch_size=16", "method.local_participation=0.5",
     ],
     "sliding": ["method=sliding"],
     "fedavg-participation": ["method=fedavg", "method.participation=0.5", "method.local_epochs=2"],
@@ -78,7 +78,7 @@ def test_communication_counts_the_logical_federation(tmp_path):
 
 
 def test_same_seed_same_run_different_seed_different_run(tmp_path):
-    base = ["rounds=3", "server.epochs=2", "q=0.5"]
+    base = ["rounds=3", "server.epochs=2", "method.q=0.5"]
     a = history(base + ["seed=7"], tmp_path / "a")
     b = history(base + ["seed=7"], tmp_path / "b")
     c = history(base + ["seed=8"], tmp_path / "c")
@@ -87,7 +87,7 @@ def test_same_seed_same_run_different_seed_different_run(tmp_path):
 
 
 def test_training_improves_the_model(tmp_path):
-    rounds = history(["rounds=8", "theta=0.5", "seed=0"], tmp_path / "learn")
+    rounds = history(["rounds=8", "method.theta=0.5", "seed=0"], tmp_path / "learn")
     assert rounds[-1]["accuracy/test"] > 0.85
     assert rounds[-1]["loss/test"] < rounds[0]["loss/test"]
     assert rounds[-1]["comm/f"] >= 8 and rounds[-1]["comm/g"] >= 8  # one full communication per round

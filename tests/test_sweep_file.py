@@ -11,14 +11,16 @@ import pytest
 from fedsweep import tune as fedsweep_tune
 from fedsweep.config import compose, to_container, validate
 from fedsweep.errors import ConfigError
+from fedsweep.components import label
+from fedsweep.setup import check_setup
 from fedsweep.sweep import expand, load_sweep
 
 GOOD = """
 name: small
 overrides: [rounds=2]
 grid:
-  theta: [0.1, 1.0]
-  p: [0.5]
+  method.theta: [0.1, 1.0]
+  method.p: [0.5]
 """
 
 
@@ -32,34 +34,34 @@ def test_good_sweep_expands_to_the_full_grid(tmp_path):
     sweep = load_sweep(write(tmp_path, GOOD))
     base, _, points = expand(sweep)
     assert base["rounds"] == 2
-    assert [(c["theta"], c["p"]) for c in points] == [(0.1, 0.5), (1.0, 0.5)]
+    assert [(c["method"]["theta"], c["method"]["p"]) for c in points] == [(0.1, 0.5), (1.0, 0.5)]
 
 
 @pytest.mark.parametrize(
     "text, needle",
     [
         (GOOD + "colour: blue\n", "'colour'"),
-        ("grid:\n  theta: [0.1, -0.5]\n", "theta=-0.5"),
-        ("grid:\n  theta: [0.0]\n", "theta=0.0"),
-        ("grid:\n  p: [0.5, 1.5]\n", "p=1.5"),
-        ("grid:\n  p: [-0.1]\n", "p=-0.1"),
-        ("grid:\n  q: [0.0]\n", "q=0.0"),
-        ("grid:\n  q: [1.5]\n", "q=1.5"),
+        ("grid:\n  method.theta: [0.1, -0.5]\n", "method.theta=-0.5"),
+        ("grid:\n  method.theta: [0.0]\n", "method.theta=0.0"),
+        ("grid:\n  method.p: [0.5, 1.5]\n", "method.p=1.5"),
+        ("grid:\n  method.p: [-0.1]\n", "method.p=-0.1"),
+        ("grid:\n  method.q: [0.0]\n", "method.q=0.0"),
+        ("grid:\n  method.q: [1.5]\n", "method.q=1.5"),
         ("grid:\n  thetaa: [0.1]\n", "'thetaa'"),
-        ("grid:\n  theta: 0.1\n", "grid.theta"),
+        ("grid:\n  method.theta: 0.1\n", "grid.method.theta"),
         ("grid: [1, 2\n", "not valid YAML"),
-        ("overrides: [data=imagenet]\ngrid:\n  theta: [0.1]\n", "imagenet"),
-        ("overrides: [no_such_key=1]\ngrid:\n  theta: [0.1]\n", "no_such_key"),
-        ("name: ..\ngrid:\n  theta: [0.1]\n", "name='..'"),
-        ("name: .\ngrid:\n  theta: [0.1]\n", "name='.'"),
-        ("name: ../escape\ngrid:\n  theta: [0.1]\n", "name='../escape'"),
-        ("name: /tmp/x\ngrid:\n  theta: [0.1]\n", "name='/tmp/x'"),
-        ("metric: accuracy\ngrid:\n  theta: [0.1]\n", "metric='accuracy'"),
-        ("grid:\n  theta: [0.1, 0.2]\n  p: [0.1, 0.2, 0.3]\nmax_trials: 5\n", "makes 6 trials, more than max_trials=5"),
-        ("grid:\n  theta: [0.1]\nmax_trials: 0\n", "max_trials=0"),
-        ("grid:\n  theta: [0.1]\nrepeats: 0\n", "repeats=0"),
+        ("overrides: [data=imagenet]\ngrid:\n  method.theta: [0.1]\n", "imagenet"),
+        ("overrides: [no_such_key=1]\ngrid:\n  method.theta: [0.1]\n", "no_such_key"),
+        ("name: ..\ngrid:\n  method.theta: [0.1]\n", "name='..'"),
+        ("name: .\ngrid:\n  method.theta: [0.1]\n", "name='.'"),
+        ("name: ../escape\ngrid:\n  method.theta: [0.1]\n", "name='../escape'"),
+        ("name: /tmp/x\ngrid:\n  method.theta: [0.1]\n", "name='/tmp/x'"),
+        ("metric: accuracy\ngrid:\n  method.theta: [0.1]\n", "metric='accuracy'"),
+        ("grid:\n  method.theta: [0.1, 0.2]\n  method.p: [0.1, 0.2, 0.3]\nmax_trials: 5\n", "makes 6 trials, more than max_trials=5"),
+        ("grid:\n  method.theta: [0.1]\nmax_trials: 0\n", "max_trials=0"),
+        ("grid:\n  method.theta: [0.1]\nrepeats: 0\n", "repeats=0"),
         ("grid:\n  seed: [1, 2]\nrepeats: 3\n", "drop seed from the grid"),
-        ("grid:\n  theta: [0.1, 0.2, 0.3]\nrepeats: 4\nmax_trials: 10\n", "makes 12 trials"),
+        ("grid:\n  method.theta: [0.1, 0.2, 0.3]\nrepeats: 4\nmax_trials: 10\n", "makes 12 trials"),
     ],
 )
 def test_bad_sweep_files_fail_in_one_line_before_ray(tmp_path, monkeypatch, capsys, text, needle):
@@ -120,22 +122,35 @@ def test_bad_config_values(override, needle):
 )
 def test_bad_pool_and_participation_values_name_the_key(overrides, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)) as info:
-        validate(compose(overrides))
+        cfg = to_container(compose(overrides))
+        validate(cfg)
+        check_setup(cfg)  # what a sweep also runs once per data/partition/model before Ray starts
     assert "\n" not in str(info.value)
 
 
 def test_missing_key_is_named():
     cfg = to_container(compose([]))
-    del cfg["theta"]
+    del cfg["method"]["theta"]
     with pytest.raises(ConfigError, match="theta"):
         validate(cfg)
 
 
 def test_grid_over_a_config_group(tmp_path):
-    sweep = load_sweep(write(tmp_path, "grid:\n  method: [vrcs, fedavg]\n  theta: [0.5]\n"))
+    sweep = load_sweep(write(tmp_path, "grid:\n  method: [vrcs, fedavg]\n  method.theta: [0.5]\n"))
     _, grid, points = expand(sweep)
-    assert [c["method"]["name"] for c in points] == ["vrcs", "fedavg"]
+    assert [label(c["method"]) for c in points] == ["vrcs", "fedavg"]
     assert points[1]["method"]["local_epochs"] >= 1  # the option's own keys come along
+    assert points[0]["method"]["theta"] == 0.5 and "theta" not in points[1]["method"]
+
+
+def test_each_method_gets_its_own_grid(tmp_path):
+    """Keys inside a config group apply to the options that have them: a union of grids."""
+    text = "overrides: [method.lr=0.2]\ngrid:\n  method: [vrcs, fedavg]\n  method.theta: [0.1, 0.5]\n  method.local_epochs: [1, 3]\n"
+    points = expand(load_sweep(write(tmp_path, text)))[2]
+    got = [(label(p["method"]), p["method"].get("theta"), p["method"].get("local_epochs"), p["method"].get("lr")) for p in points]
+    assert got == [("vrcs", 0.1, None, None), ("vrcs", 0.5, None, None), ("fedavg", None, 1, 0.2), ("fedavg", None, 3, 0.2)]
+    with pytest.raises(ConfigError, match="'method.mu' is a key of none of method's options"):
+        expand(load_sweep(write(tmp_path, "grid:\n  method: [vrcs, fedavg]\n  method.mu: [0.1]\n")))
 
 
 def test_unknown_group_option_is_named(tmp_path, capsys):
@@ -162,7 +177,7 @@ def test_gpu_share(setting, participants, gpus, share):
         ("partition.clients_f=0", "clients_f=0"),
         ("partition.scheme=random", "'random'"),
         ("partition.dirichlet_alpha=-1", "dirichlet_alpha=-1"),
-        ("+partition.colour=red", "'colour'"),
+        ("+partition.colour=red", "partition.colour='red' is not an argument of fedsweep.data.make_partition"),
     ],
 )
 def test_partition_values_are_checked_before_any_data_loads(override, needle):
@@ -176,11 +191,13 @@ def test_shipped_sweep_files_expand(name):
 
     sweep = load_sweep(Path(__file__).resolve().parents[1] / "sweeps" / f"{name}.yaml")
     _, _, points = expand(sweep)
-    assert all(p["data"]["name"] == "digits" and p["runtime"]["name"] == "ray" for p in points)
+    assert all(p["data"]["_target_"] == "fedsweep.data.load_digits" and p["runtime"]["name"] == "ray" for p in points)
     if name == "vrcs_grid":
-        assert len(points) >= 8 and {(p["theta"], p["p"], p["q"]) for p in points}.__len__() == len(points)
+        assert len(points) >= 8 and {(p["method"]["theta"], p["method"]["p"], p["method"]["q"]) for p in points}.__len__() == len(points)
     else:
-        assert sorted(p["method"]["name"] for p in points) == ["fedavg", "server_only", "sliding", "vrcs"]
+        methods = [label(p["method"]) for p in points]  # each method on its own grid of 4
+        assert sorted(set(methods)) == ["fedavg", "server_only", "sliding", "vrcs"]
+        assert all(methods.count(m) == 4 for m in methods) and len(set(map(repr, points))) == 16
 
 
 def test_trial_reserves_one_bundle_per_worker_and_a_gpu_share_for_its_server():
@@ -208,17 +225,17 @@ def test_trial_reserves_one_bundle_per_worker_and_a_gpu_share_for_its_server():
 def test_a_huge_grid_stops_before_it_expands(tmp_path, capsys):
     """40 × 40 × 40 = 64,000 trials: one line at once, naming the count, nothing validated or started."""
     values = "[" + ", ".join(str(0.01 * (i + 1)) for i in range(40)) + "]"
-    path = write(tmp_path, f"grid:\n  theta: {values}\n  p: {values}\n  q: {values}\n")
+    path = write(tmp_path, f"grid:\n  method.theta: {values}\n  method.p: {values}\n  method.q: {values}\n")
     assert fedsweep_tune.main([str(path), "--results", str(tmp_path / "results")]) == 2
     err = capsys.readouterr().err.strip()
     assert "makes 64000 trials, more than max_trials=1000" in err and len(err.splitlines()) == 1
 
 
 def test_repeats_add_seeds_to_the_grid(tmp_path):
-    sweep = load_sweep(write(tmp_path, "grid:\n  theta: [0.1, 0.5]\nrepeats: 3\n"))
+    sweep = load_sweep(write(tmp_path, "grid:\n  method.theta: [0.1, 0.5]\nrepeats: 3\n"))
     _, _, points = expand(sweep)
     assert sweep.repeats == 3 and sweep.grid["seed"] == [0, 1, 2]
-    assert sorted((p["theta"], p["seed"]) for p in points) == [(t, s) for t in (0.1, 0.5) for s in range(3)]
+    assert sorted((p["method"]["theta"], p["seed"]) for p in points) == [(t, s) for t in (0.1, 0.5) for s in range(3)]
 
 
 def test_the_summary_gives_mean_std_and_a_student_t_interval(tmp_path):
@@ -229,15 +246,15 @@ def test_the_summary_gives_mean_std_and_a_student_t_interval(tmp_path):
 
     from fedsweep.report import summarize
 
-    sweep = load_sweep(write(tmp_path, "grid:\n  theta: [0.1, 0.5]\nrepeats: 3\n"))
+    sweep = load_sweep(write(tmp_path, "grid:\n  method.theta: [0.1, 0.5]\nrepeats: 3\n"))
     table = pd.DataFrame({
-        "theta": [0.1, 0.1, 0.1, 0.5, 0.5, 0.5], "seed": [0, 1, 2] * 2,
+        "method.theta": [0.1, 0.1, 0.1, 0.5, 0.5, 0.5], "seed": [0, 1, 2] * 2,
         "accuracy/test": [0.5, 0.6, 0.7, 0.9, 0.8, 0.0], "comm/f": [1, 2, 3, 4, 5, 6],
         "status": ["done"] * 5 + ["diverged at 2"],
     })  # fmt: skip
     summary = summarize(table, sweep)
     best, worst = summary.iloc[0], summary.iloc[1]
-    assert (best["theta"], best["seeds"], best["finished"]) == (0.5, 3, 2)  # the diverged seed left out
+    assert (best["method.theta"], best["seeds"], best["finished"]) == (0.5, 3, 2)  # the diverged seed left out
     assert best["accuracy/test mean"] == pytest.approx(0.85)
     assert best["accuracy/test std"] == pytest.approx(math.sqrt(0.005))
     assert best["accuracy/test ci95"] == pytest.approx(student_t.ppf(0.975, 1) * math.sqrt(0.005) / math.sqrt(2))
@@ -247,11 +264,11 @@ def test_the_summary_gives_mean_std_and_a_student_t_interval(tmp_path):
 
 def test_command_line_overrides_and_name_follow_the_file(tmp_path):
     path = write(tmp_path, GOOD)
-    sweep = load_sweep(path, overrides=["rounds=3", "theta=0.7"], name="other")
-    assert sweep.name == "other" and sweep.overrides == ("rounds=2", "rounds=3", "theta=0.7")
+    sweep = load_sweep(path, overrides=["rounds=3", "method.theta=0.7"], name="other")
+    assert sweep.name == "other" and sweep.overrides == ("rounds=2", "rounds=3", "method.theta=0.7")
     base, _, _ = expand(sweep)
     assert base["rounds"] == 3  # the command line comes after the file
-    assert "overrides=['rounds=3', 'theta=0.7']" in sweep.source  # recorded: a resume must repeat them
+    assert "overrides=['rounds=3', 'method.theta=0.7']" in sweep.source  # recorded: a resume must repeat them
     assert load_sweep(path).source != sweep.source
 
 
@@ -272,7 +289,7 @@ def test_the_fedsweep_command_runs_both_entry_points(tmp_path, capsys):
 
     from fedsweep import cli
 
-    assert cli.main(["run", "--cfg", "theta=0.25"]) == 0
+    assert cli.main(["run", "--cfg", "method.theta=0.25"]) == 0
     assert "theta: 0.25" in capsys.readouterr().out
     assert cli.main(["tune", str(tmp_path / "missing.yaml")]) == 2
     assert "sweep file not found" in capsys.readouterr().err

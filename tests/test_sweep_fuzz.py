@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from fedsweep import tune as fedsweep_tune
 
-KEYS = ["theta", "p", "q", "rounds", "seed", "method", "model.hidden", "partition.clients_f", "server.epochs",
+KEYS = ["method.theta", "method.p", "method.q", "theta", "rounds", "seed", "method", "model.hidden", "partition.clients_f", "server.epochs",
         "optimizer.lr", "runtime.workers", "nope", "data", "method.participation", "../x"]  # fmt: skip
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-3, 5), st.floats(-2, 2), st.just(float("nan")),
@@ -21,7 +21,7 @@ scalars = st.one_of(
 )  # fmt: skip
 values = st.one_of(scalars, st.lists(scalars, max_size=3), st.dictionaries(st.sampled_from(["a", "b"]), scalars))
 valid = st.fixed_dictionaries(
-    {"grid": st.dictionaries(st.sampled_from(["theta", "p", "q"]), st.lists(st.floats(0.05, 0.95), min_size=1,
+    {"grid": st.dictionaries(st.sampled_from(["method.theta", "method.p", "method.q"]), st.lists(st.floats(0.05, 0.95), min_size=1,
                                                                          max_size=2), min_size=1, max_size=2)},
     optional={"name": st.sampled_from(["ok", "run_1", "a.b"]), "overrides": st.just(["rounds=1"]),
               "metric": st.sampled_from(["accuracy/test", "loss/test"]), "mode": st.sampled_from(["max", "min"]),
@@ -29,7 +29,7 @@ valid = st.fixed_dictionaries(
 )  # fmt: skip
 broken = {
     "name": st.one_of(st.sampled_from(["ok", ".", "..", "../up", "a/b", "", "x" * 300]), scalars),
-    "overrides": st.one_of(st.lists(st.sampled_from(["rounds=1", "theta=-1", "p=2", "method=none", "x=1",
+    "overrides": st.one_of(st.lists(st.sampled_from(["rounds=1", "method.theta=-1", "method.p=2", "method=none", "x=1",
                                                      "runtime=ray", "data=imagenet"]), max_size=3), scalars),
     "grid": st.one_of(st.dictionaries(st.sampled_from(KEYS), values, max_size=3), scalars),
     "metric": st.one_of(st.sampled_from(["accuracy/test", "loss/test", "accuracy", ""]), scalars),
@@ -82,6 +82,6 @@ def _files(root: Path) -> list[Path]:
 @pytest.mark.parametrize("name", ["..", ".", "../escape", "a/../../b"])
 def test_no_name_escapes_the_results_folder(tmp_path, capsys, name):
     path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump({"name": name, "grid": {"theta": [0.1]}}))
+    path.write_text(yaml.safe_dump({"name": name, "grid": {"method.theta": [0.1]}}))
     assert fedsweep_tune.main([str(path), "--results", str(tmp_path / "results")]) == 2
     assert _files(tmp_path) == [path]  # nothing written anywhere

@@ -27,8 +27,8 @@ SWEEP = """\
 name: e2e
 overrides: [runtime=ray, rounds=3, server.epochs=1, checkpoint.every=1, checkpoint.keep=2]
 grid:
-  theta: [0.1, 1.0]
-  q: [0.5]
+  method.theta: [0.1, 1.0]
+  method.q: [0.5]
 """
 
 
@@ -40,7 +40,7 @@ def test_sweep_end_to_end_and_resume(ray_session, tmp_path):
     assert table["status"].tolist() == ["done", "done"]
 
     table = (out / "results.csv").read_text().splitlines()
-    assert len(table) == 3 and table[0].startswith("theta,q,accuracy/test")
+    assert len(table) == 3 and table[0].startswith("method.theta,method.q,accuracy/test")
     assert (out / "accuracy.png").stat().st_size > 0 and (out / "accuracy_vs_comm.png").stat().st_size > 0
     assert out.stat().st_mode & 0o777 == 0o700  # private to its owner
     for trial in out.glob("*/params.json"):  # three checkpoints made, the newest two kept
@@ -62,14 +62,29 @@ def test_sweep_end_to_end_and_resume(ray_session, tmp_path):
 
 
 def test_a_failing_trial_makes_the_sweep_exit_non_zero(ray_session, tmp_path, capsys):
-    """A value only the data can refute (an empty server part) fails its trial, not the sweep's start."""
+    """A value only the trial's node can refute (a CUDA device on a machine without one: the
+    driver may lack the GPUs a cluster's nodes have) fails its trial, not the sweep's start."""
     from fedsweep.tune import main
 
     path = tmp_path / "bad.yaml"
-    path.write_text("name: bad\noverrides: [runtime=ray, rounds=1]\ngrid:\n  partition.server_fraction: [0.0001]\n")
+    path.write_text("name: bad\noverrides: [runtime=ray, rounds=1, device=cuda]\ngrid:\n  method.theta: [0.5]\n")
     assert main([str(path), "--results", str(tmp_path / "results")]) == 1
     assert "1 trial(s) failed" in capsys.readouterr().err
     assert "error" in (tmp_path / "results" / "bad" / "results.csv").read_text()
+
+
+def test_a_value_the_data_refutes_stops_the_sweep_before_ray(tmp_path, monkeypatch, capsys):
+    """The data, partition and model are built once on the driver (cheaply) before Ray starts."""
+    import ray
+
+    from fedsweep.tune import main
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: (_ for _ in ()).throw(AssertionError("Ray must not start")))
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: bad\noverrides: [runtime=ray, rounds=1]\ngrid:\n  partition.server_fraction: [0.0001]\n")
+    assert main([str(path), "--results", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: server_fraction=0.0001 gives an empty server part") and "\n" not in err
 
 
 def test_two_trials_of_a_thousand_clients_each_share_two_cpus(ray_session, tmp_path):
@@ -80,7 +95,7 @@ def test_two_trials_of_a_thousand_clients_each_share_two_cpus(ray_session, tmp_p
         "name: many\n"
         "overrides: [runtime=ray, runtime.workers=1, rounds=2, server.epochs=1, partition=iid,"
         " partition.clients_f=500, partition.clients_g=500]\n"
-        "grid:\n  theta: [0.1, 1.0]\nmax_concurrent_trials: 2\n"
+        "grid:\n  method.theta: [0.1, 1.0]\nmax_concurrent_trials: 2\n"
     )
     out, table = run_sweep(load_sweep(path), results_dir=tmp_path / "results")
     assert table["status"].tolist() == ["done", "done"]
@@ -145,9 +160,9 @@ def test_a_sweep_does_not_resume_from_pickles_others_could_write(tmp_path, capsy
 
 def test_a_diverged_trial_is_listed_not_ranked(ray_session, tmp_path):
     path = tmp_path / "div.yaml"
-    path.write_text("name: div\noverrides: [rounds=2, server.solver=optimizer]\ngrid:\n  theta: [0.01, 0.5]\n")
+    path.write_text("name: div\noverrides: [rounds=2, server.solver=optimizer]\ngrid:\n  method.theta: [0.01, 0.5]\n")
     _, table = run_sweep(load_sweep(path), results_dir=tmp_path / "results")
-    assert table["theta"].tolist() == [0.5, 0.01]  # the finished trial first
+    assert table["method.theta"].tolist() == [0.5, 0.01]  # the finished trial first
     assert table["status"].tolist() == ["done", "diverged at 1"]
     assert table.attrs["unfinished"] == 0  # a diverged trial has ended: nothing to resume
 
@@ -157,7 +172,7 @@ def test_repeats_give_a_summary_over_seeds(ray_session, tmp_path):
 
     path = tmp_path / "seeds.yaml"
     path.write_text("name: seeds\noverrides: [runtime=local, rounds=1, server.epochs=1]\n"
-                    "grid:\n  theta: [0.5]\nrepeats: 2\n")  # fmt: skip
+                    "grid:\n  method.theta: [0.5]\nrepeats: 2\n")  # fmt: skip
     out, table = run_sweep(load_sweep(path), results_dir=tmp_path / "results")
     assert sorted(table["seed"]) == [0, 1] and (table["status"] == "done").all()
     summary = pd.read_csv(out / "summary.csv")

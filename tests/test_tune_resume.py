@@ -22,7 +22,7 @@ SWEEP = f"""\
 name: stop
 overrides: [runtime=ray, rounds={ROUNDS}, checkpoint.every=2, server.epochs=3]
 grid:
-  theta: [0.5]
+  method.theta: [0.5]
 """
 
 
@@ -68,7 +68,7 @@ def test_stopped_sweep_resumes_mid_trial(ray_session, tmp_path):
     workers = json.loads(params.read_text())["runtime"]["workers"]
     straight = []
     run_experiment(
-        compose([f"rounds={ROUNDS}", "server.epochs=3", "theta=0.5", "runtime=ray", f"runtime.workers={workers}"]),
+        compose([f"rounds={ROUNDS}", "server.epochs=3", "method.theta=0.5", "runtime=ray", f"runtime.workers={workers}"]),
         log_dir=tmp_path / "straight",
         report=straight.append,
         progress=False,

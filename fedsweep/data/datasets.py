@@ -106,14 +106,13 @@ def load_dataset(
     seed: int = 0,
     test_fraction: float = 0.2,
 ) -> DataBundle:
-    """Load dataset ``name`` into memory; files are cached/downloaded under ``root``.
+    """Built-in dataset ``name`` (a shortcut for tests and notebooks; configs name a loader by
+    ``data._target_``); files are cached/downloaded under ``root``.
 
     Raises ConfigError for an unknown ``name`` or ``test_fraction`` outside (0, 1).
     """
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset name={name!r}; known: {', '.join(DATASETS)}")
-    if not 0.0 < test_fraction < 1.0:
-        raise ConfigError(f"test_fraction must be in (0, 1), got test_fraction={test_fraction}")
     root = Path(root)
     if name == "digits":
         return load_digits(seed=seed, test_fraction=test_fraction)
@@ -131,6 +130,8 @@ def load_digits(*, seed: int = 0, test_fraction: float = 0.2) -> DataBundle:
     (``sklearn/datasets/data/digits.csv.gz``: 64 pixels and the label per row), without
     importing scikit-learn, whose import alone measured 0.7 s of a run's start-up.
     """
+    if not (isinstance(test_fraction, (int, float)) and 0.0 < test_fraction < 1.0):
+        raise ConfigError(f"data.test_fraction must be in (0, 1), got data.test_fraction={test_fraction}")
     raw = _digits_rows()
     images = raw[:, :-1].reshape(-1, 8, 8).astype(np.float32) / 16.0  # (1797, 8, 8) in [0, 1]
     labels = raw[:, -1].astype(np.int64)

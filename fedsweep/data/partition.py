@@ -307,3 +307,6 @@ def _is_int(value: object) -> bool:
 
 def _is_real(value: object) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+make_partition.check_config = check_partition_config  # what fedsweep.config.validate checks before any data loads

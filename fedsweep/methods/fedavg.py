@@ -73,8 +73,16 @@ class FedProx(FedAvg):
 
     name = "fedprox"
 
-    def __init__(self, *, mu: float, **fedavg: object) -> None:
+    def __init__(
+        self,
+        *,
+        mu: float,
+        local_epochs: int,
+        lr: float,
+        batch_size: int | None,
+        participation: float | int | None = None,
+    ) -> None:
         if not (isinstance(mu, (int, float)) and not isinstance(mu, bool) and mu >= 0):
             raise ConfigError(f"method.mu must be a number >= 0, got method.mu={mu!r}")
-        super().__init__(**fedavg)  # type: ignore[arg-type]
+        super().__init__(local_epochs=local_epochs, lr=lr, batch_size=batch_size, participation=participation)
         self.prox = float(mu)

@@ -19,7 +19,7 @@ from fedsweep.weights import Weights
 
 def check_theta(theta: float) -> None:
     if not (isinstance(theta, (int, float)) and not isinstance(theta, bool) and theta > 0):
-        raise ConfigError(f"theta must be > 0, got theta={theta}")
+        raise ConfigError(f"method.theta must be > 0, got method.theta={theta!r}")
 
 
 class Sliding:

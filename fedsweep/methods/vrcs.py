@@ -58,9 +58,9 @@ class VRCSConfig:
         check_theta(self.theta)
         check_share("method.local_participation", self.local_participation)
         if not (_is_number(self.p) and 0 < self.p < 1):
-            raise ConfigError(f"p must be in (0, 1), got p={self.p}")
+            raise ConfigError(f"method.p must be in (0, 1), got method.p={self.p!r}")
         if not (_is_number(self.q) and 0 < self.q <= 1):
-            raise ConfigError(f"q must be in (0, 1], got q={self.q}")
+            raise ConfigError(f"method.q must be in (0, 1], got method.q={self.q!r}")
 
 
 def _is_number(value: object) -> bool:
@@ -97,6 +97,10 @@ class VRCS:
 
     def __init__(self, *, theta: float, p: float, q: float, local_participation: float | int | None = None) -> None:
         self.config = VRCSConfig(theta=theta, p=p, q=q, local_participation=local_participation)
+
+    @property
+    def theta(self) -> float:
+        return self.config.theta
 
     def init(self, x0: Weights, *, seed: int) -> MethodState:
         return MethodState(x=x0.clone(), rng=np.random.default_rng(seed))

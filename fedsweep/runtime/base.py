@@ -17,6 +17,7 @@ from torch import nn
 
 from fedsweep.data.client_data import ClientData
 from fedsweep.runtime.virtual_clients import Request
+from fedsweep.task import Loss, cross_entropy
 from fedsweep.weights import Weights
 
 
@@ -28,8 +29,10 @@ class Runtime(ABC):
     """Serves requests for a run's clients; ``attach`` the clients' data before the first."""
 
     @abstractmethod
-    def attach(self, data: ClientData, model_fn: Callable[[], nn.Module], *, vectorize: bool | str) -> None:
-        """The run's clients (their data) and the model they compute with."""
+    def attach(
+        self, data: ClientData, model_fn: Callable[[], nn.Module], *, loss: Loss = cross_entropy, vectorize: bool | str
+    ) -> None:
+        """The run's clients (their data), the model they compute with and its per-example loss."""
 
     @abstractmethod
     def map_reduce(self, request: Request, parts: Sequence[Part]) -> list[list[Weights]]:

@@ -8,6 +8,7 @@ from torch import nn
 from fedsweep.data.client_data import ClientData
 from fedsweep.runtime.base import Part, Runtime
 from fedsweep.runtime.virtual_clients import Request, VirtualClients
+from fedsweep.task import Loss, cross_entropy
 from fedsweep.weights import Weights
 
 
@@ -16,8 +17,10 @@ class LocalRuntime(Runtime):
         self.device = device
         self.clients: VirtualClients | None = None
 
-    def attach(self, data: ClientData, model_fn: Callable[[], nn.Module], *, vectorize: bool | str) -> None:
-        self.clients = VirtualClients(data, model_fn, device=self.device, vectorize=vectorize)
+    def attach(
+        self, data: ClientData, model_fn: Callable[[], nn.Module], *, loss: Loss = cross_entropy, vectorize: bool | str
+    ) -> None:
+        self.clients = VirtualClients(data, model_fn, loss=loss, device=self.device, vectorize=vectorize)
 
     def map_reduce(self, request: Request, parts: Sequence[Part]) -> list[list[Weights]]:
         if self.clients is None:

@@ -36,6 +36,7 @@ from fedsweep.data.client_data import ClientData
 from fedsweep.errors import RunError
 from fedsweep.runtime.base import Part, Runtime
 from fedsweep.runtime.virtual_clients import Request
+from fedsweep.task import Loss, cross_entropy
 from fedsweep.weights import Weights
 
 
@@ -53,6 +54,7 @@ class WorkerSetup:
 
     data: ClientData
     model_fn: Callable[[], nn.Module]
+    loss: Loss
     vectorize: bool | str
 
 
@@ -97,7 +99,7 @@ class Worker:
 
         s: WorkerSetup = ray.get(setup[0])  # the arrays are mapped from the object store, not copied
         # Ray hides GPUs from actors without a GPU share, so "auto" is cuda exactly when it holds one
-        self._clients = VirtualClients(s.data, s.model_fn, device="auto", vectorize=s.vectorize)
+        self._clients = VirtualClients(s.data, s.model_fn, loss=s.loss, device="auto", vectorize=s.vectorize)
         self._setup_id = setup_id
 
     def serve(self, setup_id: str, request: Request, parts: list[Part]) -> list[list[Weights] | None]:
@@ -151,8 +153,10 @@ class RayRuntime(Runtime):
         self._sizes: np.ndarray | None = None
         self._last: tuple[Request, ray.ObjectRef] | None = None
 
-    def attach(self, data: ClientData, model_fn: Callable[[], nn.Module], *, vectorize: bool | str) -> None:
-        self._setup = (ray.put(WorkerSetup(data, model_fn, vectorize)), uuid.uuid4().hex)
+    def attach(
+        self, data: ClientData, model_fn: Callable[[], nn.Module], *, loss: Loss = cross_entropy, vectorize: bool | str
+    ) -> None:
+        self._setup = (ray.put(WorkerSetup(data, model_fn, loss, vectorize)), uuid.uuid4().hex)
         self._sizes = data.sizes
         for worker in self.workers:  # queued before any request: actor calls run in order
             worker.load.remote([self._setup[0]], self._setup[1])

@@ -36,7 +36,7 @@ from torch import nn
 
 from fedsweep.data.client_data import ClientData
 from fedsweep.runtime.batches import client_rows, epoch_order, minibatches
-from fedsweep.task import CHUNK, example_losses, resolve_device
+from fedsweep.task import CHUNK, Loss, cross_entropy, resolve_device
 from fedsweep.weights import Weights
 
 BLOCK_BYTES = 256 * 2**20  # memory for one block of clients trained together (stacked parameters)
@@ -120,6 +120,7 @@ class VirtualClients:
         data: ClientData,
         model_fn: Callable[[], nn.Module],
         *,
+        loss: Loss = cross_entropy,
         device: str | torch.device = "cpu",
         vectorize: bool | str = "auto",
     ) -> None:
@@ -127,6 +128,7 @@ class VirtualClients:
         self.x = as_tensor(data.x).to(self.device)
         self.y = as_tensor(data.y).to(self.device)
         self.starts = data.starts
+        self.loss = loss
         self.model = model_fn().to(self.device)
         self.vectorized = not uses_batch_statistics(self.model) if vectorize == "auto" else bool(vectorize)
 
@@ -172,7 +174,7 @@ class VirtualClients:
         for lo in range(0, len(rows), CHUNK):
             r, c = self._chunk(rows, per_example, lo)
             self.model.zero_grad(set_to_none=True)
-            (example_losses(self.model(self.x[r]), self.y[r]) * c).sum().backward()
+            (self.loss(self.model(self.x[r]), self.y[r]) * c).sum().backward()
             acc.add_(Weights.grad_views(self.model))
         return acc
 
@@ -194,7 +196,7 @@ class VirtualClients:
         acc = Weights.zeros_like(point, dtype=torch.float64)
         for lo in range(0, len(rows), CHUNK):
             r, c = self._chunk(rows, per_example, lo)
-            loss = (example_losses(self.model(self.x[r]), self.y[r]) * c).sum()
+            loss = (self.loss(self.model(self.x[r]), self.y[r]) * c).sum()
             grads = torch.autograd.grad(loss, params.tensors, create_graph=True)
             gv = Weights.dot(Weights(dict(zip(params.names, grads))), vector)
             acc.add_(Weights(dict(zip(params.names, torch.autograd.grad(gv, params.tensors)))))
@@ -251,7 +253,7 @@ class VirtualClients:
         for order in epochs:
             for lo in range(0, len(order), batch):
                 r = order[lo : lo + batch]
-                loss = example_losses(self.model(self.x[r]), self.y[r]).mean()
+                loss = self.loss(self.model(self.x[r]), self.y[r]).mean()
                 grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
                 with torch.no_grad():
                     if req.prox:  # ∇ of (prox/2)‖w − x‖², before w moves
@@ -287,7 +289,7 @@ class VirtualClients:
                 rows = order.gather(1, torch.from_numpy(np.minimum(ranks, sizes[:, None] - 1)).to(self.device))
                 wb = torch.from_numpy((valid / counts).astype(np.float32)).to(self.device)
                 outputs = forward(params, self.x[rows])  # (clients, width, classes)
-                losses = example_losses(outputs.flatten(0, 1), self.y[rows].flatten())
+                losses = self.loss(outputs.flatten(0, 1), self.y[rows].flatten(0, 1))
                 grads = torch.autograd.grad((losses * wb.flatten()).sum(), stacked)  # client c's: its params' only
                 with torch.no_grad():
                     if req.prox:  # only clients that take this step: the others have no rows left

@@ -1,0 +1,97 @@
+"""A run's fixed parts built from its config's components: data, partition, model, loss.
+
+:func:`prepare` builds them for a run. :func:`check_setup` builds them cheaply before any
+work starts (the model on torch's ``meta`` device, a forward pass included), so that a
+sweep stops in one line on a model that does not fit its data before Ray starts.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedsweep import components
+from fedsweep.data import DataBundle, Partition
+from fedsweep.errors import ConfigError
+from fedsweep.models import seeded
+from fedsweep.task import Loss, resolve_device
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything a run needs that does not change between rounds."""
+
+    bundle: DataBundle
+    partition: Partition
+    model_fn: Callable[[], nn.Module]
+    loss: Loss
+    device: torch.device
+
+
+def make_model(node: Mapping[str, Any], *, input_shape: tuple[int, ...], num_classes: int, seed: int | None) -> nn.Module:
+    """The model of config node ``node`` (``model._target_``), torch seeded by ``seed``. Picklable
+    as a ``functools.partial``: a worker imports the target itself."""
+    return seeded(
+        lambda **kw: components.build("model", node, **kw), seed, input_shape=input_shape, num_classes=num_classes
+    )
+
+
+def load_data(cfg: Mapping[str, Any]) -> DataBundle:
+    bundle = components.build("data", cfg["data"], seed=cfg["seed"])
+    if not isinstance(bundle, DataBundle):
+        raise ConfigError(f"data._target_={cfg['data']['_target_']!r} returned {type(bundle).__name__}, not a DataBundle")
+    return bundle
+
+
+def prepare(cfg: Mapping[str, Any]) -> Setup:
+    """Load data, partition it and fix the model constructor (deterministic for ``cfg['seed']``)."""
+    bundle = load_data(cfg)
+    partition = components.build(
+        "partition", cfg["partition"], bundle.train, num_classes=bundle.num_classes, seed=cfg["seed"]
+    )
+    if not isinstance(partition, Partition):
+        raise ConfigError(f"partition._target_={cfg['partition']['_target_']!r} returned {type(partition).__name__}, not a Partition")
+    model_fn = functools.partial(
+        make_model, dict(cfg["model"]), input_shape=bundle.input_shape, num_classes=bundle.num_classes, seed=cfg["seed"]
+    )
+    loss = components.build("loss", cfg["loss"])
+    return Setup(bundle, partition, model_fn, loss, resolve_device(cfg["device"]))
+
+
+def check_setup(cfg: Mapping[str, Any]) -> None:
+    """Build ``cfg``'s data, partition and model once, cheaply; one line on what does not fit.
+
+    The model is built on the ``meta`` device (no memory, no arithmetic) and run forward on a
+    batch of two inputs; a model that normalises with batch statistics is refused.
+    """
+    setup = prepare(cfg)
+    with torch.device("meta"):
+        model = setup.model_fn()
+        sample = torch.empty((2, *setup.bundle.input_shape), dtype=setup.bundle.train.x.dtype)
+        try:
+            outputs = model(sample)
+        except NotImplementedError:  # an operator without a meta kernel: the shapes go unchecked
+            outputs = None
+        except (RuntimeError, ValueError, TypeError) as err:
+            line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(
+                f"model._target_={cfg['model']['_target_']!r} does not fit the data's inputs "
+                f"{tuple(setup.bundle.input_shape)}: {line}"
+            ) from None
+    check_model(model, cfg)
+    if outputs is not None and isinstance(outputs, torch.Tensor) and outputs.shape[0] != 2:
+        raise ConfigError(f"model._target_={cfg['model']['_target_']!r} returned outputs of shape {tuple(outputs.shape)} for 2 inputs")
+
+
+def check_model(model: nn.Module, cfg: Mapping[str, Any]) -> None:
+    """Refuse a model that normalises with batch statistics (one line)."""
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise ConfigError(
+            f"model._target_={cfg['model']['_target_']!r} uses BatchNorm, whose running statistics are never "
+            "federated and whose batch statistics mix examples; use GroupNorm or no normalisation"
+        )

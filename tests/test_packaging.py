@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,15 +14,23 @@ ROOT = Path(__file__).resolve().parents[1]
 OUTSIDE = """
 import json, sys
 sys.meta_path = [f for f in sys.meta_path if "editable" not in type(f).__module__]  # not the repo's checkout
-from fedsweep.config import CONFIG_DIR, compose, to_container
+from fedsweep.config import CONFIG_DIR, compose, to_container, validate
+from fedsweep.setup import check_setup
+validate(to_container(compose([])))  # the default config, checked and built (digits ships inside the wheel's deps)
+check_setup(to_container(compose([])))
 cfg = to_container(compose(["method=fedprox", "rounds=3"]))
 print(json.dumps({"dir": str(CONFIG_DIR), "method": cfg["method"]["_target_"], "rounds": cfg["rounds"]}))
 """
 
 
 def test_a_built_wheel_composes_configs_outside_the_repository(tmp_path):
+    source = tmp_path / "source"  # a clean copy: setuptools would reuse (and package) a stale build/ folder
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "fedsweep", source / "fedsweep", ignore=shutil.ignore_patterns("__pycache__"))
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path / "dist"), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path / "dist"), str(source)],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert built.returncode == 0, built.stderr[-2000:]

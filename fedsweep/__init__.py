@@ -1,6 +1,18 @@
-"""fedsweep: run and sweep federated-learning experiments on Ray."""
+"""fedsweep: run and sweep federated-learning experiments on Ray.
+
+``fedsweep.run_experiment(...)`` and ``fedsweep.run_sweep(...)`` are the Python API
+(``fedsweep.api``); ``fedsweep.Weights`` is a model's named tensors as one value.
+"""
 
 from fedsweep.errors import ConfigError
 from fedsweep.weights import Weights
 
-__all__ = ["ConfigError", "Weights"]
+__all__ = ["ConfigError", "Weights", "run_experiment", "run_sweep"]
+
+
+def __getattr__(name: str):  # the API's imports (Hydra, pandas) only when it is used
+    if name in ("run_experiment", "run_sweep"):
+        from fedsweep import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'fedsweep' has no attribute {name!r}")

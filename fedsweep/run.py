@@ -1,9 +1,10 @@
-"""Run one experiment: ``python -m fedsweep.run theta=0.01 p=0.5 q=0.5``.
+"""Run one experiment: ``python -m fedsweep.run method.theta=0.05 method.p=0.5 method.q=0.5``.
 
 Arguments are Hydra overrides of ``fedsweep/configs/config.yaml`` (``key=value``,
 ``group=option``, ``+new_key=value``), composed with Hydra's compose API and
 checked before anything is written; ``--cfg`` prints the composed config and
-exits. The run directory (``results/runs/<time>`` unless ``log_dir=...``) gets
+exits; ``--config-dir DIR`` (repeatable) adds a folder of your own config groups and
+options to Hydra's search path (as ``hydra.searchpath=[file://DIR]`` does). The run directory (``results/runs/<time>`` unless ``log_dir=...``) gets
 the resolved ``config.yaml``, the TensorBoard scalars and any checkpoints.
 """
 
@@ -21,6 +22,22 @@ from fedsweep.errors import ConfigError, RunError
 RUNS_DIR = Path("results") / "runs"
 
 
+def split_config_dirs(args: list[str]) -> tuple[list[str], list[str]]:
+    """``args`` without its ``--config-dir DIR`` / ``--config-dir=DIR`` options, and those DIRs."""
+    rest, dirs, it = [], [], iter(args)
+    for arg in it:
+        if arg == "--config-dir":
+            value = next(it, None)
+            if value is None:
+                raise ConfigError("--config-dir needs a folder")
+            dirs.append(value)
+        elif arg.startswith("--config-dir="):
+            dirs.append(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+    return rest, dirs
+
+
 def main(argv: list[str] | None = None) -> int:
     overrides = sys.argv[1:] if argv is None else argv
     if any(arg in ("-h", "--help") for arg in overrides):
@@ -28,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     show_only = "--cfg" in overrides
     try:
-        cfg = to_container(compose([arg for arg in overrides if arg != "--cfg"]))
+        overrides, config_dirs = split_config_dirs([arg for arg in overrides if arg != "--cfg"])
+        cfg = to_container(compose(overrides, config_dirs=config_dirs))
         validate(cfg)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

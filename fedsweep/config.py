@@ -126,6 +126,12 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
     seed = _require(c, "seed")
     if not (_is_int(seed) and seed >= 0):
         raise ConfigError(f"seed must be an integer >= 0, got seed={seed!r}")
+    seeds = _require(c, "seeds")
+    for key, value in seeds.items():
+        if key not in ("data", "init", "method"):
+            raise ConfigError(f"unknown config key seeds.{key}; known: data, init, method")
+        if value is not None and not (_is_int(value) and value >= 0):
+            raise ConfigError(f"seeds.{key} must be an integer >= 0 or null, got seeds.{key}={value!r}")
     target = _require(c, "target_accuracy")
     if target is not None and not (_is_number(target) and 0 < target <= 1):
         raise ConfigError(f"target_accuracy must be in (0, 1] or null, got target_accuracy={target}")

@@ -31,7 +31,7 @@ from fedsweep.oracle import FederatedOracle
 from fedsweep.runtime.base import Runtime
 from fedsweep.runtime.local import LocalRuntime
 from fedsweep.server import Server, ServerConfig
-from fedsweep.setup import Setup, check_model, prepare
+from fedsweep.setup import Setup, check_model, prepare, seed_of
 from fedsweep.task import Loss, evaluate
 from fedsweep.weights import Weights
 
@@ -120,7 +120,7 @@ def build(cfg: Mapping[str, Any], setup: Setup, runtime: Runtime) -> Run:
         runtime, clients, server, batch_size=cfg["client"]["batch_size"], deterministic=deterministic, device=device
     )
     method = components.build("method", cfg["method"])
-    state = method.init(Weights.from_model(server.model), seed=cfg["seed"])
+    state = method.init(Weights.from_model(server.model), seed=seed_of(cfg, "method"))
     return Run(method, state, oracle, server, server_data, _on(setup.bundle.test, device), setup.loss)
 
 
@@ -187,7 +187,7 @@ def run_experiment(
         similarity = {}
         if cfg["similarity"]["estimate"]:
             similarity = estimate_similarity(
-                oracle, state.x, iterations=cfg["similarity"]["iterations"], seed=cfg["seed"]
+                oracle, state.x, iterations=cfg["similarity"]["iterations"], seed=seed_of(cfg, "method")
             )
             logger.log_once(similarity)
             _print_similarity(similarity, getattr(run.method, "theta", None))

@@ -41,23 +41,31 @@ def make_model(node: Mapping[str, Any], *, input_shape: tuple[int, ...], num_cla
     )
 
 
+def seed_of(cfg: Mapping[str, Any], source: str) -> int:
+    """The seed of one source of randomness (``data``, ``init``, ``method``): ``seeds.<source>``,
+    or ``seed`` when that is null."""
+    own = cfg.get("seeds", {}).get(source)
+    return int(cfg["seed"] if own is None else own)
+
+
 def load_data(cfg: Mapping[str, Any]) -> DataBundle:
-    bundle = components.build("data", cfg["data"], seed=cfg["seed"])
+    bundle = components.build("data", cfg["data"], seed=seed_of(cfg, "data"))
     if not isinstance(bundle, DataBundle):
         raise ConfigError(f"data._target_={cfg['data']['_target_']!r} returned {type(bundle).__name__}, not a DataBundle")
     return bundle
 
 
 def prepare(cfg: Mapping[str, Any]) -> Setup:
-    """Load data, partition it and fix the model constructor (deterministic for ``cfg['seed']``)."""
+    """Load data, partition it and fix the model constructor (deterministic for the config's seeds)."""
     bundle = load_data(cfg)
     partition = components.build(
-        "partition", cfg["partition"], bundle.train, num_classes=bundle.num_classes, seed=cfg["seed"]
+        "partition", cfg["partition"], bundle.train, num_classes=bundle.num_classes, seed=seed_of(cfg, "data")
     )
     if not isinstance(partition, Partition):
         raise ConfigError(f"partition._target_={cfg['partition']['_target_']!r} returned {type(partition).__name__}, not a Partition")
     model_fn = functools.partial(
-        make_model, dict(cfg["model"]), input_shape=bundle.input_shape, num_classes=bundle.num_classes, seed=cfg["seed"]
+        make_model, dict(cfg["model"]), input_shape=bundle.input_shape, num_classes=bundle.num_classes,
+        seed=seed_of(cfg, "init"),
     )
     loss = components.build("loss", cfg["loss"])
     return Setup(bundle, partition, model_fn, loss, resolve_device(cfg["device"]))

@@ -93,3 +93,25 @@ def test_every_reported_metric_is_known_to_sweep_files(tmp_path):
         seen |= set(run(overrides, tmp_path / method)[-1])
     assert seen <= set(REPORTED), seen - set(REPORTED)
     assert {"accuracy/test", "comm/messages", "clients/f", "clients/local", "target/round"} <= seen
+
+
+def test_data_init_and_method_seeds_can_be_set_apart(tmp_path):
+    """seeds.<source> overrides seed for one source alone: the others keep seed's draws."""
+    import torch
+
+    from fedsweep.config import to_container
+    from fedsweep.setup import prepare, seed_of
+
+    base = to_container(compose(["seed=3"]))
+    apart = to_container(compose(["seed=3", "seeds.init=9"]))
+    assert [seed_of(apart, s) for s in ("data", "init", "method")] == [3, 9, 3]
+    a, b = prepare(base), prepare(apart)
+    assert torch.equal(a.partition.server_f.y, b.partition.server_f.y)  # the same data and partition
+    wa, wb = a.model_fn().state_dict(), b.model_fn().state_dict()
+    assert not torch.equal(next(iter(wa.values())), next(iter(wb.values())))  # another initialisation
+    c = prepare(to_container(compose(["seed=3", "seeds.data=4"])))
+    assert not torch.equal(a.partition.server_f.y, c.partition.server_f.y)
+    assert torch.equal(next(iter(c.model_fn().state_dict().values())), next(iter(wa.values())))
+    m1 = run(["rounds=2", "seed=3"], tmp_path / "a")
+    m2 = run(["rounds=2", "seed=3", "seeds.method=5"], tmp_path / "b")
+    assert [m["local_steps"] for m in m1] != [m["local_steps"] for m in m2]  # the method's own draws moved

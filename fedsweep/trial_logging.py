@@ -100,7 +100,7 @@ class HParamsCallback(Callback):
 
 class ProgressCallback(Callback):
     """One line on the driver's terminal as each trial starts and as it ends, e.g.
-    ``[#3 theta=0.05,p=0.2] done at round 15: accuracy/test=0.8739``."""
+    ``[#3 theta=0.05,p=0.2] done at round 15: accuracy/test=0.8739``, or a diverged trial's reason."""
 
     def __init__(self, keys: Sequence[str], metric: str) -> None:
         self.keys, self.metric = tuple(keys), metric
@@ -117,8 +117,10 @@ class ProgressCallback(Callback):
     def _ended(self, trial, *, error: bool) -> None:
         result = trial.last_result or {}
         state = status(result, trial.config["rounds"], error=error)
-        if state == "done" or state.startswith("stopped early"):
-            state = f"{state.removesuffix(' at ' + str(int(result['round'])))} at round {int(result['round'])}"
+        if state == "done" or state.startswith("stopped early"):  # "at round r": r is a round, not a count
+            state = f"{state.split(' at ')[0]} at round {int(result['round'])}"
+        if state.startswith("diverged") and result.get("diverged/reason"):
+            state = result["diverged/reason"]  # "diverged at round r: …; try …"
         value = result.get(self.metric)
         shown = f": {self.metric}={value:.4g}" if isinstance(value, float) and not error and "diverged" not in state else ""
         print(f"{trial_prefix(trial.trial_id, trial.config, self.keys)}{state}{shown}", flush=True)

@@ -104,9 +104,10 @@ def _trial(config: dict[str, Any], *, tensorboard_root: str, share: dict[str, fl
     try:
         run_experiment(config, log_dir=log_dir, report=report, progress=False)
     except DivergedError as err:  # a result, not a crash: the table marks the trial and does not rank it
-        print(err)
-        # NaN for the metrics a search or scheduler may follow: reported, never ranked
-        tune.report({**dict.fromkeys(EVERY_ROUND, math.nan), "round": float(err.round), "diverged": 1.0})
+        # NaN for the metrics a search or scheduler may follow: reported, never ranked. The driver
+        # prints the reason (a trial's last prints can miss the terminal when the sweep ends).
+        diverged = {"round": float(err.round), "diverged": 1.0, "diverged/reason": str(err)}
+        tune.report({**dict.fromkeys(EVERY_ROUND, math.nan), **diverged})
 
 
 def trial_name(sweep: Sweep):
@@ -206,7 +207,6 @@ def _run_sweep(sweep: Sweep, base, grid, points, exp_dir: Path, *, results_dir: 
                     num_samples=sweep.num_samples,
                     search_alg=search_algorithm(sweep, seed=base["seed"]),
                     scheduler=scheduler(sweep, rounds=max(p["rounds"] for p in points)),
-                    max_concurrent_trials=sweep.max_concurrent_trials,
                     reuse_actors=True,  # a trial's process (torch imported) serves the next trial
                     trial_name_creator=trial_name(sweep),
                     trial_dirname_creator=trial_name(sweep),
@@ -245,17 +245,19 @@ def _run_sweep(sweep: Sweep, base, grid, points, exp_dir: Path, *, results_dir: 
 
 
 def search_algorithm(sweep: Sweep, *, seed: int):
-    """Tune's search: its variant generator (grid and random; sampling seeded by the config's
-    seed), or Optuna's TPE on the sweep's metric."""
+    """Tune's search, running at most ``max_concurrent_trials`` at once: its variant generator
+    (grid and random; sampling seeded by the config's seed), or Optuna's TPE on the sweep's metric."""
     if sweep.search == "optuna":
         import optuna
+        from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study and trial
-        return OptunaSearch(metric=sweep.metric, mode=sweep.mode, seed=seed)
+        searcher = OptunaSearch(metric=sweep.metric, mode=sweep.mode, seed=seed)
+        return ConcurrencyLimiter(searcher, sweep.max_concurrent_trials) if sweep.max_concurrent_trials else searcher
     from ray.tune.search import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=seed)
+    return BasicVariantGenerator(random_state=seed, max_concurrent=sweep.max_concurrent_trials or 0)
 
 
 def scheduler(sweep: Sweep, *, rounds: int):

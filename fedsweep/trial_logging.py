@@ -18,6 +18,7 @@ off: see ``fedsweep.tune``), so TensorBoard shows one run per trial and every cu
 from __future__ import annotations
 
 import io
+import logging
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
@@ -59,7 +60,11 @@ class PrefixedLines(io.TextIOBase):
 
 @contextmanager
 def prefixed_output(prefix: str) -> Iterator[None]:
-    """Within the block, this process's stdout and stderr lines carry ``prefix``."""
+    """Within the block, this process's stdout and stderr lines carry ``prefix``, and Ray's own
+    logging in it says only warnings (not e.g. a line per checkpoint)."""
+    ray_logger = logging.getLogger("ray")
+    level = ray_logger.level
+    ray_logger.setLevel(max(level, logging.WARNING))
     out, err = PrefixedLines(prefix, sys.stdout), PrefixedLines(prefix, sys.stderr)
     try:
         with redirect_stdout(out), redirect_stderr(err):
@@ -67,6 +72,7 @@ def prefixed_output(prefix: str) -> Iterator[None]:
     finally:
         out.close()
         err.close()
+        ray_logger.setLevel(level)
 
 
 def trial_prefix(trial_id: str, config: Mapping[str, Any], keys: Sequence[str]) -> str:

@@ -29,10 +29,15 @@ from fedsweep.errors import ConfigError, DivergedError
 from fedsweep.metrics import EVERY_ROUND
 from fedsweep.sweep import Sweep, expand, load_sweep, param_space, short_label, trial_count
 
-RAY_OUTPUT_ENVIRONMENT = {"RAY_DISABLE_WORKER_LOG_PREFIX": "1", "RAY_DEDUP_LOGS": "0"}
+RAY_OUTPUT_ENVIRONMENT = {
+    "RAY_DISABLE_WORKER_LOG_PREFIX": "1",
+    "RAY_DEDUP_LOGS": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
 """Ray's worker output to the driver without its "(name pid=…)" prefix (each trial line carries the
 trial's own) and without merging lines that differ only in numbers (two trials' "diverged at
-round 1" lines would show as one); read when Ray is imported."""
+round 1" lines would show as one), both read when Ray is imported; and no warning each time
+trials checkpoint within 5 s of each other (short trials of a sweep with checkpoints do)."""
 
 RESULTS_DIR = Path("results")
 FAILURE_RETRIES = 2  # times Tune restarts a failed trial from its last checkpoint

@@ -1,4 +1,5 @@
-"""Per-round metrics to TensorBoard, also indexed by communication, and the target tracker."""
+"""Per-round metrics to TensorBoard, also indexed by communication, the target tracker, and a
+sweep trial's hyperparameters for TensorBoard's HParams dashboard."""
 
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ REPORTED = (  # every metric a run may report (tests/test_experiment.py checks t
     "target/round", "target/comm_f", "target/comm_g", "target/bytes",
     "similarity/delta_f", "similarity/delta_g",
 )  # fmt: skip
+
+EVERY_ROUND = ("accuracy/test", "loss/test", "accuracy/server", "loss/server")  # every run, every round
+HPARAMS_METRICS = ("accuracy/test", "loss/test", "accuracy/server", "loss/server", "comm/total")  # scalar tags
+HPARAMS_SUFFIX = ".hparams"  # the HParams event file beside a run's own, in the same run directory
 
 # curves re-indexed by cumulative communication: tag prefix → the counter used as step
 COMM_AXES = {"f": "comm/f", "g": "comm/g", "total": "comm/total"}
@@ -76,6 +81,11 @@ class RunLogger:
             self._last_step[axis] = step
             for curve in (c for c in COMM_CURVES if c in metrics):  # no accuracy for a regression loss
                 self.comm_writers[axis].add_scalar(f"{curve}/vs_comm_{axis}", metrics[curve], step)
+        self.flush()  # every round: live curves, and nothing lost when a scheduler stops the run
+
+    def flush(self) -> None:
+        for writer in (self.writer, *self.comm_writers.values()):
+            writer.flush()
 
     def log_once(self, metrics: dict[str, float]) -> None:
         """Scalars measured once, before the first round (step 0)."""
@@ -85,3 +95,38 @@ class RunLogger:
     def close(self) -> None:
         for writer in (self.writer, *self.comm_writers.values()):
             writer.close()
+
+
+def write_hparams(
+    log_dir: str | Path,
+    hparams: dict[str, str | int | float | bool],
+    *,
+    failed: bool = False,
+) -> Path:
+    """Record a finished trial for TensorBoard's HParams dashboard in its own run directory
+    ``log_dir`` (no extra run): the experiment (hyperparameter names and the metric tags
+    :data:`HPARAMS_METRICS`), the session's ``hparams`` and its end
+    status (failure for a diverged or failed trial). The dashboard reads each metric's value from
+    the run's own scalar of that tag, its last step. Writes one event file ``*.hparams``; a
+    trial recorded again (a resumed one) replaces it."""
+    from tensorboard.plugins.hparams.api_pb2 import Status
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+    from torch.utils.tensorboard.summary import hparams as hparams_summaries
+    from torch.utils.tensorboard.writer import FileWriter
+
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for old in log_dir.glob(f"events.out.tfevents.*{HPARAMS_SUFFIX}"):
+        old.unlink()
+    metric_names = dict.fromkeys(HPARAMS_METRICS, 0.0)  # names only: values come from the run's scalars
+    experiment, start, end = hparams_summaries(hparams, metric_names)
+    if failed:  # torch writes success; the session's end status is a field of the plugin data
+        plugin_data = end.value[0].metadata.plugin_data
+        content = HParamsPluginData.FromString(plugin_data.content)
+        content.session_end_info.status = Status.STATUS_FAILURE
+        plugin_data.content = content.SerializeToString()
+    writer = FileWriter(str(log_dir), filename_suffix=HPARAMS_SUFFIX)
+    for summary in (experiment, start, end):
+        writer.add_summary(summary)
+    writer.close()
+    return log_dir

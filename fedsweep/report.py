@@ -21,32 +21,70 @@ TARGET = ("target/round", "target/comm_f", "target/comm_g")
 SIMILARITY = ("similarity/delta_f", "similarity/delta_g")
 
 
-def _status(result) -> str:
-    if result.error:
+def status(metrics: dict, rounds: int, *, error: bool = False) -> str:
+    """A trial's state from its last result: ``done``; ``stopped early at r`` (the scheduler
+    stopped it: Tune marks that result done); ``diverged at r``; ``error``; or ``unfinished at
+    r/R`` (the sweep was stopped: a resume continues it)."""
+    if error:
         return "error"
-    if (result.metrics or {}).get("diverged"):
-        return f"diverged at {int(result.metrics['round'])}"
-    rounds = result.config["rounds"]
-    done = (result.metrics or {}).get("round", 0)
-    return "done" if done >= rounds else f"stopped at {int(done)}/{rounds}"
+    if metrics.get("diverged"):
+        return f"diverged at {int(metrics['round'])}"
+    reached = metrics.get("round", 0)
+    if reached >= rounds:
+        return "done"
+    if metrics.get("done"):
+        return f"stopped early at {int(reached)}"
+    return f"unfinished at {int(reached)}/{rounds}"
+
+
+def trial_rows(results, sweep: Sweep) -> dict[str, dict]:
+    """Each trial's row of Tune's own table (``ResultGrid.get_dataframe``), by trial id: its last
+    result, or with ``rank: best`` the result of its best round by the sweep's metric."""
+    if sweep.rank == "best":
+        try:
+            frame = results.get_dataframe(filter_metric=sweep.metric, filter_mode=sweep.mode)
+        except ValueError:  # pandas 3's idxmax raises for a trial whose metric is all NaN (diverged at 1)
+            return _best_rows(results, sweep)
+    else:
+        frame = results.get_dataframe()
+    if "trial_id" not in frame:
+        return {}
+    return {row["trial_id"]: row for row in frame.to_dict("records")}
+
+
+def _best_rows(results, sweep: Sweep) -> dict[str, dict]:
+    """What ``get_dataframe(filter_metric=…)`` gives, per trial from its history, skipping
+    trials with no finite value of the metric."""
+    rows = {}
+    for result in results:
+        history = result.metrics_dataframe
+        if history is None or sweep.metric not in history or history[sweep.metric].isna().all():
+            continue
+        best = history[sweep.metric].idxmax() if sweep.mode == "max" else history[sweep.metric].idxmin()
+        row = history.loc[best].to_dict()
+        rows[row["trial_id"]] = row
+    return rows
 
 
 def write_report(results, sweep: Sweep, out_dir: Path) -> pd.DataFrame:
     """Write ``results.csv``, ``accuracy.png`` and ``accuracy_vs_comm.png`` to ``out_dir``.
 
-    Returns the table, best first by the sweep's metric. Trials that never
-    started (a stopped sweep) are left out; a resumed sweep runs them.
+    Returns the table, best first by the sweep's metric (at each trial's last round, or its
+    best with ``rank: best``; the ``round`` column says which). Trials that never started (a
+    stopped sweep) are left out; a resumed sweep runs them.
     """
     rows, curves = [], {}
+    chosen_rows = trial_rows(results, sweep)
     for result in results:
         if not result.config:
             continue
         row = {key: label(result.config, key) for key in sweep.columns}
         metrics = result.metrics or {}
+        chosen = chosen_rows.get(metrics.get("trial_id"), metrics)
         columns = FINAL + (TARGET if result.config.get("target_accuracy") is not None else ())
         columns += SIMILARITY if result.config.get("similarity", {}).get("estimate") else ()
-        row.update({name: metrics.get(name) for name in columns})
-        row["status"] = _status(result)
+        row.update({name: chosen.get(name) for name in columns})
+        row["status"] = status(metrics, result.config["rounds"], error=result.error is not None)
         rows.append(row)
         history = result.metrics_dataframe
         if history is not None and "accuracy/test" in history:

@@ -1,10 +1,14 @@
-"""Grid-search a config with Ray Tune: ``python -m fedsweep.tune sweeps/vrcs_grid.yaml``.
+"""Sweep a config with Ray Tune: ``python -m fedsweep.tune sweeps/vrcs_grid.yaml``.
 
 Every trial is a plain function that runs one experiment (``fedsweep.experiment``),
 reports each round with ``tune.report`` and streams its metrics to its own
-TensorBoard directory, ``results/<name>/tensorboard/<trial>``. The sweep ends
-with a table (``results/<name>/results.csv``) and plots. Running the same
-command again resumes a stopped sweep without redoing finished trials.
+TensorBoard directory, ``results/<name>/tensorboard/<trial>``, the sweep's one
+TensorBoard tree (Tune's own TensorBoard logger is off; each ended trial's
+hyperparameters join its run for the HParams dashboard). The sweep file picks
+Tune's search (grid, random or Optuna) and scheduler (ASHA); trials' output
+reaches the terminal behind their short names. The sweep ends with a table
+(``results/<name>/results.csv``) and plots. Running the same command again
+resumes a stopped sweep without redoing finished trials.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import functools
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -21,11 +26,23 @@ from typing import Any
 
 from fedsweep.config import resolve_runtime
 from fedsweep.errors import ConfigError, DivergedError
-from fedsweep.sweep import Sweep, expand, label, load_sweep, param_space
+from fedsweep.metrics import EVERY_ROUND
+from fedsweep.sweep import Sweep, expand, load_sweep, param_space, short_label, trial_count
+
+RAY_OUTPUT_ENVIRONMENT = {
+    "RAY_DISABLE_WORKER_LOG_PREFIX": "1",
+    "RAY_DEDUP_LOGS": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+"""Ray's worker output to the driver without its "(name pid=…)" prefix (each trial line carries the
+trial's own) and without merging lines that differ only in numbers (two trials' "diverged at
+round 1" lines would show as one), both read when Ray is imported; and no warning each time
+trials checkpoint within 5 s of each other (short trials of a sweep with checkpoints do)."""
 
 RESULTS_DIR = Path("results")
 FAILURE_RETRIES = 2  # times Tune restarts a failed trial from its last checkpoint
 LOCKFILE = ".driver.lock"  # in the sweep's folder: the pid of the driver running it
+ENDED = ("done", "stopped early", "diverged", "error")  # statuses of trials that will not run again
 
 
 def trial_resources(config: dict[str, Any], share: dict[str, float] | None = None):
@@ -55,8 +72,19 @@ def trial_share(sweep: Sweep, trials: int) -> dict[str, float]:
     return {"cpus": cluster.get("CPU", 1) / concurrent, "gpus": cluster.get("GPU", 0)}
 
 
-def trial(config: dict[str, Any], *, tensorboard_root: str, share: dict[str, float]) -> None:
-    """A Tune trial: one experiment on its share of the cluster, reported every round."""
+def trial(config: dict[str, Any], *, tensorboard_root: str, share: dict[str, float], keys: tuple[str, ...] = ()) -> None:
+    """A Tune trial: one experiment on its share of the cluster, reported every round; what it
+    prints reaches the driver behind the trial's short name (its grid ``keys``' values)."""
+    from ray import tune
+
+    from fedsweep.trial_logging import prefixed_output, trial_prefix
+
+    context = tune.get_context()
+    with prefixed_output(trial_prefix(context.get_trial_id(), config, keys)):
+        _trial(config, tensorboard_root=tensorboard_root, share=share)
+
+
+def _trial(config: dict[str, Any], *, tensorboard_root: str, share: dict[str, float]) -> None:
     import torch
     from ray import tune
 
@@ -81,14 +109,15 @@ def trial(config: dict[str, Any], *, tensorboard_root: str, share: dict[str, flo
     try:
         run_experiment(config, log_dir=log_dir, report=report, progress=False)
     except DivergedError as err:  # a result, not a crash: the table marks the trial and does not rank it
-        print(f"trial {tune.get_context().get_trial_name()}: {err}")
-        tune.report({"round": float(err.round), "diverged": 1.0})
+        # NaN for the metrics a search or scheduler may follow: reported, never ranked. The driver
+        # prints the reason (a trial's last prints can miss the terminal when the sweep ends).
+        diverged = {"round": float(err.round), "diverged": 1.0, "diverged/reason": str(err)}
+        tune.report({**dict.fromkeys(EVERY_ROUND, math.nan), **diverged})
 
 
 def trial_name(sweep: Sweep):
     def name(t) -> str:
-        labels = {key.split(".")[-1]: label(t.config, key) for key in sweep.columns}
-        return f"{t.trial_id}_" + ",".join(f"{key}={value}" for key, value in labels.items() if value is not None)
+        return f"{t.trial_id}_{short_label(t.config, sweep.columns)}"
 
     return name
 
@@ -98,7 +127,9 @@ def run_sweep(sweep: Sweep, *, results_dir: Path = RESULTS_DIR, address: str | N
 
     The sweep writes only inside ``results_dir/<name>/`` (mode 700), and one driver at a time.
     """
-    base, grid, points = expand(sweep)  # validates every grid point before Ray starts
+    base, grid, points = expand(sweep)  # validates the sweep's configs before Ray starts
+    for key, value in RAY_OUTPUT_ENVIRONMENT.items():  # before Ray is imported (else Ray's defaults stay)
+        os.environ.setdefault(key, value)
     root = results_dir.resolve()
     exp_dir = (root / sweep.name).resolve()
     if exp_dir.parent != root:  # e.g. a link planted under the sweep's name
@@ -148,6 +179,7 @@ def _run_sweep(sweep: Sweep, base, grid, points, exp_dir: Path, *, results_dir: 
     import ray
     from ray import tune
 
+    trials = trial_count(sweep)
     saved = exp_dir / "sweep.yaml"
     if saved.exists() and saved.read_text() != sweep.source:
         raise ConfigError(
@@ -160,13 +192,13 @@ def _run_sweep(sweep: Sweep, base, grid, points, exp_dir: Path, *, results_dir: 
     if started:
         from fedsweep.runtime.ray_runtime import init_ray
 
-        context = init_ray(address, dashboard=True)
+        context = init_ray(address, dashboard=True, trial_output=True)
         if context.dashboard_url:
             print(f"Ray dashboard: http://{context.dashboard_url}")
     try:
-        share = trial_share(sweep, len(points))
+        share = trial_share(sweep, trials)
         trainable = tune.with_resources(
-            tune.with_parameters(trial, tensorboard_root=str(tensorboard_root), share=share),
+            tune.with_parameters(trial, tensorboard_root=str(tensorboard_root), share=share, keys=tuple(sweep.columns)),
             functools.partial(trial_resources, share=share),
         )
         if tune.Tuner.can_restore(str(exp_dir)):
@@ -175,9 +207,11 @@ def _run_sweep(sweep: Sweep, base, grid, points, exp_dir: Path, *, results_dir: 
         else:
             tuner = tune.Tuner(
                 trainable,
-                param_space=param_space(resolve_runtime(base, **share), grid),
+                param_space=param_space(resolve_runtime(base, **share), grid, sweep.search),
                 tune_config=tune.TuneConfig(
-                    max_concurrent_trials=sweep.max_concurrent_trials,
+                    num_samples=sweep.num_samples,
+                    search_alg=search_algorithm(sweep, seed=base["seed"]),
+                    scheduler=scheduler(sweep, rounds=max(p["rounds"] for p in points)),
                     reuse_actors=True,  # a trial's process (torch imported) serves the next trial
                     trial_name_creator=trial_name(sweep),
                     trial_dirname_creator=trial_name(sweep),
@@ -185,14 +219,16 @@ def _run_sweep(sweep: Sweep, base, grid, points, exp_dir: Path, *, results_dir: 
                 run_config=tune.RunConfig(
                     name=sweep.name,
                     storage_path=str(results_dir),
-                    verbose=1,
+                    verbose=0,  # one line per trial start and end instead (callbacks())
+                    callbacks=callbacks(tensorboard_root, sweep),
                     # bounded: each trial keeps its newest checkpoint.keep checkpoints
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=base["checkpoint"]["keep"]),
                     # a trial whose process or node dies starts again from its last checkpoint
                     failure_config=tune.FailureConfig(max_failures=FAILURE_RETRIES),
                 ),
             )
-        results = tuner.fit()
+        with _environment(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1"):  # only the loggers of callbacks()
+            results = tuner.fit()
     finally:
         if started:
             ray.shutdown()
@@ -206,11 +242,70 @@ def _run_sweep(sweep: Sweep, base, grid, points, exp_dir: Path, *, results_dir: 
     if "summary" in table.attrs:
         print(f"\nOver {sweep.repeats} seeds (mean, std, 95% CI half-width; {exp_dir / 'summary.csv'}):")
         print(table.attrs["summary"].to_string(index=False))
-    ended = table["status"].eq("done") | table["status"].str.startswith(("diverged", "error")) if len(table) else []
-    table.attrs["unfinished"] = unfinished = len(points) - int(sum(ended))  # those that never started included
+    ended = table["status"].str.startswith(ENDED) if len(table) else []
+    table.attrs["unfinished"] = unfinished = trials - int(sum(ended))  # those that never started included
     if unfinished:
-        print(f"\n{unfinished} of {len(points)} trial(s) not finished: run the same command again to resume them.")
+        print(f"\n{unfinished} of {trials} trial(s) not finished: run the same command again to resume them.")
     return exp_dir, table
+
+
+def search_algorithm(sweep: Sweep, *, seed: int):
+    """Tune's search, running at most ``max_concurrent_trials`` at once: its variant generator
+    (grid and random; sampling seeded by the config's seed), or Optuna's TPE on the sweep's metric."""
+    if sweep.search == "optuna":
+        import optuna
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study and trial
+        searcher = OptunaSearch(metric=sweep.metric, mode=sweep.mode, seed=seed)
+        return ConcurrencyLimiter(searcher, sweep.max_concurrent_trials) if sweep.max_concurrent_trials else searcher
+    from ray.tune.search import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=seed, max_concurrent=sweep.max_concurrent_trials or 0)
+
+
+def scheduler(sweep: Sweep, *, rounds: int):
+    """ASHA on the sweep's metric, counting reported rounds; None: every trial runs to the end."""
+    if sweep.scheduler is None:
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        time_attr="round",
+        metric=sweep.metric,
+        mode=sweep.mode,
+        max_t=rounds,
+        grace_period=sweep.scheduler.grace_period,
+        reduction_factor=sweep.scheduler.reduction_factor,
+    )
+
+
+def callbacks(tensorboard_root: Path, sweep: Sweep) -> list:
+    """Tune's CSV and JSON loggers (its results and tables read them), the HParams record and a
+    line per trial start and end; not Tune's TensorBoard logger, whose curves would repeat each
+    trial's own."""
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    from fedsweep.trial_logging import HParamsCallback, ProgressCallback
+
+    keys = list(sweep.columns)
+    return [CSVLoggerCallback(), JsonLoggerCallback(), HParamsCallback(str(tensorboard_root), keys),
+            ProgressCallback(keys, sweep.metric)]  # fmt: skip
+
+
+@contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    before = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def main(argv: list[str] | None = None) -> int:

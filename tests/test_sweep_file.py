@@ -62,6 +62,37 @@ def test_good_sweep_expands_to_the_full_grid(tmp_path):
         ("grid:\n  method.theta: [0.1]\nrepeats: 0\n", "repeats=0"),
         ("grid:\n  seed: [1, 2]\nrepeats: 3\n", "drop seed from the grid"),
         ("grid:\n  method.theta: [0.1, 0.2, 0.3]\nrepeats: 4\nmax_trials: 10\n", "makes 12 trials"),
+        # search spaces, searches, schedulers, ranking
+        ("grid:\n  method.theta: {normal: [0, 1]}\n", "grid.method.theta must name one domain"),
+        ("grid:\n  method.theta: {uniform: [1.0, 0.5]}\n", "uniform needs lo < hi, got uniform=[1.0, 0.5]"),
+        ("grid:\n  method.theta: {uniform: [0.5]}\n", "uniform needs [lo, hi]"),
+        ("grid:\n  method.theta: {loguniform: [0.0, 1.0]}\n", "loguniform needs 0 < lo, got loguniform=[0.0, 1.0]"),
+        ("grid:\n  method.theta: {uniform: [nan, 1.0]}\n", "two finite numbers"),
+        ("grid:\n  server.epochs: {randint: [1.5, 4]}\n", "randint needs two integers"),
+        ("grid:\n  method.theta: {choice: []}\n", "choice needs a non-empty list"),
+        ("grid:\n  method.theta: {uniform: [-1.0, 1.0]}\n", "method.theta=-1.0"),
+        ("grid:\n  method.p: {uniform: [0.5, 1.5]}\n", "method.p=1.4999"),
+        ("grid:\n  method.q: {choice: [0.5, 0.0]}\nsearch: random\nnum_samples: 2\n", "method.q=0.0"),
+        ("grid:\n  method.theta: [0.1]\nsearch: bayes\n", "search='bayes'"),
+        ("grid:\n  method.theta: {uniform: [0.1, 1]}\nsearch: random\n", "search: random needs num_samples"),
+        ("grid:\n  method.theta: [0.1]\nnum_samples: 0\n", "num_samples=0"),
+        ("grid:\n  method.theta: [0.1, 0.2]\nnum_samples: 3\n", "num_samples=3 would run every grid point 3 times"),
+        ("grid:\n  method.theta: {uniform: [0.1, 1]}\nsearch: optuna\nnum_samples: 4\nrepeats: 2\n", "repeats=2 needs search: grid"),
+        ("grid:\n  method: [vrcs, fedavg]\nsearch: optuna\nnum_samples: 4\n", "not config groups: grid.method"),
+        ("grid:\n  method: {uniform: [0, 1]}\n", "grid.method is a config group"),
+        ("grid:\n  method.theta: {uniform: [0.1, 1]}\nsearch: random\nnum_samples: 20\nmax_trials: 10\n",
+         "the random search makes 20 trials, more than max_trials=10"),
+        ("grid:\n  method.theta: {uniform: [0.1, 1]}\n  method.q: [0.3, 0.6]\nnum_samples: 6\nmax_trials: 10\n", "makes 12 trials"),
+        ("grid:\n  method.theta: [0.1]\nscheduler: hyperband\n", "scheduler must be one of asha"),
+        ("grid:\n  method.theta: [0.1]\nscheduler: {name: asha, grace_period: 0}\n", "scheduler.grace_period"),
+        ("grid:\n  method.theta: [0.1]\nscheduler: {name: asha, reduction_factor: 1}\n", "scheduler.reduction_factor"),
+        ("grid:\n  method.theta: [0.1]\nscheduler: {name: asha, patience: 3}\n", "unknown key scheduler.patience"),
+        ("overrides: [rounds=5]\ngrid:\n  method.theta: [0.1]\nscheduler: {name: asha, grace_period: 6}\n",
+         "grace_period=6 is more than the trials' rounds=5"),
+        ("grid:\n  method.theta: [0.1]\nscheduler: asha\nmetric: target/round\nmode: min\n", "not reported every round"),
+        ("grid:\n  method.theta: {uniform: [0.1, 1]}\nsearch: optuna\nnum_samples: 2\nmetric: comm/f\n",
+         "metric='comm/f' is not reported every round, which search: optuna needs"),
+        ("grid:\n  method.theta: [0.1]\nrank: worst\n", "rank='worst'"),
     ],
 )
 def test_bad_sweep_files_fail_in_one_line_before_ray(tmp_path, monkeypatch, capsys, text, needle):
@@ -77,6 +108,83 @@ def test_bad_sweep_files_fail_in_one_line_before_ray(tmp_path, monkeypatch, caps
     assert err.startswith("error: ") and needle in err
     assert len(err.splitlines()) == 1
     assert not (tmp_path / "results").exists()  # nothing written
+
+
+SAMPLED = """
+overrides: [rounds=4]
+grid:
+  method.theta: {loguniform: [0.01, 1.0]}
+  method.p: {uniform: [0.2, 0.8]}
+  server.epochs: {randint: [1, 4]}
+  method.q: [0.3, 0.6]
+"""
+
+
+@pytest.mark.parametrize("search, trials", [("grid", 2 * 3), ("random", 3), ("optuna", 3)])
+def test_sampled_keys_become_tune_domains(tmp_path, search, trials):
+    """Lists are grid axes in a grid search and choices in a sampled one; domains are Tune's."""
+    from ray import tune
+    from ray.tune.search.sample import Categorical, Float, Integer, LogUniform, Uniform
+
+    from fedsweep.sweep import param_space, trial_count
+
+    sweep = load_sweep(write(tmp_path, SAMPLED + f"search: {search}\nnum_samples: 3\n"))
+    assert trial_count(sweep) == trials
+    base, grid, points = expand(sweep)
+    space = param_space(base, grid, sweep.search)
+    assert isinstance(space["method"]["theta"], Float) and isinstance(space["method"]["theta"].get_sampler(), LogUniform)
+    assert (space["method"]["theta"].lower, space["method"]["theta"].upper) == (0.01, 1.0)
+    assert isinstance(space["method"]["p"], Float) and isinstance(space["method"]["p"].get_sampler(), Uniform)
+    assert isinstance(space["server"]["epochs"], Integer) and (space["server"]["epochs"].lower, space["server"]["epochs"].upper) == (1, 4)
+    if search == "grid":
+        assert space["method"]["q"] == tune.grid_search([0.3, 0.6])
+    else:
+        assert isinstance(space["method"]["q"], Categorical) and space["method"]["q"].categories == [0.3, 0.6]
+    assert space["rounds"] == 4 and base["rounds"] == 4
+    # checked before Ray: both ends of every range and every option, against every grid point
+    thetas = {c["method"]["theta"] for c in points}
+    assert 0.01 in thetas and max(thetas) == pytest.approx(1.0) and max(thetas) < 1.0
+    assert {c["server"]["epochs"] for c in points} == {1, 3}
+    assert {c["method"]["q"] for c in points} == {0.3, 0.6}
+
+
+def test_a_random_search_samples_config_groups_as_choices(tmp_path):
+    from ray.tune.search.sample import Categorical
+
+    from fedsweep.sweep import param_space
+
+    sweep = load_sweep(write(tmp_path, "grid:\n  method: [vrcs, fedavg]\n  seed: {randint: [0, 100]}\n"
+                                       "search: random\nnum_samples: 4\n"))  # fmt: skip
+    base, grid, _ = expand(sweep)
+    choice = param_space(base, grid, sweep.search)["method"]
+    assert isinstance(choice, Categorical) and [label(m) for m in choice.categories] == ["vrcs", "fedavg"]
+    with pytest.raises(ConfigError, match="grid keys inside the config group method must be lists"):
+        expand(load_sweep(write(tmp_path, "grid:\n  method: [vrcs, sliding]\n  method.theta: {uniform: [0.1, 1]}\n")))
+
+
+def test_search_and_scheduler_follow_the_sweep(tmp_path):
+    from dataclasses import replace
+
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from fedsweep.tune import scheduler, search_algorithm
+
+    text = SAMPLED + "search: optuna\nnum_samples: 3\nmetric: loss/test\nmode: min\nscheduler: {name: asha, grace_period: 2}\n"
+    sweep = load_sweep(write(tmp_path, text))
+    assert sweep.scheduler.grace_period == 2 and sweep.scheduler.reduction_factor == 4
+    optuna = search_algorithm(sweep, seed=0)
+    assert isinstance(optuna, OptunaSearch) and (optuna.metric, optuna.mode) == ("loss/test", "min")
+    limited = search_algorithm(replace(sweep, max_concurrent_trials=2), seed=0)
+    assert isinstance(limited, ConcurrencyLimiter) and limited.max_concurrent == 2 and limited.searcher.metric == "loss/test"
+    asha = scheduler(sweep, rounds=4)
+    assert isinstance(asha, ASHAScheduler)
+    assert (asha._time_attr, asha._max_t, asha.metric, asha._mode) == ("round", 4, "loss/test", "min")  # Ray pinned
+    plain = load_sweep(write(tmp_path, GOOD))
+    assert isinstance(search_algorithm(plain, seed=0), BasicVariantGenerator) and scheduler(plain, rounds=2) is None
+    assert search_algorithm(replace(plain, max_concurrent_trials=2), seed=0).max_concurrent == 2
+    assert load_sweep(write(tmp_path, GOOD + "scheduler: asha\n")).scheduler.grace_period == 1
 
 
 def test_missing_sweep_file(capsys, tmp_path):
@@ -185,7 +293,7 @@ def test_partition_values_are_checked_before_any_data_loads(override, needle):
         validate(compose([override]))
 
 
-@pytest.mark.parametrize("name", ["vrcs_grid", "methods_digits"])
+@pytest.mark.parametrize("name", ["vrcs_grid", "methods_digits", "vrcs_optuna"])
 def test_shipped_sweep_files_expand(name):
     from pathlib import Path
 
@@ -194,6 +302,8 @@ def test_shipped_sweep_files_expand(name):
     assert all(p["data"]["_target_"] == "fedsweep.data.load_digits" and p["runtime"]["name"] == "ray" for p in points)
     if name == "vrcs_grid":
         assert len(points) >= 8 and {(p["method"]["theta"], p["method"]["p"], p["method"]["q"]) for p in points}.__len__() == len(points)
+    elif name == "vrcs_optuna":
+        assert sweep.search == "optuna" and sweep.scheduler is not None and sweep.num_samples >= 4
     else:
         methods = [label(p["method"]) for p in points]  # each method on its own grid of 4
         assert sorted(set(methods)) == ["fedavg", "server_only", "sliding", "vrcs"]

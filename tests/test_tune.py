@@ -179,3 +179,133 @@ def test_repeats_give_a_summary_over_seeds(ray_session, tmp_path):
     assert summary["seeds"].tolist() == [2] and summary["finished"].tolist() == [2]
     assert summary["accuracy/test mean"][0] == pytest.approx(table["accuracy/test"].mean())
     assert (out / "accuracy.png").stat().st_size > 0
+
+
+def _scalar_runs(folder: Path) -> dict[Path, set[str]]:
+    """Every TensorBoard run (a directory with event files) under ``folder`` and its scalar tags."""
+    runs = {}
+    for run in sorted({f.parent for f in folder.rglob("events.out.tfevents.*")}):
+        acc = EventAccumulator(str(run))
+        acc.Reload()
+        runs[run] = set(acc.Tags()["scalars"])
+    return runs
+
+
+def test_the_default_sweep_makes_one_tensorboard_tree_with_hparams(ray_session, tmp_path):
+    """The default sweep (shortened): TensorBoard finds every trial's hyperparameters and status
+    in the trial's own run, and no trial shows a curve twice (Tune's own TensorBoard files are off)."""
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+    default = Path(__file__).resolve().parents[1] / "sweeps" / "vrcs_grid.yaml"
+    sweep = load_sweep(default, overrides=["runtime=local", "rounds=2", "checkpoint.every=0"], name="tb")
+    out, table = run_sweep(sweep, results_dir=tmp_path / "results")
+    assert len(table) == 8 and (table["status"] == "done").all()
+
+    runs = _scalar_runs(out)
+    assert all(out / "tensorboard" in run.parents for run in runs)  # one tree: nothing in Tune's trial folders
+    trial_dirs = sorted((out / "tensorboard").iterdir())
+    assert len(trial_dirs) == 8
+    seen = set()
+    for trial_dir in trial_dirs:
+        tags = [tag for run, run_tags in runs.items() if trial_dir in (run, *run.parents) for tag in run_tags]
+        assert len(tags) == len(set(tags)), trial_dir  # no scalar tag in two runs of one trial
+        acc = EventAccumulator(str(trial_dir))
+        acc.Reload()
+        content = acc.PluginTagToContent("hparams")
+        start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+        end = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_end_info"])
+        experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+        values = {k: v.number_value for k, v in start.session_start_info.hparams.items()}
+        assert set(values) == {"method.theta", "method.p", "method.q"} and trial_dir.name.endswith(
+            f"theta={values['method.theta']:.4g},p={values['method.p']:.4g},q={values['method.q']:.4g}"
+        )
+        assert end.session_end_info.status == api_pb2.STATUS_SUCCESS
+        metrics = {m.name.tag for m in experiment.metric_infos}
+        assert "accuracy/test" in metrics and metrics <= set(acc.Tags()["scalars"])  # read from the run's curves
+        seen.add(tuple(sorted(values.items())))
+    assert len(seen) == 8
+
+
+def test_asha_stops_a_trailing_trial_early_and_the_sweep_is_finished(ray_session, tmp_path):
+    """Trials one at a time: θ = 0.002 trails θ = 0.5 at the grace round, so ASHA stops it there;
+    the table says so, and the sweep counts it as ended (nothing to resume)."""
+    path = tmp_path / "asha.yaml"
+    path.write_text("name: asha\noverrides: [runtime=local, rounds=4]\ngrid:\n  method.theta: [0.5, 0.002]\n"
+                    "scheduler: {name: asha, grace_period: 1, reduction_factor: 2}\nmax_concurrent_trials: 1\n")  # fmt: skip
+    out, table = run_sweep(load_sweep(path), results_dir=tmp_path / "results")
+    assert table["theta"].tolist() == [0.5, 0.002]
+    assert table["status"].tolist() == ["done", "stopped early at 1"]
+    assert table["round"].tolist() == [4, 1]
+    assert table.attrs["unfinished"] == 0
+
+
+def test_optuna_and_random_searches_run_their_budget(ray_session, tmp_path):
+    """num_samples trials, each with values from the sampled ranges and the choices."""
+    for search in ("optuna", "random"):
+        path = tmp_path / f"{search}.yaml"
+        path.write_text(
+            f"name: {search}\noverrides: [runtime=local, rounds=2]\n"
+            "grid:\n  method.theta: {loguniform: [0.05, 1.0]}\n  method.q: [0.3, 0.6]\n"
+            f"search: {search}\nnum_samples: 4\nscheduler: asha\nmax_concurrent_trials: 2\n"
+        )
+        out, table = run_sweep(load_sweep(path), results_dir=tmp_path / "results")
+        assert len(table) == 4 and table.attrs["unfinished"] == 0, table
+        assert table["theta"].between(0.05, 1.0).all() and table["theta"].nunique() == 4
+        assert set(table["q"]) <= {0.3, 0.6}
+        assert all(s == "done" or s.startswith("stopped early at") for s in table["status"])
+        assert len(list((out / "tensorboard").iterdir())) == 4
+
+
+def test_rank_best_ranks_each_trial_by_its_best_round(ray_session, tmp_path):
+    """rank: best takes each trial's best round from Tune's table (get_dataframe with a filter);
+    a trial that diverged at round 1 (no finite metric) stays listed, unranked."""
+    from dataclasses import replace
+
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    from fedsweep.report import write_report
+
+    path = tmp_path / "rank.yaml"
+    path.write_text("name: rank\noverrides: [runtime=local, rounds=4, server.solver=optimizer]\n"
+                    "grid:\n  method.theta: [0.01, 0.5, 2.0]\nmetric: loss/test\nmode: min\n")  # fmt: skip
+    out, last = run_sweep(load_sweep(path), results_dir=tmp_path / "results")
+    assert last.attrs["unfinished"] == 0 and last["status"].tolist()[-1] == "diverged at 1"
+    results = ResultGrid(ExperimentAnalysis(str(out)))
+    best = write_report(results, replace(load_sweep(path), rank="best"), tmp_path)
+    assert best["status"].tolist()[-1] == "diverged at 1"
+    for result in results:
+        history = result.metrics_dataframe
+        theta = result.config["theta"]
+        if theta == 0.01:
+            continue
+        row = best[best["theta"] == theta].iloc[0]
+        lowest = history.loc[history["loss/test"].idxmin()]
+        assert row["loss/test"] == lowest["loss/test"] and row["round"] == lowest["round"]
+        assert last[last["theta"] == theta].iloc[0]["round"] == 4
+    ranked = best[~best["status"].str.startswith("diverged")]
+    assert ranked["loss/test"].is_monotonic_increasing
+
+
+def test_trial_output_reaches_the_terminal_behind_the_trial_name(tmp_path):
+    """A trial's prints (the θ ≈ 1/δ hint, the divergence line) reach the sweep's terminal, each
+    line behind the trial's short name, without Ray's (name pid=…) prefix."""
+    import os
+    import re
+    import subprocess
+    import sys
+    import tempfile
+
+    path = tmp_path / "out.yaml"
+    path.write_text("name: out\noverrides: [runtime=local, rounds=3, server.solver=optimizer, similarity.estimate=true,"
+                    " similarity.iterations=2]\ngrid:\n  method.theta: [0.5, 0.01]\n")  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="fs-", dir="/tmp") as ray_tmp:  # short: Ray's socket paths
+        done = subprocess.run(
+            [sys.executable, "-m", "fedsweep.tune", str(path), "--results", str(tmp_path / "results")],
+            capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_TMPDIR": ray_tmp},
+        )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert any(re.fullmatch(r"\[#0 method.theta=0\.5\] similarity at x0: delta_f = .*\(theta=0\.5\)", line) for line in lines)
+    assert any(re.fullmatch(r"\[#1 method.theta=0\.01\] diverged at round 1: .*", line) for line in lines), lines
+    assert "[#0 method.theta=0.5] done at round 3: accuracy/test=" in done.stdout
+    assert "pid=" not in done.stdout + done.stderr

@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from fedsweep.config import compose
 from fedsweep.experiment import run_experiment
+from fedsweep.metrics import HPARAMS_SUFFIX
 from fedsweep.sweep import load_sweep
 from fedsweep.tune import run_sweep
 
@@ -46,7 +47,7 @@ def test_stopped_sweep_resumes_mid_trial(ray_session, tmp_path):
     assert "1 of 1 trial(s) not finished: run the same command again" in output, output[-2000:]
     assert f"resume with: {sys.executable} -m fedsweep.tune {path} --results {results}" in output
     stopped = pd.read_csv(results / "stop" / "results.csv")
-    assert stopped["status"][0].startswith("stopped at")
+    assert stopped["status"][0].startswith("unfinished at")
 
     run_sweep(load_sweep(path), results_dir=results)
 
@@ -57,7 +58,8 @@ def test_stopped_sweep_resumes_mid_trial(ray_session, tmp_path):
     events.Reload()
     assert [e.step for e in events.Scalars("accuracy/test")] == list(range(1, ROUNDS + 1))
     # the resumed attempt wrote its own event file, starting after a checkpointed round
-    first, resumed = sorted(trial_dir.glob("events.out.tfevents.*"), key=lambda f: f.stat().st_mtime)
+    scalars = [f for f in trial_dir.glob("events.out.tfevents.*") if not f.name.endswith(HPARAMS_SUFFIX)]
+    first, resumed = sorted(scalars, key=lambda f: f.stat().st_mtime)
     resumed_events = EventAccumulator(str(resumed))
     resumed_events.Reload()
     resumed_steps = [e.step for e in resumed_events.Scalars("accuracy/test")]

@@ -64,11 +64,16 @@ that fedsweep starts): a small model's request and replies then skip the store's
 measured ~2.6 → ~1.4 ms of overhead per worker call here."""
 
 
-def init_ray(address: str | None, *, dashboard: bool):
+def init_ray(address: str | None, *, dashboard: bool, trial_output: bool = False):
     """``ray.init`` for fedsweep runs and sweeps; a new local Ray passes objects up to
-    ``INLINE_BYTES`` inline (a cluster being joined keeps its own settings)."""
+    ``INLINE_BYTES`` inline (a cluster being joined keeps its own settings).
+
+    Workers' output stays off the terminal, unless ``trial_output``: then what a sweep's trials
+    print reaches the driver's terminal (each line carries the trial's short name, see
+    ``fedsweep.trial_logging``; ``fedsweep.tune`` turns off Ray's ``(name pid=…)`` prefix and
+    its merging of similar lines before Ray is imported)."""
     tuning = {} if address else {"_system_config": {"max_direct_call_object_size": INLINE_BYTES}}
-    return ray.init(address=address, include_dashboard=dashboard, log_to_driver=False, **tuning)
+    return ray.init(address=address, include_dashboard=dashboard, log_to_driver=trial_output, **tuning)
 
 
 class WorkerDiedError(RunError):

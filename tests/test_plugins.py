@@ -113,3 +113,26 @@ def test_the_readme_plugin_example_is_the_tested_one_and_runs(tmp_path):
                                       log_dir=tmp_path / "run", progress=False)  # fmt: skip
     assert history["loss/test"].iloc[-1] < history["loss/test"].iloc[0]
     assert history["comm/f"].tolist() == [1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("sweep", ["regression.yaml", "regression_optuna.yaml"])
+def test_the_plugin_package_sweeps(tmp_path, sweep):
+    """examples/sweeps: a per-method grid (plug-in method beside VRCS), and 4 trials proposed by
+    Optuna under ASHA; fedsweep tune in a fresh process with the package on PYTHONPATH."""
+    env = {**os.environ, "PYTHONPATH": f"{EXAMPLES}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = subprocess.run(
+        [sys.executable, "-m", "fedsweep.tune", str(EXAMPLES / "sweeps" / sweep), "--results", str(tmp_path / "results")],
+        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    (folder,) = (tmp_path / "results").iterdir()
+    import pandas as pd
+
+    table = pd.read_csv(folder / "results.csv")
+    assert len(table) == 4 and table["loss/test"].notna().all()
+    assert table["status"].str.match(r"done|stopped early at \d").all()
+    if sweep == "regression.yaml":
+        assert sorted(table["method"]) == ["prox_plugin", "prox_plugin", "vrcs", "vrcs"]
+        assert table.loc[table["method"] == "vrcs", "method.mu"].isna().all()  # mu does not apply to VRCS
+    else:
+        assert table["loss/test"].is_monotonic_increasing  # ranked by the metric, mode min

@@ -233,7 +233,7 @@ def test_asha_stops_a_trailing_trial_early_and_the_sweep_is_finished(ray_session
     path.write_text("name: asha\noverrides: [runtime=local, rounds=4]\ngrid:\n  method.theta: [0.5, 0.002]\n"
                     "scheduler: {name: asha, grace_period: 1, reduction_factor: 2}\nmax_concurrent_trials: 1\n")  # fmt: skip
     out, table = run_sweep(load_sweep(path), results_dir=tmp_path / "results")
-    assert table["theta"].tolist() == [0.5, 0.002]
+    assert table["method.theta"].tolist() == [0.5, 0.002]
     assert table["status"].tolist() == ["done", "stopped early at 1"]
     assert table["round"].tolist() == [4, 1]
     assert table.attrs["unfinished"] == 0
@@ -250,8 +250,8 @@ def test_optuna_and_random_searches_run_their_budget(ray_session, tmp_path):
         )
         out, table = run_sweep(load_sweep(path), results_dir=tmp_path / "results")
         assert len(table) == 4 and table.attrs["unfinished"] == 0, table
-        assert table["theta"].between(0.05, 1.0).all() and table["theta"].nunique() == 4
-        assert set(table["q"]) <= {0.3, 0.6}
+        assert table["method.theta"].between(0.05, 1.0).all() and table["method.theta"].nunique() == 4
+        assert set(table["method.q"]) <= {0.3, 0.6}
         assert all(s == "done" or s.startswith("stopped early at") for s in table["status"])
         assert len(list((out / "tensorboard").iterdir())) == 4
 
@@ -275,13 +275,13 @@ def test_rank_best_ranks_each_trial_by_its_best_round(ray_session, tmp_path):
     assert best["status"].tolist()[-1] == "diverged at 1"
     for result in results:
         history = result.metrics_dataframe
-        theta = result.config["theta"]
+        theta = result.config["method"]["theta"]
         if theta == 0.01:
             continue
-        row = best[best["theta"] == theta].iloc[0]
+        row = best[best["method.theta"] == theta].iloc[0]
         lowest = history.loc[history["loss/test"].idxmin()]
         assert row["loss/test"] == lowest["loss/test"] and row["round"] == lowest["round"]
-        assert last[last["theta"] == theta].iloc[0]["round"] == 4
+        assert last[last["method.theta"] == theta].iloc[0]["round"] == 4
     ranked = best[~best["status"].str.startswith("diverged")]
     assert ranked["loss/test"].is_monotonic_increasing
 
@@ -305,7 +305,7 @@ def test_trial_output_reaches_the_terminal_behind_the_trial_name(tmp_path):
         )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     lines = done.stdout.splitlines()
-    assert any(re.fullmatch(r"\[#0 method.theta=0\.5\] similarity at x0: delta_f = .*\(theta=0\.5\)", line) for line in lines)
-    assert any(re.fullmatch(r"\[#1 method.theta=0\.01\] diverged at round 1: .*", line) for line in lines), lines
-    assert "[#0 method.theta=0.5] done at round 3: accuracy/test=" in done.stdout
+    assert any(re.fullmatch(r"\[#0 theta=0\.5\] similarity at x0: delta_f = .*\(method\.theta=0\.5\)", line) for line in lines)
+    assert any(re.fullmatch(r"\[#1 theta=0\.01\] diverged at round 1: .*", line) for line in lines), lines
+    assert "[#0 theta=0.5] done at round 3: accuracy/test=" in done.stdout
     assert "pid=" not in done.stdout + done.stderr

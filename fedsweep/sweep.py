@@ -274,6 +274,13 @@ def trial_count(sweep: Sweep) -> int | None:
     return math.prod(len(v) for v in sweep.grid.values() if not is_sampled(v)) * sweep.num_samples
 
 
+def count_trials(sweep: Sweep, grid: Mapping[str, list[Any] | Domain]) -> int:
+    """The exact number of trials, from the composed grid values (:func:`grid_values`)."""
+    if sweep.search != "grid":
+        return sweep.num_samples
+    return math.prod(len(v) for v in grid.values() if not is_sampled(v)) * sweep.num_samples
+
+
 def _set(cfg: dict[str, Any], dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     node = cfg
@@ -382,7 +389,7 @@ def expand(sweep: Sweep) -> tuple[dict[str, Any], dict[str, list[Any]], list[dic
             raise ConfigError(f"grid key {key!r} is not a config key (see fedsweep/configs/config.yaml)")
     grid = grid_values(sweep)
     axes = {k: v for k, v in grid.items() if sweep.search == "grid" and not is_sampled(v)}
-    trials = math.prod(len(v) for v in axes.values()) * sweep.num_samples if sweep.search == "grid" else sweep.num_samples
+    trials = count_trials(sweep, grid)
     if trials > sweep.max_trials:
         raise ConfigError(f"the grid makes {trials} trials, more than max_trials={sweep.max_trials}; "
                           f"set max_trials: {trials} in the file to run them all")  # fmt: skip

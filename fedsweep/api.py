@@ -75,3 +75,35 @@ def run_experiment(
     history: list[dict[str, float]] = []
     run(cfg, log_dir=log_dir, report=history.append, progress=progress)
     return pd.DataFrame(history)
+
+
+def run_sweep(
+    sweep: str | Path | Mapping[str, Any],
+    *,
+    overrides: Sequence[str] = (),
+    name: str | None = None,
+    results_dir: str | Path = "results",
+    config_dirs: Sequence[str | Path] = (),
+    address: str | None = None,
+) -> pd.DataFrame:
+    """Run (or resume) a sweep: a sweep file's path, or its contents as a mapping (``{"name": …,
+    "grid": {…}, …}``, as in a file); returns the results table, best first (with ``repeats``,
+    the summary over seeds is ``table.attrs["summary"]``). Results go to ``results_dir/<name>/``."""
+    import tempfile
+
+    import yaml
+
+    from fedsweep.config import search_path
+    from fedsweep.sweep import load_sweep
+    from fedsweep.tune import run_sweep as run
+
+    overrides = [*overrides, *([search_path(config_dirs)] if config_dirs else [])]
+    if isinstance(sweep, Mapping):
+        with tempfile.TemporaryDirectory() as folder:  # the same checks as a file, the text recorded
+            path = Path(folder) / f"{sweep.get('name', 'sweep')}.yaml"
+            path.write_text(yaml.safe_dump(dict(sweep), sort_keys=False))
+            spec = load_sweep(path, overrides=overrides, name=name)
+    else:
+        spec = load_sweep(sweep, overrides=overrides, name=name)
+    _, table = run(spec, results_dir=Path(results_dir), address=address)
+    return table

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fedsweep.config import resolve_runtime
+from fedsweep.config import resolve_runtime, search_path
 from fedsweep.errors import ConfigError, DivergedError
 from fedsweep.metrics import EVERY_ROUND
 from fedsweep.sweep import Sweep, count_trials, expand, load_sweep, param_space, short_label
@@ -315,9 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=None, help="the sweep's name (results/<name>/), instead of the file's")
     parser.add_argument("--results", default=str(RESULTS_DIR), help="where results/<name>/ goes (default: results)")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
+    parser.add_argument("--config-dir", action="append", default=[], metavar="DIR",
+                        help="a folder of your own config groups and options, joining Hydra's search path (repeatable)")  # fmt: skip
     args = parser.parse_args(argv)
     try:
-        sweep = load_sweep(args.sweep, overrides=args.overrides, name=args.name)
+        overrides = [*args.overrides, *([search_path(args.config_dir)] if args.config_dir else [])]
+        sweep = load_sweep(args.sweep, overrides=overrides, name=args.name)
         exp_dir, table = run_sweep(sweep, results_dir=Path(args.results), address=args.address)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -329,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     if table.attrs.get("unfinished"):  # stopped (Ctrl-C): its state is saved for the resume
         again = [sys.executable, "-m", "fedsweep.tune", args.sweep, *args.overrides, "--results", args.results]
         again += [*(["--name", args.name] if args.name else []), *(["--address", args.address] if args.address else [])]
+        again += [part for folder in args.config_dir for part in ("--config-dir", folder)]
         print("resume with: " + " ".join(again))
         return 130
     return 0

@@ -136,3 +136,35 @@ def test_the_plugin_package_sweeps(tmp_path, sweep):
         assert table.loc[table["method"] == "vrcs", "method.mu"].isna().all()  # mu does not apply to VRCS
     else:
         assert table["loss/test"].is_monotonic_increasing  # ranked by the metric, mode min
+
+
+def test_the_api_runs_a_sweep_given_as_a_mapping(ray_session, tmp_path):
+    sweep = {"name": "api", "overrides": ["runtime=local", "rounds=2"], "grid": {"method.theta": [0.5, 1.0]},
+             "max_concurrent_trials": 2}  # fmt: skip
+    table = fedsweep.run_sweep(sweep, results_dir=tmp_path / "results")
+    assert sorted(table["method.theta"]) == [0.5, 1.0] and (table["status"] == "done").all()
+    assert (tmp_path / "results" / "api" / "results.csv").is_file()
+    with pytest.raises(ConfigError, match="grid.method.theta must be a non-empty list"):
+        fedsweep.run_sweep({**sweep, "grid": {"method.theta": []}}, results_dir=tmp_path / "results")
+
+
+def test_the_sweep_command_takes_config_dirs(tmp_path, capsys, monkeypatch):
+    """--config-dir joins the search path of every grid point (and the sweep's record)."""
+    from fedsweep import tune as fedsweep_tune
+
+    (tmp_path / "method").mkdir()
+    (tmp_path / "method" / "slow.yaml").write_text("_target_: fedsweep.methods.Sliding\ntheta: 0.01\n")
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\ngrid:\n  method: [slow, vrcs]\n")
+    captured = {}
+
+    def record(sweep, **kwargs):  # the parsed sweep, without running it
+        captured["sweep"] = sweep
+        raise ConfigError("recorded")
+
+    monkeypatch.setattr(fedsweep_tune, "run_sweep", record)
+    assert fedsweep_tune.main([str(path), "--config-dir", str(tmp_path), "--results", str(tmp_path / "r")]) == 2
+    from fedsweep.sweep import expand
+
+    points = expand(captured["sweep"])[2]
+    assert [p["method"]["_target_"] for p in points] == ["fedsweep.methods.Sliding", "fedsweep.methods.VRCS"]

@@ -1,10 +1,9 @@
 """Save and restore a run between rounds: the iterate, RNG states, counters and the config.
 
-A run restarted from a checkpoint continues with identical metrics. A run directory keeps
-its newest ``checkpoint.keep`` checkpoints, one folder per round
-(``checkpoints/round_000010/checkpoint.pt``). The server
+A run restarted from a checkpoint continues with identical metrics. The server
 optimizer is rebuilt for every argmin solve and clients keep no state between
-requests, so nothing else needs saving.
+requests, so nothing else needs saving. A run directory keeps its newest
+``checkpoint.keep`` checkpoints, one folder per round (``checkpoints/round_000010/checkpoint.pt``).
 
 A checkpoint holds only tensors and plain data (numbers, strings, lists, dicts) and is
 read with ``torch.load(weights_only=True)``: a file that holds anything else, such as a
@@ -33,8 +32,8 @@ if TYPE_CHECKING:  # imported lazily: validation reads checkpoints before anythi
     from fedsweep.oracle import CommStats
 
 FILENAME = "checkpoint.pt"
-DIRNAME = "checkpoints"  # log_dir/checkpoints/round_000010/checkpoint.pt: one directory per checkpoint,
-ROUND_DIR = "round_{:06d}"  # which Ray Tune can persist as is
+DIRNAME = "checkpoints"  # log_dir/checkpoints/round_000010/checkpoint.pt:
+ROUND_DIR = "round_{:06d}"  # one directory per checkpoint, which Ray Tune can persist as is
 FORMAT = 2  # the payload's layout; 1 was a pickled Weights (not loadable safely)
 SAFE_TO_CHANGE = ("rounds", "log_dir", "checkpoint", "runtime", "target_accuracy")
 """Top-level config keys a resumed run may change: how long it runs, where it writes, how

@@ -15,7 +15,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import ray
@@ -82,15 +81,12 @@ def local() -> dict:
     from ray_processes import descendants, listening, with_in_command_line  # beside this script
 
     tmp = private_tmp("fedsweep-local-")
-    start = time.perf_counter()
     init_ray(None, dashboard=True)
-    seconds = time.perf_counter() - start
     try:
         pinger = ray.remote(Pinger).remote()  # held: the actor lives while its sockets are read
         workers = {ray.get(pinger.pid.remote()), ray.get(ray.remote(pid).remote())}
         processes = {os.getpid(), *descendants(os.getpid()), *with_in_command_line(tmp), *workers}
-        return {"seconds": seconds, "node": ray.util.get_node_ip_address(), "workers": sorted(workers),
-                "processes": sorted(processes), "listening": listening(processes)}  # fmt: skip
+        return {"node": ray.util.get_node_ip_address(), "workers": sorted(workers), "listening": listening(processes)}
     finally:
         ray.shutdown()
 

@@ -83,7 +83,7 @@ def init_ray(address: str | None, *, dashboard: bool):
         )
     if ray.util.get_node_ip_address() != LOOPBACK:  # a Ray that no longer honours the switch
         ray.shutdown()
-        raise RuntimeError(f"Ray did not start on {LOOPBACK}; refusing to run with services on other interfaces")
+        raise RunError(f"Ray did not start on {LOOPBACK}; refusing to run with its services on other interfaces")
     return context
 
 

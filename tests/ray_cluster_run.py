@@ -5,6 +5,8 @@ Run by tests in a subprocess, so that its Ray does not meet the test session's o
 - ``two-nodes OVERRIDES…``: two raylets of one CPU each on this machine; one run.
 - ``fake-gpu SWEEP_FILE RESULTS``: one node declaring one (non-existent) GPU; a sweep
   whose clients take GPU shares (torch sees no CUDA and computes on the CPU).
+- ``local``: the local Ray that a run or sweep starts (``init_ray``, dashboard on), with a
+  task and an actor run; the sockets that its processes listen on.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ray.cluster_utils import Cluster
 
 from fedsweep.config import compose
 from fedsweep.experiment import run_experiment
+from fedsweep.runtime.ray_runtime import init_ray
 from fedsweep.sweep import load_sweep
 from fedsweep.tune import run_sweep
 
@@ -65,7 +68,30 @@ def fake_gpu(sweep_file: str, results: str) -> dict:
         ray.shutdown()
 
 
+class Pinger:
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+def local() -> dict:
+    from ray_processes import descendants, listening, with_in_command_line  # beside this script
+
+    tmp = private_tmp("fedsweep-local-")
+    init_ray(None, dashboard=True)
+    try:
+        pinger = ray.remote(Pinger).remote()  # held: the actor lives while its sockets are read
+        workers = {ray.get(pinger.pid.remote()), ray.get(ray.remote(pid).remote())}
+        processes = {os.getpid(), *descendants(os.getpid()), *with_in_command_line(tmp), *workers}
+        return {"node": ray.util.get_node_ip_address(), "workers": sorted(workers), "listening": listening(processes)}
+    finally:
+        ray.shutdown()
+
+
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
-    result = two_nodes(args) if mode == "two-nodes" else fake_gpu(*args)
+    result = two_nodes(args) if mode == "two-nodes" else fake_gpu(*args) if mode == "fake-gpu" else local()
     print(json.dumps(result))

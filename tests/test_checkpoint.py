@@ -7,6 +7,7 @@ import os
 import pytest
 
 from fedsweep import run
+from fedsweep.checkpoint import checkpoint_path, saved_rounds
 from fedsweep.config import compose
 from fedsweep.experiment import run_experiment
 
@@ -17,7 +18,7 @@ BASE = ["rounds=2", "server.epochs=1", "checkpoint.every=2", "seed=1"]
 def checkpoint(tmp_path_factory):
     log_dir = tmp_path_factory.mktemp("made")
     run_experiment(compose(BASE), log_dir=log_dir, progress=False)
-    return log_dir / "checkpoint" / "checkpoint.pt"
+    return checkpoint_path(log_dir, 2)
 
 
 def resume(capsys, tmp_path, path, *overrides):
@@ -72,3 +73,30 @@ def test_resuming_under_another_config_names_the_first_differing_key(tmp_path, c
 def test_keys_that_do_not_change_the_numbers_may_change(tmp_path, capsys, checkpoint):
     status, err, _ = resume(capsys, tmp_path, checkpoint, "target_accuracy=0.5", "checkpoint.every=0")
     assert status == 0, err
+
+
+def test_a_run_keeps_its_newest_checkpoints_and_resumes_from_the_newest(tmp_path, capsys):
+    log_dir = tmp_path / "run"
+    assert run.main([*BASE, "rounds=5", "checkpoint.every=1", f"log_dir={log_dir}"]) == 0
+    assert saved_rounds(log_dir) == [4, 5]  # checkpoint.keep: 2 by default
+    assert sorted(p.name for p in (log_dir / "checkpoints").iterdir()) == ["round_000004", "round_000005"]
+    newest = checkpoint_path(log_dir, 5)
+    assert f"checkpoint.resume={newest}" in capsys.readouterr().out
+
+    resumed: list[dict[str, float]] = []
+    run_experiment(compose([*BASE, "rounds=6", f"checkpoint.resume={newest}"]), log_dir=tmp_path / "resumed",
+                   report=resumed.append, progress=False)  # fmt: skip
+    straight: list[dict[str, float]] = []
+    run_experiment(compose([*BASE, "rounds=6"]), log_dir=tmp_path / "straight", report=straight.append, progress=False)
+    assert [m["round"] for m in resumed] == [6.0]
+    assert resumed[-1] == pytest.approx(straight[-1], rel=0, abs=0, nan_ok=True)
+
+
+def test_checkpoint_keep_bounds_a_run_and_a_rerun_drops_the_rounds_it_replaces(tmp_path):
+    log_dir = tmp_path / "run"
+    assert run.main([*BASE, "rounds=6", "checkpoint.every=1", "checkpoint.keep=3", f"log_dir={log_dir}"]) == 0
+    assert saved_rounds(log_dir) == [4, 5, 6]
+    # rerun from round 4 into the same folder: its round 5 replaces the old one, the old 6 goes
+    again = [*BASE, "rounds=5", "checkpoint.every=1", "checkpoint.keep=3", f"log_dir={log_dir}"]
+    assert run.main([*again, f"checkpoint.resume={checkpoint_path(log_dir, 4)}"]) == 0
+    assert saved_rounds(log_dir) == [4, 5]

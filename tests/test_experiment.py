@@ -8,6 +8,7 @@ import time
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from fedsweep.checkpoint import checkpoint_path
 from fedsweep.config import compose
 from fedsweep.experiment import run_experiment
 
@@ -33,7 +34,7 @@ def test_checkpoint_restart_gives_identical_metrics(tmp_path):
     # TensorBoard orders event files by name, i.e. by the second they were opened; a real
     # resume starts later than the run it continues, so let this one too
     time.sleep(1.1)
-    resumed = run(BASE + [f"checkpoint.resume={tmp_path / 'first' / 'checkpoint' / 'checkpoint.pt'}"], tmp_path / "first")
+    resumed = run(BASE + [f"checkpoint.resume={checkpoint_path(tmp_path / 'first', 2)}"], tmp_path / "first")
     assert [m["round"] for m in resumed] == [3.0, 4.0]
     assert str(first + resumed) == str(straight)  # bit-identical, nan included
     # the curves of the interrupted-and-resumed run are those of the straight one, per round

@@ -1,4 +1,5 @@
-"""Ray clusters of other shapes: two nodes (the numbers do not change) and GPU shares."""
+"""Ray clusters of other shapes: two nodes (the numbers do not change), GPU shares, and the
+local Ray that fedsweep starts (on loopback only)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from fedsweep.config import compose
 from fedsweep.experiment import run_experiment
+from tests.ray_processes import is_loopback
 
 # two workers of 1 CPU on two 1-CPU nodes: one per node, each serving two of the four clients
 OVERRIDES = ["rounds=2", "server.solver=optimizer", "server.epochs=1", "seed=5", "partition.clients_f=2",
@@ -56,3 +58,19 @@ def test_sweep_with_gpu_shares_schedules_on_one_gpu(tmp_path):
     params = sorted((tmp_path / "results" / "gpu").glob("*/params.json"))
     runtimes = [json.loads(p.read_text())["runtime"] for p in params]
     assert [(r["workers"], r["num_gpus"]) for r in runtimes] == [(1, 0.5), (1, 0.5)]
+
+
+def test_a_local_ray_listens_on_loopback_only():
+    """The Ray a run or sweep starts (``init_ray``, dashboard on): every socket that its
+    processes listen on (GCS, raylet, object manager, agents, dashboard, driver, an actor
+    and a task worker) is bound to 127.0.0.1."""
+    script = Path(__file__).with_name("ray_cluster_run.py")
+    done = subprocess.run([sys.executable, str(script), "local"], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    started = json.loads(done.stdout.strip().splitlines()[-1])
+    assert started["node"] == "127.0.0.1"
+    listening = started["listening"]
+    names = {name for _, name, _, _ in listening}
+    assert {"gcs_server", "raylet"} <= names and any(n.startswith("ray::Dashboard") for n in names), names
+    assert set(started["workers"]) <= {pid for pid, *_ in listening}  # the actor and the task worker were seen
+    assert [s for s in listening if not is_loopback(s[2])] == []

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 from torch import nn
@@ -87,17 +85,14 @@ def test_bad_arguments(kwargs: dict, needle: str) -> None:
     assert needle in str(info.value) and "\n" not in str(info.value)
 
 
-def test_mlp_trains_on_digits_quickly() -> None:
+def test_mlp_trains_on_digits() -> None:
     data = load_dataset("digits", root="unused")
     model = build_model("mlp", input_shape=data.input_shape, num_classes=data.num_classes, seed=0)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    start = time.perf_counter()
     for _ in range(200):  # full batch
         opt.zero_grad()
         nn.functional.cross_entropy(model(data.train.x), data.train.y).backward()
         opt.step()
-    elapsed = time.perf_counter() - start
     with torch.no_grad():
         acc = (model(data.train.x).argmax(1) == data.train.y).float().mean().item()
     assert acc > 0.9
-    assert elapsed < 10.0

@@ -1,8 +1,6 @@
 """Save and restore a run between rounds: the iterate, RNG states, counters and the config.
 
-A run restarted from a checkpoint continues with identical metrics. A run directory keeps
-its newest ``checkpoint.keep`` checkpoints, one folder per round
-(``checkpoints/round_000010/checkpoint.pt``). The server
+A run restarted from a checkpoint continues with identical metrics. The server
 optimizer is rebuilt for every argmin solve and clients keep no state between
 requests, so nothing else needs saving.
 
@@ -17,8 +15,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import re
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,8 +29,7 @@ if TYPE_CHECKING:  # imported lazily: validation reads checkpoints before anythi
     from fedsweep.oracle import CommStats
 
 FILENAME = "checkpoint.pt"
-DIRNAME = "checkpoints"  # log_dir/checkpoints/round_000010/checkpoint.pt: one directory per checkpoint,
-ROUND_DIR = "round_{:06d}"  # which Ray Tune can persist as is
+DIRNAME = "checkpoint"  # log_dir/checkpoint/checkpoint.pt: a directory Ray Tune can persist as is
 FORMAT = 2  # the payload's layout; 1 was a pickled Weights (not loadable safely)
 SAFE_TO_CHANGE = ("rounds", "log_dir", "checkpoint", "runtime", "target_accuracy")
 """Top-level config keys a resumed run may change: how long it runs, where it writes, how
@@ -43,32 +38,16 @@ its clients are served (the pool agrees with in-process to 1e-6) and what it rep
 _KEYS = ("format", "round", "config", "x", "rng", "comm", "target", "torch_rng")
 
 
-def checkpoint_path(log_dir: str | Path, rnd: int) -> Path:
-    """Where a run in ``log_dir`` saves its checkpoint of round ``rnd``."""
-    return Path(log_dir) / DIRNAME / ROUND_DIR.format(rnd) / FILENAME
-
-
-def saved_rounds(log_dir: str | Path) -> list[int]:
-    """The rounds of the checkpoints saved in ``log_dir``, oldest first."""
-    found = (re.fullmatch(r"round_(\d+)", d.name) for d in (Path(log_dir) / DIRNAME).glob("round_*"))
-    return sorted(int(m.group(1)) for m in found if m)
-
-
 def save_checkpoint(
-    log_dir: str | Path,
+    path: Path,
     *,
-    keep: int,
     rnd: int,
     state: MethodState,
     comm: CommStats,
     tracker: TargetTracker,
     config: Mapping[str, Any],
 ) -> Path:
-    """Write round ``rnd``'s checkpoint atomically (a stopped run never leaves half a file) to
-    :func:`checkpoint_path`, then keep only the ``keep`` newest of ``log_dir``. Checkpoints of
-    later rounds are dropped first: they belong to an earlier attempt that this (resumed)
-    run replaces, as its logs do."""
-    path = checkpoint_path(log_dir, rnd)
+    """Write atomically (a stopped run never leaves half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
@@ -88,9 +67,6 @@ def save_checkpoint(
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
-    kept = [r for r in saved_rounds(log_dir) if r <= rnd][-keep:]
-    for old in set(saved_rounds(log_dir)) - set(kept):
-        shutil.rmtree(checkpoint_path(log_dir, old).parent, ignore_errors=True)
     return path
 
 

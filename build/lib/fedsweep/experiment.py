@@ -23,7 +23,7 @@ from fedsweep.config import make_optimizer_factory, resolve_runtime, to_containe
 from fedsweep.data import DataBundle, Dataset, Partition, load_dataset, make_partition
 from fedsweep.data.client_data import ClientData
 from fedsweep.errors import DivergedError
-from fedsweep.checkpoint import load_checkpoint, restore, save_checkpoint
+from fedsweep.checkpoint import DIRNAME, FILENAME, load_checkpoint, restore, save_checkpoint
 from fedsweep.methods import Method, MethodState, build_method
 from fedsweep.methods.similarity import estimate_similarity
 from fedsweep.metrics import RunLogger, TargetTracker
@@ -175,12 +175,12 @@ def run_experiment(
     """Run ``cfg['rounds']`` rounds; log every metric to TensorBoard in ``log_dir``.
 
     ``report`` (e.g. ``ray.tune.report``) receives each round's metrics. With
-    ``checkpoint.every: N`` the run saves ``checkpoint_path(log_dir, round)`` every N
-    rounds (before that round's report), keeping the newest ``checkpoint.keep``;
-    ``checkpoint.resume: <file>`` continues from one. ``timings``, if given, receives
-    the wall-clock time (``time.time()``) at which each start-up phase ended: ``ray``,
-    ``data`` (data, model and server built, clients attached), ``workers`` (every
-    worker ready) and ``first_round``. Returns the last round's metrics.
+    ``checkpoint.every: N`` the run saves ``checkpoint_path(log_dir)`` every N
+    rounds (before that round's report); ``checkpoint.resume: <file>`` continues
+    from one. ``timings``, if given, receives the wall-clock time (``time.time()``)
+    at which each start-up phase ended: ``ray``, ``data`` (data, model and server
+    built, clients attached), ``workers`` (every worker ready) and ``first_round``.
+    Returns the last round's metrics.
     """
     cfg = to_container(cfg)
     validate(cfg)
@@ -234,9 +234,8 @@ def run_experiment(
             bar.set_postfix({"acc": f"{metrics['accuracy/test']:.3f}", "loss": f"{metrics['loss/test']:.3f}"})
             if checkpoint_every and rnd % checkpoint_every == 0:  # before reporting: Tune persists it with the report
                 save_checkpoint(
-                    log_dir, keep=cfg["checkpoint"]["keep"], rnd=rnd, state=state, comm=oracle.comm, tracker=tracker,
-                    config=cfg,
-                )  # fmt: skip
+                    checkpoint_path(log_dir), rnd=rnd, state=state, comm=oracle.comm, tracker=tracker, config=cfg
+                )
             if report is not None:
                 report(metrics)
             if rnd == done + 1:
@@ -278,6 +277,10 @@ def _check_finite(metrics: dict[str, float], x: Weights, rnd: int, cfg: Mapping[
             "theta is likely too large for the server's similarity (theta ~ 1/delta), or raise server.max_steps",
             round=rnd,
         )
+
+
+def checkpoint_path(log_dir: str | Path) -> Path:
+    return Path(log_dir) / DIRNAME / FILENAME
 
 
 def _print_similarity(similarity: dict[str, float], theta: float) -> None:

@@ -4,8 +4,7 @@ Arguments are Hydra overrides of ``fedsweep/configs/config.yaml`` (``key=value``
 ``group=option``, ``+new_key=value``), composed with Hydra's compose API and
 checked before anything is written; ``--cfg`` prints the composed config and
 exits. The run directory (``results/runs/<time>`` unless ``log_dir=...``) gets
-the resolved ``config.yaml``, the TensorBoard scalars and, with ``checkpoint.every=N``,
-its newest ``checkpoint.keep`` checkpoints (``checkpoints/round_<round>/checkpoint.pt``).
+the resolved ``config.yaml``, the TensorBoard scalars and any checkpoints.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from fedsweep.checkpoint import checkpoint_path, saved_rounds
 from fedsweep.config import compose, to_container, validate
 from fedsweep.errors import ConfigError, RunError
 
@@ -49,10 +47,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"TensorBoard logs: {log_dir}   (tensorboard --logdir {log_dir})")
-    saved = saved_rounds(log_dir)
-    if saved:
-        newest = checkpoint_path(log_dir, saved[-1])
-        print(f"Checkpoints: rounds {', '.join(map(str, saved))} kept; continue with checkpoint.resume={newest}")
     summary = (
         f"final test accuracy {final['accuracy/test']:.4f}, test loss {final['loss/test']:.4f}, "
         f"communications f={final['comm/f']:.0f} g={final['comm/g']:.0f}"

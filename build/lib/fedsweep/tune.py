@@ -60,8 +60,8 @@ def trial(config: dict[str, Any], *, tensorboard_root: str, share: dict[str, flo
     import torch
     from ray import tune
 
-    from fedsweep.checkpoint import FILENAME, checkpoint_path
-    from fedsweep.experiment import run_experiment
+    from fedsweep.checkpoint import FILENAME
+    from fedsweep.experiment import checkpoint_path, run_experiment
 
     torch.set_num_threads(1)  # the trial's share: one CPU when it serves its clients itself, none beside workers
     config = resolve_runtime(config, **share)
@@ -73,7 +73,7 @@ def trial(config: dict[str, Any], *, tensorboard_root: str, share: dict[str, flo
 
     def report(metrics: dict[str, float]) -> None:
         if every and int(metrics["round"]) % every == 0:
-            checkpoint = tune.Checkpoint.from_directory(str(checkpoint_path(log_dir, int(metrics["round"])).parent))
+            checkpoint = tune.Checkpoint.from_directory(str(checkpoint_path(log_dir).parent))
             tune.report(metrics, checkpoint=checkpoint)
         else:
             tune.report(metrics)

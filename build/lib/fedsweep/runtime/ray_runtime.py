@@ -25,8 +25,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,44 +62,11 @@ that fedsweep starts): a small model's request and replies then skip the store's
 measured ~2.6 → ~1.4 ms of overhead per worker call here."""
 
 
-LOOPBACK = "127.0.0.1"
-
-
 def init_ray(address: str | None, *, dashboard: bool):
-    """``ray.init`` for fedsweep runs and sweeps. Joining a cluster (``address``, or Ray's
-    ``RAY_ADDRESS``) keeps the cluster's settings. A new local Ray is a single-machine Ray:
-    every service of it (GCS, raylet, object manager, workers, agents, dashboard) listens on
-    127.0.0.1 only, and it passes objects up to ``INLINE_BYTES`` inline."""
-    if address or os.environ.get("RAY_ADDRESS"):
-        return ray.init(address=address, include_dashboard=dashboard, log_to_driver=False)
-    with _single_machine():
-        context = ray.init(
-            include_dashboard=dashboard,
-            dashboard_host=LOOPBACK,
-            log_to_driver=False,
-            _node_ip_address=LOOPBACK,
-            _system_config={"max_direct_call_object_size": INLINE_BYTES},
-        )
-    if ray.util.get_node_ip_address() != LOOPBACK:  # a Ray that no longer honours the switch
-        ray.shutdown()
-        raise RuntimeError(f"Ray did not start on {LOOPBACK}; refusing to run with services on other interfaces")
-    return context
-
-
-@contextmanager
-def _single_machine() -> Iterator[None]:
-    """Ray's switch for a Ray that is no cluster (the default on macOS and Windows, set by
-    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, which Ray reads once at import): the node's
-    address is then the loopback one, and every Ray service binds to the node's address.
-    Ray resolves ``_node_ip_address="127.0.0.1"`` to the machine's address without it."""
-    from ray._private import ray_constants  # ray is pinned (pyproject.toml): this switch is checked by a test
-
-    before = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = before
+    """``ray.init`` for fedsweep runs and sweeps; a new local Ray passes objects up to
+    ``INLINE_BYTES`` inline (a cluster being joined keeps its own settings)."""
+    tuning = {} if address else {"_system_config": {"max_direct_call_object_size": INLINE_BYTES}}
+    return ray.init(address=address, include_dashboard=dashboard, log_to_driver=False, **tuning)
 
 
 class WorkerDiedError(RunError):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -89,6 +90,7 @@ def local() -> dict:
         return {"node": ray.util.get_node_ip_address(), "workers": sorted(workers), "listening": listening(processes)}
     finally:
         ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedsweep.sweep import Sweep, label
+from fedsweep.sweep import Sweep, folded_keys, label
 
 FINAL = ("accuracy/test", "loss/test", "accuracy/server", "comm/f", "comm/g", "round")
 TARGET = ("target/round", "target/comm_f", "target/comm_g")
@@ -101,10 +101,20 @@ def write_report(results, sweep: Sweep, out_dir: Path) -> pd.DataFrame:
     if summary is not None:
         summary.to_csv(out_dir / "summary.csv", index=False)
         table.attrs["summary"] = summary
+        best = best_per_option(summary, sweep)
+        if best is not None:
+            best.to_csv(out_dir / "best.csv", index=False)
+            table.attrs["best"] = best
     if curves:
         by_config = _by_configuration(curves) if sweep.repeats > 1 else None
         _plot(curves, "round", "round", out_dir / "accuracy.png", bands=by_config)
         _plot(curves, "comm/total", "communications (f + g)", out_dir / "accuracy_vs_comm.png")
+        if by_config:  # per communication of each group, the mean over seeds with its band
+            chosen = _legends_of(table.attrs.get("best"), sweep) or list(by_config)
+            shown = {legend: by_config[legend] for legend in chosen if legend in by_config}
+            for axis in ("f", "g"):
+                _plot(curves, f"comm/{axis}", f"communications with group {axis}", out_dir / f"accuracy_vs_comm_{axis}.png",
+                      bands=shown)  # fmt: skip
     return table
 
 
@@ -127,6 +137,8 @@ def summarize(table: pd.DataFrame, sweep: Sweep) -> pd.DataFrame | None:
         row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
         done = frame[frame["status"] == "done"]
         row.update({"seeds": len(frame), "finished": len(done)})
+        if "target/round" in done:  # the seeds that reached the target: the target/* means are over them
+            row["reached target"] = int(done["target/round"].notna().sum())
         for column in columns:
             values = done[column].dropna().astype(float)
             n = len(values)
@@ -136,7 +148,53 @@ def summarize(table: pd.DataFrame, sweep: Sweep) -> pd.DataFrame | None:
             row[f"{column} ci95"] = float(student_t.ppf(0.975, n - 1)) * std / math.sqrt(n) if n > 1 else math.nan
         rows.append(row)
     summary = pd.DataFrame(rows)
-    return summary.sort_values(f"{sweep.metric} mean", ascending=sweep.mode == "min", na_position="last")
+    order, ascending = [f"{sweep.metric} mean"], [sweep.mode == "min"]
+    if sweep.metric.startswith("target/") and "reached target" in summary:  # more seeds reaching it first
+        order, ascending = ["reached target", *order], [False, *ascending]
+    return summary.sort_values(order, ascending=ascending, na_position="last").reset_index(drop=True)
+
+
+def best_per_option(summary: pd.DataFrame | None, sweep: Sweep) -> pd.DataFrame | None:
+    """With a grid over a config group (``method``): each option's best configuration, the
+    summary's first row for it (a tuned comparison: every method at its best settings)."""
+    if summary is None or summary.empty:
+        return None
+    group = next((key for key in sweep.grid if key in folded_keys(sweep.grid)), None)
+    if group is None or group not in summary:
+        return None
+    return summary.groupby(group, sort=False, dropna=False).head(1).reset_index(drop=True)
+
+
+def _legends_of(rows: pd.DataFrame | None, sweep: Sweep) -> list[str]:
+    """The plot legends (the grid's keys that apply, without the seed) of summary rows."""
+    if rows is None:
+        return []
+    keys = [k for k in sweep.columns if k != "seed"]
+    return [", ".join(f"{k.split('.')[-1]}={_plain(row[k])}" for k in keys if not _missing(row[k])) for _, row in rows.iterrows()]
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _plain(value):
+    """A summary value as the table wrote it: pandas turns a column of ints with blanks into floats."""
+    return int(value) if isinstance(value, float) and value.is_integer() and not isinstance(value, bool) else value
+
+
+def _aligned(frames: list[pd.DataFrame], x: str) -> pd.DataFrame:
+    """Each seed's test accuracy as a step function of ``x`` (its value after the last round whose
+    ``x`` is at most the point), on the union of the seeds' ``x`` values, blank past a seed's
+    last one: seeds with different communication counts per round (VRCS's random local steps)
+    are averaged at equal communication."""
+    series = [f[[x, "accuracy/test"]].dropna().drop_duplicates(x, keep="last").set_index(x)["accuracy/test"] for f in frames]
+    points = sorted(set().union(*(s.index for s in series)))
+    columns = []
+    for s in series:
+        column = s.reindex(points).ffill()
+        column[column.index > s.index.max()] = math.nan
+        columns.append(column)
+    return pd.concat(columns, axis=1)
 
 
 def _by_configuration(curves: dict[str, pd.DataFrame]) -> dict[str, list[pd.DataFrame]]:
@@ -161,7 +219,7 @@ def _plot(
         from scipy.stats import t as student_t
 
         for legend, frames in bands.items():
-            stacked = pd.concat([f.set_index(x)["accuracy/test"] for f in frames if x in f], axis=1)
+            stacked = _aligned([f for f in frames if x in f], x)
             n = stacked.notna().sum(axis=1)
             mean, std = stacked.mean(axis=1), stacked.std(axis=1, ddof=1)
             half = student_t.ppf(0.975, (n - 1).clip(lower=1)) * std / n.clip(lower=1) ** 0.5

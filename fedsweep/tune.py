@@ -242,6 +242,9 @@ def _run_sweep(sweep: Sweep, base, grid, points, exp_dir: Path, *, results_dir: 
     if "summary" in table.attrs:
         print(f"\nOver {sweep.repeats} seeds (mean, std, 95% CI half-width; {exp_dir / 'summary.csv'}):")
         print(table.attrs["summary"].to_string(index=False))
+    if "best" in table.attrs:
+        print(f"\nEach option's best configuration, the tuned comparison ({exp_dir / 'best.csv'}):")
+        print(table.attrs["best"].to_string(index=False))
     ended = table["status"].str.startswith(ENDED) if len(table) else []
     table.attrs["unfinished"] = unfinished = trials - int(sum(ended))  # those that never started included
     if unfinished:

@@ -107,14 +107,15 @@ def write_report(results, sweep: Sweep, out_dir: Path) -> pd.DataFrame:
             table.attrs["best"] = best
     if curves:
         by_config = _by_configuration(curves) if sweep.repeats > 1 else None
+        if by_config and "best" in table.attrs:  # a tuned comparison: each option at its best
+            chosen = _legends_of(table.attrs["best"], rows, sweep)
+            by_config = {legend: by_config[legend] for legend in chosen if legend in by_config}
         _plot(curves, "round", "round", out_dir / "accuracy.png", bands=by_config)
         _plot(curves, "comm/total", "communications (f + g)", out_dir / "accuracy_vs_comm.png")
         if by_config:  # per communication of each group, the mean over seeds with its band
-            chosen = _legends_of(table.attrs.get("best"), sweep) or list(by_config)
-            shown = {legend: by_config[legend] for legend in chosen if legend in by_config}
             for axis in ("f", "g"):
                 _plot(curves, f"comm/{axis}", f"communications with group {axis}", out_dir / f"accuracy_vs_comm_{axis}.png",
-                      bands=shown)  # fmt: skip
+                      bands=by_config)  # fmt: skip
     return table
 
 
@@ -165,21 +166,29 @@ def best_per_option(summary: pd.DataFrame | None, sweep: Sweep) -> pd.DataFrame 
     return summary.groupby(group, sort=False, dropna=False).head(1).reset_index(drop=True)
 
 
-def _legends_of(rows: pd.DataFrame | None, sweep: Sweep) -> list[str]:
-    """The plot legends (the grid's keys that apply, without the seed) of summary rows."""
-    if rows is None:
-        return []
+def _legends_of(chosen: pd.DataFrame, rows: list[dict], sweep: Sweep) -> list[str]:
+    """The plot legends (keys that apply, seed left out) of the summary rows ``chosen``, written
+    as the trials' own rows write them (pandas turns a column of ints with blanks into floats)."""
     keys = [k for k in sweep.columns if k != "seed"]
-    return [", ".join(f"{k.split('.')[-1]}={_plain(row[k])}" for k in keys if not _missing(row[k])) for _, row in rows.iterrows()]
+    legends = []
+    for _, summary_row in chosen.iterrows():
+        trial = next((r for r in rows if all(_same(r[k], summary_row[k]) for k in keys)), None)
+        if trial is not None:
+            legends.append(", ".join(f"{k.split('.')[-1]}={trial[k]}" for k in keys if not _missing(trial[k])))
+    return legends
 
 
 def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _plain(value):
-    """A summary value as the table wrote it: pandas turns a column of ints with blanks into floats."""
-    return int(value) if isinstance(value, float) and value.is_integer() and not isinstance(value, bool) else value
+def _same(a, b) -> bool:
+    if _missing(a) or _missing(b):
+        return _missing(a) and _missing(b)
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return a == b
 
 
 def _aligned(frames: list[pd.DataFrame], x: str) -> pd.DataFrame:

@@ -293,7 +293,7 @@ def test_partition_values_are_checked_before_any_data_loads(override, needle):
         validate(compose([override]))
 
 
-@pytest.mark.parametrize("name", ["vrcs_grid", "methods_digits", "vrcs_optuna"])
+@pytest.mark.parametrize("name", ["vrcs_grid", "methods_digits", "vrcs_optuna", "paper_digits"])
 def test_shipped_sweep_files_expand(name):
     from pathlib import Path
 
@@ -304,6 +304,10 @@ def test_shipped_sweep_files_expand(name):
         assert len(points) >= 8 and {(p["method"]["theta"], p["method"]["p"], p["method"]["q"]) for p in points}.__len__() == len(points)
     elif name == "vrcs_optuna":
         assert sweep.search == "optuna" and sweep.scheduler is not None and sweep.num_samples >= 4
+    elif name == "paper_digits":  # every method tuned on its own grid of 4, each with 5 seeds
+        configs = {repr({k: v for k, v in p["method"].items()}) for p in points}
+        assert len(points) == 100 and len(configs) == 20 and sorted({p["seed"] for p in points}) == [0, 1, 2, 3, 4]
+        assert {label(p["method"]) for p in points} == {"vrcs", "sliding", "fedavg", "fedprox", "server_only"}
     else:
         methods = [label(p["method"]) for p in points]  # each method on its own grid of 4
         assert sorted(set(methods)) == ["fedavg", "server_only", "sliding", "vrcs"]

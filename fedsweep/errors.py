@@ -5,7 +5,7 @@ class ConfigError(ValueError):
     """A configuration or sweep-file value is invalid.
 
     The message is one line and names the offending key and value, e.g.
-    ``theta must be > 0, got theta=-0.1``. Raised before any work starts.
+    ``method.theta must be > 0, got method.theta=-0.1``. Raised before any work starts.
     """
 
 

@@ -5,9 +5,11 @@ A sweep file is YAML:
     name: vrcs_grid                  # results/<name>/ holds everything the sweep writes
     overrides: [runtime=ray, rounds=20]   # Hydra overrides of fedsweep/configs/config.yaml
     grid:                            # dotted config keys → lists of values (a full grid) or domains
-      theta: [0.05, 0.5]
-      p: {uniform: [0.2, 0.8]}       # sampled: choice, uniform, loguniform, randint (fedsweep.search_space)
-      method: [vrcs, fedavg]         # a config group (fedsweep/configs/<group>/) → its options
+      method.theta: [0.05, 0.5]
+      method.p: {uniform: [0.2, 0.8]}   # sampled: choice, uniform, loguniform, randint (fedsweep.search_space)
+      seed: [0, 1]
+    # or a config group: its options, each crossed with the group's keys it has, or each its own grid:
+    #   method: {vrcs: {theta: [0.05, 0.5]}, fedavg: {lr: [0.05, 0.1]}}
     search: grid                     # grid | random | optuna (optional, default grid)
     num_samples: 1                   # grid: runs of the grid, domains sampled anew; random/optuna: the trials
     scheduler: {name: asha, grace_period: 3}   # optional: ASHA early stopping on the metric, in rounds

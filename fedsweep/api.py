@@ -10,8 +10,6 @@ Both check everything first and raise :class:`fedsweep.ConfigError` (one line) o
 
 from __future__ import annotations
 
-import copy
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,8 +18,6 @@ import pandas as pd
 
 from fedsweep.config import compose, to_container, validate
 from fedsweep.errors import ConfigError
-
-RUNS_DIR = Path("results") / "runs"
 
 
 def make_config(settings: Mapping[str, Any] | Sequence[str] = (), *, config_dirs: Sequence[str | Path] = ()) -> dict[str, Any]:
@@ -40,17 +36,15 @@ def make_config(settings: Mapping[str, Any] | Sequence[str] = (), *, config_dirs
         raise ConfigError(f"settings must be a list of key=value overrides or a mapping, got the string {settings!r}")
     else:
         groups = list(settings)
-    cfg = to_container(compose(groups, config_dirs=config_dirs))
+    from omegaconf import OmegaConf
+
+    composed = compose(groups, config_dirs=config_dirs)
+    missing = object()
     for key, value in values.items():
-        *parents, leaf = str(key).split(".")
-        node = cfg
-        for part in parents:
-            if not isinstance(node.get(part), dict):
-                raise ConfigError(f"{key!r} is not a config key (see fedsweep/configs/config.yaml)")
-            node = node[part]
-        if leaf not in node:
+        if OmegaConf.select(composed, str(key), default=missing) is missing:
             raise ConfigError(f"{key!r} is not a config key (see fedsweep/configs/config.yaml)")
-        node[leaf] = copy.deepcopy(value)
+        OmegaConf.update(composed, str(key), value, merge=False)
+    cfg = to_container(composed)
     validate(cfg)
     return cfg
 
@@ -64,14 +58,11 @@ def run_experiment(
 ) -> pd.DataFrame:
     """Run one experiment; returns its metrics history, one row per round (TensorBoard logs and
     the resolved config go to ``log_dir``, by default ``results/runs/<time>``)."""
-    from omegaconf import OmegaConf
-
     from fedsweep.experiment import run_experiment as run
+    from fedsweep.run import open_run_dir
 
     cfg = make_config(settings, config_dirs=config_dirs)
-    log_dir = Path(log_dir or cfg["log_dir"] or RUNS_DIR / time.strftime("%Y-%m-%d_%H-%M-%S"))
-    log_dir.mkdir(parents=True, exist_ok=True)
-    (log_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    log_dir = open_run_dir(cfg, log_dir)
     history: list[dict[str, float]] = []
     run(cfg, log_dir=log_dir, report=history.append, progress=progress)
     return pd.DataFrame(history)

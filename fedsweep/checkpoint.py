@@ -87,8 +87,9 @@ def save_checkpoint(
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
-    kept = [r for r in saved_rounds(log_dir) if r <= rnd][-keep:]
-    for old in set(saved_rounds(log_dir)) - set(kept):
+    saved = saved_rounds(log_dir)
+    kept = [r for r in saved if r <= rnd][-keep:]
+    for old in set(saved) - set(kept):
         shutil.rmtree(checkpoint_path(log_dir, old).parent, ignore_errors=True)
     return path
 

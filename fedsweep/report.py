@@ -160,7 +160,7 @@ def best_per_option(summary: pd.DataFrame | None, sweep: Sweep) -> pd.DataFrame 
     summary's first row for it (a tuned comparison: every method at its best settings)."""
     if summary is None or summary.empty:
         return None
-    group = next((key for key in sweep.grid if key in folded_keys(sweep.grid)), None)
+    group = next(iter(folded_keys(sweep.grid)), None)  # the grid's first config group
     if group is None or group not in summary:
         return None
     return summary.groupby(group, sort=False, dropna=False).head(1).reset_index(drop=True)

@@ -41,6 +41,15 @@ def split_config_dirs(args: list[str]) -> tuple[list[str], list[str]]:
     return rest, dirs
 
 
+def open_run_dir(cfg: dict, log_dir: str | Path | None = None) -> Path:
+    """The run's directory (``log_dir``, else the config's, else ``results/runs/<time>``), made,
+    with the resolved ``config.yaml`` in it."""
+    log_dir = Path(log_dir or cfg["log_dir"] or RUNS_DIR / time.strftime("%Y-%m-%d_%H-%M-%S"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    (log_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    return log_dir
+
+
 def main(argv: list[str] | None = None) -> int:
     overrides = sys.argv[1:] if argv is None else argv
     if any(arg in ("-h", "--help") for arg in overrides):
@@ -59,9 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from fedsweep.experiment import run_experiment  # heavy imports once the config is known good
 
-    log_dir = Path(cfg["log_dir"] or RUNS_DIR / time.strftime("%Y-%m-%d_%H-%M-%S"))
-    log_dir.mkdir(parents=True, exist_ok=True)
-    (log_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    log_dir = open_run_dir(cfg)
     try:
         final = run_experiment(cfg, log_dir=log_dir)
     except RunError as err:

@@ -77,7 +77,8 @@ def check_setup(cfg: Mapping[str, Any]) -> None:
 
     The model runs forward on two training examples, and a model that normalises with batch
     statistics is refused. (The ``meta`` device would spare the model's memory, but its first
-    forward pass imports torch's meta kernels: 1.2 s measured, more than building a ResNet-18.)
+    forward pass imports torch's meta kernels: 1.2 s measured, about what building a ResNet-18
+    on the CPU costs here, 1.1 s with torchvision's import, and far more than an MLP.)
     """
     setup = prepare(cfg)
     model = setup.model_fn()

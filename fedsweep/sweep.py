@@ -266,20 +266,16 @@ def _check_search(path: Path, search: str, grid: Mapping[str, Any], raw: Mapping
                 raise ConfigError(f"{path}: search: optuna chooses among numbers and strings only, got grid.{key}={options!r}")
 
 
-def trial_count(sweep: Sweep) -> int | None:
-    """How many trials the sweep runs: the grid's points × num_samples, or num_samples; None when
-    a config group folds keys (a union of per-option grids: counted by :func:`expand`)."""
+def trial_count(sweep: Sweep, grid: Mapping[str, list[Any] | Domain] | None = None) -> int | None:
+    """How many trials the sweep runs: the grid's points × num_samples, or num_samples. Counted
+    from the composed grid values (:func:`grid_values`) when given; from the file's grid, None
+    when a config group folds keys (a union of per-option grids, counted once composed)."""
     if sweep.search != "grid":
         return sweep.num_samples
-    if any(folded_keys(sweep.grid).values()) or any(isinstance(v, dict) for v in sweep.grid.values()):
-        return None
-    return math.prod(len(v) for v in sweep.grid.values() if not is_sampled(v)) * sweep.num_samples
-
-
-def count_trials(sweep: Sweep, grid: Mapping[str, list[Any] | Domain]) -> int:
-    """The exact number of trials, from the composed grid values (:func:`grid_values`)."""
-    if sweep.search != "grid":
-        return sweep.num_samples
+    if grid is None:
+        if any(folded_keys(sweep.grid).values()) or any(isinstance(v, dict) for v in sweep.grid.values()):
+            return None
+        grid = sweep.grid
     return math.prod(len(v) for v in grid.values() if not is_sampled(v)) * sweep.num_samples
 
 
@@ -305,9 +301,9 @@ def config_groups() -> set[str]:
     return {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()}
 
 
-def folded_keys(grid: Mapping[str, Any], groups: set[str] | None = None) -> dict[str, list[str]]:
+def folded_keys(grid: Mapping[str, Any]) -> dict[str, list[str]]:
     """For each config group in ``grid``, the grid's keys inside it (``method`` → ``method.theta``)."""
-    groups = config_groups() if groups is None else groups
+    groups = config_groups()
     return {g: [k for k in grid if k.startswith(g + ".")] for g in grid if g in groups}
 
 
@@ -391,7 +387,7 @@ def expand(sweep: Sweep) -> tuple[dict[str, Any], dict[str, list[Any]], list[dic
             raise ConfigError(f"grid key {key!r} is not a config key (see fedsweep/configs/config.yaml)")
     grid = grid_values(sweep)
     axes = {k: v for k, v in grid.items() if sweep.search == "grid" and not is_sampled(v)}
-    trials = count_trials(sweep, grid)
+    trials = trial_count(sweep, grid)
     if trials > sweep.max_trials:
         raise ConfigError(f"the grid makes {trials} trials, more than max_trials={sweep.max_trials}; "
                           f"set max_trials: {trials} in the file to run them all")  # fmt: skip

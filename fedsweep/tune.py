@@ -27,7 +27,7 @@ from typing import Any
 from fedsweep.config import resolve_runtime, search_path
 from fedsweep.errors import ConfigError, DivergedError
 from fedsweep.metrics import EVERY_ROUND
-from fedsweep.sweep import Sweep, count_trials, expand, load_sweep, param_space, short_label
+from fedsweep.sweep import Sweep, expand, load_sweep, param_space, short_label, trial_count
 
 RAY_OUTPUT_ENVIRONMENT = {
     "RAY_DISABLE_WORKER_LOG_PREFIX": "1",
@@ -179,7 +179,7 @@ def _run_sweep(sweep: Sweep, base, grid, points, exp_dir: Path, *, results_dir: 
     import ray
     from ray import tune
 
-    trials = count_trials(sweep, grid)
+    trials = trial_count(sweep, grid)
     saved = exp_dir / "sweep.yaml"
     if saved.exists() and saved.read_text() != sweep.source:
         raise ConfigError(

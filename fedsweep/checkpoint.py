@@ -1,4 +1,5 @@
-"""Save and restore a run between rounds: the iterate, RNG states, counters and the config.
+"""Save and restore a run between rounds: the method's state (the iterate and what else it
+carries, such as SCAFFOLD's controls), RNG states, counters and the config.
 
 A run restarted from a checkpoint continues with identical metrics. The server
 optimizer is rebuilt for every argmin solve and clients keep no state between
@@ -74,6 +75,7 @@ def save_checkpoint(
         "round": rnd,
         "config": dict(config),
         "x": {name: t.detach().cpu().clone() for name, t in state.x.items()},
+        "extra": {key: {name: t.detach().cpu().clone() for name, t in w.items()} for key, w in state.extra.items()},
         "rng": state.rng.bit_generator.state,
         "comm": {
             "rounds": dict(comm.rounds),
@@ -154,4 +156,5 @@ def restore(
     rng = np.random.default_rng()
     rng.bit_generator.state = payload["rng"]
     x = Weights(payload["x"]).to(device).clone()
-    return payload["round"], MethodState(x=x, rng=rng, round=payload["round"])
+    extra = {key: Weights(tensors).to(device).clone() for key, tensors in payload.get("extra", {}).items()}
+    return payload["round"], MethodState(x=x, rng=rng, round=payload["round"], extra=extra)

@@ -11,7 +11,7 @@ from pathlib import Path
 REPORTED = (  # every metric a run may report (tests/test_experiment.py checks the list)
     "round", "accuracy/test", "loss/test", "accuracy/server", "loss/server",
     "comm/f", "comm/g", "comm/total", "comm/messages", "comm/bytes_sent", "comm/bytes_received",
-    "norm/extragrad/full", "norm/extragrad/f", "norm/extragrad/g", "norm/update", "loss/argmin", "argmin/steps", "argmin/residual", "argmin/unconverged", "local_steps",
+    "norm/extragrad/full", "norm/extragrad/f", "norm/extragrad/g", "norm/update", "norm/control", "loss/argmin", "argmin/steps", "argmin/residual", "argmin/unconverged", "local_steps",
     "clients/f", "clients/g", "clients/local",
     "target/round", "target/comm_f", "target/comm_g", "target/bytes",
     "similarity/delta_f", "similarity/delta_g",

@@ -137,6 +137,34 @@ class FederatedOracle:
         sums = self._request(TrainRequest(x, epochs, lr, batch_size, seed, prox), subsets, participation_weights)
         return {group: total for group, (total,) in sums.items()}
 
+    def local_runs(
+        self,
+        x: Weights,
+        *,
+        epochs: int,
+        lr: float,
+        batch_size: int | None,
+        seed: int,
+        subsets: Mapping[Group, np.ndarray | None],
+        drift: Mapping[Group, Weights],
+    ) -> dict[Group, list[tuple[Weights, Weights]]]:
+        """Each contacted client's own reply: one part per client, weight 1, all in one round trip."""
+        ids = {group: self._contact(group, subset, participation_weights)[0] for group, subset in subsets.items()}
+        every = np.concatenate(list(ids.values()))
+        stacked = Weights(
+            {name: torch.cat([drift[group][name] for group in subsets]).detach().cpu() for name in x.names}
+        )
+        request = TrainRequest(x, epochs, lr, batch_size, seed, drift=stacked, drift_clients=tuple(every.tolist()))
+        replies = iter(self.runtime.map_reduce(request, [(np.array([i]), np.ones(1)) for i in every]))
+        out = {}
+        for group, group_ids in ids.items():
+            self._count(group, len(group_ids), request.nbytes)
+            out[group] = [tuple(w.to(self.device, self.dtype) for w in next(replies)) for _ in group_ids]
+        return out
+
+    def client_sizes(self, group: Group) -> np.ndarray:
+        return self._sizes[group].copy()
+
     def server(self, group: Group, points: Sequence[Weights], seed: int | None) -> list[Weights]:
         return self.server_node.grads(group, points, seed)
 

@@ -88,6 +88,25 @@ class QuadraticOracle:
             out[group] = self.wrap(w)
         return out
 
+    def local_runs(self, x: Weights, *, epochs: int, lr: float, batch_size, seed, subsets, drift):
+        """Full-batch gradient descent on G(w) + ⟨d, w⟩ (one client per group); the mean gradient."""
+        out = {}
+        for group in subsets:
+            self.calls[group] += 1
+            loss = self.f if group == "f" else self.g
+            w, total = x["x"].clone(), torch.zeros_like(x["x"])
+            for _ in range(epochs):
+                grad = loss.grad(w)
+                total += grad
+                w = w - lr * (grad + drift[group]["x"][0])
+            out[group] = [(self.wrap(w), self.wrap(total / epochs))]
+        return out
+
+    def client_sizes(self, group: str):
+        import numpy as np
+
+        return np.array([len((self.f if group == "f" else self.g).b)])
+
     def argmin(self, linear: Weights, center: Weights, theta: float, seed: int) -> tuple[Weights, float]:
         # (H1 + I/θ) x = −v + c/θ − ∇h1(0)
         H1 = (self.f1.hessian + self.g1.hessian) / 2

@@ -45,6 +45,15 @@ def test_checkpoint_restart_gives_identical_metrics(tmp_path):
         assert scalars(tmp_path / "first" / sub, tag) == scalars(tmp_path / "straight" / sub, tag)
 
 
+def test_a_method_carrying_state_resumes_with_it(tmp_path):
+    """SCAFFOLD's control variates (one per client) travel with the checkpoint."""
+    base = BASE + ["method=scaffold", "method.participation=0.5", "partition.clients_f=6"]
+    straight = run(base, tmp_path / "straight")
+    first = run(base + ["rounds=2", "checkpoint.every=2"], tmp_path / "first")
+    resumed = run(base + [f"checkpoint.resume={checkpoint_path(tmp_path / 'first', 2)}"], tmp_path / "first")
+    assert str(first + resumed) == str(straight)
+
+
 def test_curves_against_communication_and_target(tmp_path):
     history = run(["rounds=6", "method.theta=0.5", "target_accuracy=0.5"], tmp_path / "run")
     acc = EventAccumulator(str(tmp_path / "run"))
@@ -65,7 +74,7 @@ def test_unreached_target_is_nan(tmp_path):
     assert math.isnan(last["target/comm_f"])
 
 
-@pytest.mark.parametrize("method", ["vrcs", "sliding", "fedavg", "fedprox", "server_only"])
+@pytest.mark.parametrize("method", ["vrcs", "sliding", "fedavg", "fedprox", "scaffold", "server_only"])
 def test_every_method_learns_digits(tmp_path, method):
     extra = {"vrcs": ["method.theta=0.5", "method.q=0.5"], "sliding": ["method.theta=0.5"], "server_only": ["method.theta=0.5"]}
     history = run([f"method={method}", "rounds=5", *extra.get(method, [])], tmp_path / method)
@@ -88,7 +97,7 @@ def test_every_reported_metric_is_known_to_sweep_files(tmp_path):
     from fedsweep.metrics import REPORTED
 
     seen = set()
-    for method in ("vrcs", "sliding", "fedavg", "fedprox", "server_only"):
+    for method in ("vrcs", "sliding", "fedavg", "fedprox", "scaffold", "server_only"):
         overrides = [f"method={method}", "rounds=1", "server.epochs=1", "similarity.estimate=true",
                      "similarity.iterations=1"] + (["method.q=0.2"] if method == "vrcs" else [])  # fmt: skip
         seen |= set(run(overrides, tmp_path / method)[-1])

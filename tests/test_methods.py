@@ -81,6 +81,47 @@ def test_fedprox_one_round_by_hand():
     torch.testing.assert_close(a.x["x"], b.x["x"], rtol=0, atol=0)
 
 
+def test_scaffold_two_rounds_by_hand():
+    """Round 1 (c = c_i = 0) is a FedAvg round; round 2 corrects every local step by c − c_i,
+    with c_i the client's mean gradient of round 1 and c their mean, then x moves by η_g."""
+    from fedsweep.methods import Scaffold
+
+    oracle, x0 = QuadraticOracle(), start()
+    method = Scaffold(local_epochs=3, lr=0.05, batch_size=None, global_lr=0.7)
+    state = method.init(Weights({"x": x0}), seed=0)
+    for _ in range(2):
+        state, stats = method.round(state, oracle)
+    x = x0.clone()
+    c, controls = torch.zeros(DIM, dtype=torch.float64), {"f": torch.zeros(DIM, dtype=torch.float64)}
+    controls["g"] = controls["f"].clone()
+    for _ in range(2):
+        models, means = {}, {}
+        for group, loss in (("f", oracle.f), ("g", oracle.g)):
+            w, grads = x.clone(), []
+            for _ in range(3):
+                grads.append(loss.grad(w))
+                w = w - 0.05 * (grads[-1] + c - controls[group])
+            models[group], means[group] = w, sum(grads) / 3
+        x = x + 0.7 * ((models["f"] - x) + (models["g"] - x)) / 2
+        c = c + ((means["f"] - controls["f"]) + (means["g"] - controls["g"])) / 2
+        controls = means
+    torch.testing.assert_close(state.x["x"], x)
+    torch.testing.assert_close(state.extra["c"]["x"], c)
+    torch.testing.assert_close(state.extra["c_g"]["x"][0], controls["g"])
+    assert oracle.calls == {"f": 2, "g": 2} and stats["norm/control"] == pytest.approx(c.norm().item())
+
+
+def test_scaffold_first_round_is_fedavg():
+    from fedsweep.methods import Scaffold
+
+    x0 = start()
+    plain = FedAvg(local_epochs=3, lr=0.05, batch_size=None)
+    scaffold = Scaffold(local_epochs=3, lr=0.05, batch_size=None)
+    a, _ = plain.round(plain.init(Weights({"x": x0}), seed=0), QuadraticOracle())
+    b, _ = scaffold.round(scaffold.init(Weights({"x": x0}), seed=0), QuadraticOracle())
+    torch.testing.assert_close(a.x["x"], b.x["x"])
+
+
 def test_vrcs_one_round_by_hand():
     """Replay the round's random draws with the same generator and compute every step by hand."""
     oracle, x_t = QuadraticOracle(), start()

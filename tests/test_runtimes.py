@@ -21,6 +21,7 @@ METHODS = {  # every method, and every request path: HVPs, minibatches, sampled 
     "sliding": ["method=sliding"],
     "fedavg-participation": ["method=fedavg", "method.participation=0.5", "method.local_epochs=2"],
     "fedprox": ["method=fedprox", "method.mu=0.5", "method.local_epochs=2"],
+    "scaffold-participation": ["method=scaffold", "method.participation=0.5", "method.local_epochs=2", "rounds=3"],
     "server_only": ["method=server_only"],
 }  # fmt: skip
 

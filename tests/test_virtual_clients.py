@@ -54,10 +54,13 @@ def by_hand_grad(data: ClientData, x: Weights, client: int, rows=None) -> Weight
     return Weights.from_grads(model)
 
 
-def by_hand_sgd(data: ClientData, x: Weights, client: int, *, epochs, lr, batch, seed, prox=0.0) -> Weights:
+def by_hand_sgd(data: ClientData, x: Weights, client: int, *, epochs, lr, batch, seed, prox=0.0, drift=None, mean=False):
+    """The client's model after local SGD (with ``mean``: and its mean data gradient)."""
     model = model_fn()
     x.to_model(model)
     start = [t.clone() for t in x.tensors]
+    drift = drift.tensors if drift is not None else [torch.zeros_like(t) for t in start]
+    total, steps = [torch.zeros_like(t) for t in start], 0
     for epoch in range(epochs):
         n = data.sizes[client]
         order = epoch_order(data.starts, np.array([client]), seed, epoch)[0, :n]
@@ -65,10 +68,13 @@ def by_hand_sgd(data: ClientData, x: Weights, client: int, *, epochs, lr, batch,
             rows = order[lo : lo + batch]
             model.zero_grad()
             F.cross_entropy(model(torch.from_numpy(data.x[rows])), torch.from_numpy(data.y[rows])).backward()
+            steps += 1
             with torch.no_grad():
-                for p, p0 in zip(model.parameters(), start):
-                    p -= lr * (p.grad + prox * (p - p0))
-    return Weights.from_model(model).clone()
+                for p, p0, d, t in zip(model.parameters(), start, drift, total):
+                    t += p.grad
+                    p -= lr * (p.grad + prox * (p - p0) + d)
+    model_weights = Weights.from_model(model).clone()
+    return (model_weights, Weights(dict(zip(x.names, [t / steps for t in total])))) if mean else model_weights
 
 
 def weighted(replies, weights) -> Weights:
@@ -149,6 +155,32 @@ def test_fedprox_local_training_adds_the_proximal_gradient(vectorize):
     got = VirtualClients(data, model_fn, vectorize=vectorize).serve(request, CLIENTS, WEIGHTS)[0]
     replies = [by_hand_sgd(data, x, int(c), epochs=2, lr=0.3, batch=3, seed=9, prox=0.7) for c in CLIENTS]
     assert_weights_close(got, weighted(replies, WEIGHTS))
+
+
+def drifts(clients, seed=5) -> Weights:
+    gen = torch.Generator().manual_seed(seed)
+    return Weights({n: 0.5 * torch.randn(len(clients), *t.shape, generator=gen) for n, t in point(2).items()})
+
+
+@pytest.mark.parametrize("vectorize", [True, False])
+@pytest.mark.parametrize("epochs, batch", [(1, 4), (2, 3), (1, 64)])
+def test_scaffold_local_training_adds_each_clients_drift_and_returns_its_mean_gradient(vectorize, epochs, batch):
+    """Per-client drift rows, looked up by client id (one client unlisted: no drift), for
+    every engine: the one-step fold (batch 64), vmap blocks and the loop."""
+    data = federation()
+    x = point(2)
+    listed = CLIENTS[:-1][::-1]  # any order; CLIENTS[-1] has no row
+    d = drifts(listed)
+    request = TrainRequest(x, epochs=epochs, lr=0.3, batch_size=batch, seed=9, prox=0.2, drift=d,
+                           drift_clients=tuple(int(c) for c in listed))  # fmt: skip
+    models, means = VirtualClients(data, model_fn, vectorize=vectorize).serve(request, CLIENTS, WEIGHTS)
+    replies = []
+    for c in CLIENTS:
+        row = Weights({n: t[list(listed).index(c)] for n, t in d.items()}) if c in listed else None
+        replies.append(by_hand_sgd(data, x, int(c), epochs=epochs, lr=0.3, batch=batch, seed=9, prox=0.2, drift=row, mean=True))
+    assert_weights_close(models, weighted([m for m, _ in replies], WEIGHTS))
+    assert_weights_close(means, weighted([g for _, g in replies], WEIGHTS))
+    assert request.nbytes == 2 * TrainRequest(x, epochs, 0.3, batch, 9).nbytes  # x and c in, y_i and c_i⁺ out
 
 
 def test_a_block_of_many_clients_trains_like_one_client_at_a_time():

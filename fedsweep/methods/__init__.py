@@ -8,8 +8,9 @@ the shipped targets, and a user's own class plugs in the same way.
 
 from fedsweep.methods.base import Method, MethodState
 from fedsweep.methods.fedavg import FedAvg, FedProx
+from fedsweep.methods.scaffold import Scaffold
 from fedsweep.methods.server_only import ServerOnly
 from fedsweep.methods.sliding import Sliding
 from fedsweep.methods.vrcs import VRCS
 
-__all__ = ["Method", "MethodState", "VRCS", "Sliding", "FedAvg", "FedProx", "ServerOnly"]
+__all__ = ["Method", "MethodState", "VRCS", "Sliding", "FedAvg", "FedProx", "Scaffold", "ServerOnly"]

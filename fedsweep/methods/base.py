@@ -7,7 +7,7 @@ state and the round's statistics. All maths is here; the driver only calls it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -22,6 +22,9 @@ class MethodState:
     x: Weights  # the current iterate x_t
     rng: np.random.Generator  # every random draw of the method (groups, K, minibatch seeds)
     round: int = 0
+    extra: dict[str, Weights] = field(default_factory=dict)
+    """What else the method carries from round to round (SCAFFOLD's control variates);
+    tensors only, saved in checkpoints with x."""
 
 
 class Method(Protocol):

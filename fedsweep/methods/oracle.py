@@ -73,5 +73,24 @@ class GradientOracle(Protocol):
         ``epochs`` of SGD from x on F_i(w) + (prox/2)‖w − x‖², and the example-weighted mean
         of their models (``fedsweep.methods.aggregate.participation_weights``). One round trip."""
 
+    def local_runs(
+        self,
+        x: Weights,
+        *,
+        epochs: int,
+        lr: float,
+        batch_size: int | None,
+        seed: int,
+        subsets: Mapping[Group, np.ndarray | None],
+        drift: Mapping[Group, Weights],
+    ) -> dict[Group, list[tuple[Weights, Weights]]]:
+        """For each group of ``subsets``, each contacted client's own ``(model, mean gradient)``,
+        in subset order: ``epochs`` of SGD from x on F_i(w) + ⟨d_i, w⟩, where ``drift[group]``
+        stacks the d_i (row r: the r-th contacted client), and the mean of the minibatch
+        gradients ∇F_i it took. One round trip; SCAFFOLD's client step."""
+
+    def client_sizes(self, group: Group) -> np.ndarray:
+        """Each client's number of examples, n_i (what FedAvg-style weights are made of)."""
+
     def argmin(self, linear: Weights, center: Weights, theta: float, seed: int) -> tuple[Weights, float]:
         """``argmin_x ⟨linear, x⟩ + ‖x − center‖²/(2θ) + h1(x)`` and its objective value."""

@@ -38,7 +38,8 @@ class Runtime(ABC):
     def map_reduce(self, request: Request, parts: Sequence[Part]) -> list[list[Weights]]:
         """For each part ``(clients, weights)``: Σ_i weights[i] · (client ``clients[i]``'s reply
         to ``request``), summed in float64, as one ``Weights`` per point of a gradient
-        request (one otherwise)."""
+        request, models and mean gradients for a ``TrainRequest`` with a drift, one otherwise.
+        A part of one client with weight 1 is that client's own reply."""
 
     def wait_ready(self) -> None:
         """Block until every worker can serve (start-up is otherwise paid by the first request)."""

@@ -204,7 +204,7 @@ class RayRuntime(Runtime):
         """A small request travels with each call (inline); a large one is put in the object
         store once, and the same request again (both groups at the same points) reuses it.
         Requests compare their ``Weights`` by identity; the cache keeps them alive."""
-        if request.nbytes <= INLINE_BYTES // 2:
+        if request.transport_bytes <= INLINE_BYTES // 2:
             return request
         if self._last is None or self._last[0] != request:
             self._last = (request, ray.put(request))

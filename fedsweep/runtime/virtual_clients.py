@@ -46,8 +46,13 @@ VMAP_MIN_CLIENTS = 4  # fewer clients train faster one by one (vmap's fixed cost
 class _Payload:
     @property
     def nbytes(self) -> int:
-        """Bytes of the vectors a client receives with this request."""
+        """Bytes of the vectors a client receives with this request (and sends back)."""
         return sum(w.numel * w.dtype.itemsize for w in self.vectors)
+
+    @property
+    def transport_bytes(self) -> int:
+        """Bytes the request itself carries to a worker."""
+        return self.nbytes
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,10 @@ class GradRequest(_Payload):
     @property
     def vectors(self) -> tuple[Weights, ...]:
         return self.points
+
+    @property
+    def transport_bytes(self) -> int:
+        return self.nbytes + (0 if self.snapshot is None else self.snapshot.numel * self.snapshot.dtype.itemsize)
 
 
 @dataclass(frozen=True)
@@ -83,7 +92,15 @@ class HvpRequest(_Payload):
 @dataclass(frozen=True)
 class TrainRequest(_Payload):
     """Each client's model after ``epochs`` of plain SGD (step ``lr``) from ``x`` on its shard,
-    on F_i(w) + (prox/2)·‖w − x‖² (FedProx's proximal term; 0 for FedAvg)."""
+    on F_i(w) + (prox/2)·‖w − x‖² + ⟨d_i, w⟩: FedProx's proximal term (0 for FedAvg) and a
+    per-client drift correction d_i (SCAFFOLD's c − c_i; none without ``drift``).
+
+    ``drift`` stacks the d_i of the clients ``drift_clients`` (row r is client
+    ``drift_clients[r]``'s); a client not listed has d_i = 0. With ``drift`` the reply is two
+    sums: the models, and the mean of each client's minibatch gradients ∇F_i over its local
+    steps (SCAFFOLD's new control variate c_i⁺, option II). The client receives x and the
+    server's control c (it holds its own c_i) and sends its model and c_i⁺: two vectors
+    each way (``nbytes``), whatever travels in this simulation."""
 
     x: Weights
     epochs: int
@@ -91,10 +108,31 @@ class TrainRequest(_Payload):
     batch_size: int | None
     seed: int
     prox: float = 0.0
+    drift: Weights | None = None
+    drift_clients: tuple[int, ...] = ()
 
     @property
     def vectors(self) -> tuple[Weights, ...]:
-        return (self.x,)
+        return (self.x,) if self.drift is None else (self.x, self.x)
+
+    @property
+    def transport_bytes(self) -> int:
+        drift = 0 if self.drift is None else self.drift.numel * self.drift.dtype.itemsize
+        return self.x.numel * self.x.dtype.itemsize + drift
+
+    def drift_rows(self, clients: np.ndarray, device: torch.device) -> Weights | None:
+        """The d_i of ``clients`` stacked in their order (zero rows for clients not listed)."""
+        if self.drift is None:
+            return None
+        listed = {c: r for r, c in enumerate(self.drift_clients)}
+        rows = [listed.get(int(c)) for c in clients]
+        zero = {name: t.new_zeros(t.shape[1:]) for name, t in self.drift.items()}
+        return Weights(
+            {
+                name: torch.stack([zero[name] if r is None else t[r] for r in rows]).to(device)
+                for name, t in self.drift.items()
+            }
+        )
 
 
 Request = GradRequest | HvpRequest | TrainRequest
@@ -134,7 +172,7 @@ class VirtualClients:
 
     def serve(self, request: Request, clients: np.ndarray, weights: np.ndarray) -> list[Weights]:
         """Σ_i weights[i] · reply of client ``clients[i]``, one float64 ``Weights`` per result
-        (one per point for gradients, one otherwise)."""
+        (one per point for gradients, two for local training with a drift, one otherwise)."""
         clients = np.asarray(clients, dtype=np.int64)
         weights = np.asarray(weights, dtype=np.float64)
         if isinstance(request, GradRequest):
@@ -142,7 +180,7 @@ class VirtualClients:
         if isinstance(request, HvpRequest):
             return [self._hvp(request, clients, weights)]
         if isinstance(request, TrainRequest):
-            return [self._train(request, clients, weights)]
+            return self._train(request, clients, weights)
         raise TypeError(f"unknown request {type(request).__name__}")
 
     # -- gradients and HVPs ------------------------------------------------------------
@@ -209,66 +247,97 @@ class VirtualClients:
 
     # -- local training ----------------------------------------------------------------
 
-    def _train(self, req: TrainRequest, clients: np.ndarray, weights: np.ndarray) -> Weights:
+    def _train(self, req: TrainRequest, clients: np.ndarray, weights: np.ndarray) -> list[Weights]:
+        """[Σ_i w_i · model_i] or, with a drift, [Σ_i w_i · model_i, Σ_i w_i · mean gradient_i]."""
         x = req.x.to(self.device)
         sizes = self.starts[clients + 1] - self.starts[clients]
         batch = sizes if req.batch_size is None else np.minimum(sizes, req.batch_size)
+        drift = req.drift_rows(clients, self.device)
         if not self.vectorized:
-            return self._train_loop(req, x, clients, weights, batch)
-        acc = Weights.zeros_like(x, dtype=torch.float64)
+            return self._train_loop(req, x, clients, weights, batch, drift)
+        out = [Weights.zeros_like(x, dtype=torch.float64) for _ in range(1 if drift is None else 2)]
         steps = -(-sizes // batch) * req.epochs
-        single = steps == 1  # x − lr·∇F_i(x) (the proximal term is 0 at x): linear, so summed in one pass
+        single = steps == 1  # x − lr·(∇F_i(x) + d_i) (the proximal term is 0 at x): linear, so summed in one pass
         if single.any():
             rows, owner = client_rows(self.starts, clients[single])
             per_example = weights[single][owner] / sizes[single][owner]
-            acc.axpy_(float(weights[single].sum()), x).axpy_(-req.lr, self._union_grad(x, rows, per_example))
+            grad = self._union_grad(x, rows, per_example)
+            out[0].axpy_(float(weights[single].sum()), x).axpy_(-req.lr, grad)
+            if drift is not None:  # the client's one gradient is its mean gradient
+                out[0].axpy_(-req.lr, _weighted_rows(drift, weights, single))
+                out[1].add_(grad)
         rest = np.flatnonzero(~single)
         block = max(1, BLOCK_BYTES // (8 * 4 * x.numel))
         for lo in range(0, len(rest), block):
             part = rest[lo : lo + block]
-            if len(part) >= VMAP_MIN_CLIENTS:
-                acc.add_(self._train_block(req, x, clients[part], weights[part], batch[part]))
-            else:
-                acc.add_(self._train_loop(req, x, clients[part], weights[part], batch[part]))
-        return acc
+            engine = self._train_block if len(part) >= VMAP_MIN_CLIENTS else self._train_loop
+            rows = None if drift is None else _rows(drift, part)
+            for total, partial in zip(out, engine(req, x, clients[part], weights[part], batch[part], rows)):
+                total.add_(partial)
+        return out
 
     def _train_loop(
-        self, req: TrainRequest, x: Weights, clients: np.ndarray, weights: np.ndarray, batch: np.ndarray
-    ) -> Weights:
-        """Σ_i w_i · SGD_i(x), one client after another."""
-        acc = Weights.zeros_like(x, dtype=torch.float64)
+        self,
+        req: TrainRequest,
+        x: Weights,
+        clients: np.ndarray,
+        weights: np.ndarray,
+        batch: np.ndarray,
+        drift: Weights | None,
+    ) -> list[Weights]:
+        """Σ_i w_i · SGD_i(x) (and Σ_i w_i · mean gradient_i with a drift), one client after another."""
+        out = [Weights.zeros_like(x, dtype=torch.float64) for _ in range(1 if drift is None else 2)]
         sizes = self.starts[clients + 1] - self.starts[clients]
         orders = [epoch_order(self.starts, clients, req.seed, epoch) for epoch in range(req.epochs)]
         for i in range(len(clients)):
             rows = [torch.from_numpy(order[i, : sizes[i]]).to(self.device) for order in orders]
-            acc.axpy_(weights[i], self._train_one(req, x, rows, int(batch[i])))
-        return acc
+            d = None if drift is None else Weights({name: t[i] for name, t in drift.items()})
+            for total, reply in zip(out, self._train_one(req, x, rows, int(batch[i]), d)):
+                total.axpy_(weights[i], reply)
+        return out
 
-    def _train_one(self, req: TrainRequest, x: Weights, epochs: list[torch.Tensor], batch: int) -> Weights:
+    def _train_one(
+        self, req: TrainRequest, x: Weights, epochs: list[torch.Tensor], batch: int, drift: Weights | None
+    ) -> tuple[Weights, Weights]:
         """One client's local SGD, the plain way (the loop engine): ``epochs[e]`` is its
-        visiting order in epoch e."""
+        visiting order in epoch e. Its model and the mean of the data gradients it took."""
         x.to_model(self.model)
         self.model.train()
         params = list(self.model.parameters())
+        total = [torch.zeros_like(p) for p in params]
+        steps = 0
         for order in epochs:
             for lo in range(0, len(order), batch):
                 r = order[lo : lo + batch]
                 loss = self.loss(self.model(self.x[r]), self.y[r]).mean()
                 grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
                 with torch.no_grad():
+                    torch._foreach_add_(total, grads)
+                    steps += 1
                     if req.prox:  # ∇ of (prox/2)‖w − x‖², before w moves
                         torch._foreach_add_(grads, torch._foreach_sub(params, x.tensors), alpha=req.prox)
+                    if drift is not None:
+                        torch._foreach_add_(grads, drift.tensors)
                     torch._foreach_add_(params, grads, alpha=-req.lr)
-        return Weights.from_model(self.model).detach()
+        mean = Weights(dict(zip(x.names, torch._foreach_div(total, steps))))
+        return Weights.from_model(self.model).detach(), mean
 
     def _train_block(
-        self, req: TrainRequest, x: Weights, clients: np.ndarray, weights: np.ndarray, batch: np.ndarray
-    ) -> Weights:
-        """Σ_i w_i · SGD_i(x) for a block of clients trained together under ``vmap``.
+        self,
+        req: TrainRequest,
+        x: Weights,
+        clients: np.ndarray,
+        weights: np.ndarray,
+        batch: np.ndarray,
+        drift: Weights | None,
+    ) -> list[Weights]:
+        """Σ_i w_i · SGD_i(x) for a block of clients trained together under ``vmap`` (and
+        Σ_i w_i · mean gradient_i with a drift).
 
         Client i's step s uses ranks ``s·b_i .. min((s+1)·b_i, n_i) − 1`` of its epoch order;
         a row of the padded batch outside that range has weight 0, and a client with no
-        rows left in an epoch gets a zero gradient, so plain SGD leaves it where it is.
+        rows left in an epoch gets a zero gradient (its proximal and drift terms masked
+        too), so plain SGD leaves it where it is.
         """
         from torch.func import functional_call, vmap
 
@@ -279,6 +348,7 @@ class VirtualClients:
         columns = np.arange(width)
         params = {n: t.detach().unsqueeze(0).repeat(len(clients), *([1] * t.dim())).requires_grad_() for n, t in x.items()}
         stacked = list(params.values())
+        totals = [torch.zeros_like(t) for t in stacked] if drift is not None else None
         model.train()
         for epoch in range(req.epochs):
             order = torch.from_numpy(epoch_order(self.starts, clients, req.seed, epoch)).to(self.device)
@@ -292,16 +362,39 @@ class VirtualClients:
                 losses = self.loss(outputs.flatten(0, 1), self.y[rows].flatten(0, 1))
                 grads = torch.autograd.grad((losses * wb.flatten()).sum(), stacked)  # client c's: its params' only
                 with torch.no_grad():
-                    if req.prox:  # only clients that take this step: the others have no rows left
+                    if totals is not None:  # a client without rows left adds a zero gradient
+                        torch._foreach_add_(totals, grads)
+                    if req.prox or drift is not None:  # only clients that take this step
                         active = torch.from_numpy(valid.any(axis=1).astype(np.float32)).to(self.device)
-                        for g, w, x0 in zip(grads, stacked, x.tensors):
-                            g.add_((w - x0) * active.view(-1, *([1] * x0.dim())), alpha=req.prox)
+                        for k, (g, w, x0) in enumerate(zip(grads, stacked, x.tensors)):
+                            mask = active.view(-1, *([1] * x0.dim()))
+                            if req.prox:
+                                g.add_((w - x0) * mask, alpha=req.prox)
+                            if drift is not None:
+                                g.add_(drift.tensors[k] * mask)
                     torch._foreach_add_(stacked, grads, alpha=-req.lr)
         w = torch.from_numpy(weights).to(self.device)
-        out = Weights.zeros_like(x, dtype=torch.float64)
-        for name, t in out.items():
+        out = [Weights.zeros_like(x, dtype=torch.float64)]
+        for name, t in out[0].items():
             t.copy_(torch.tensordot(w, params[name].detach().double(), dims=1))
+        if totals is not None:  # each client's mean gradient: its summed gradients over its steps
+            steps = torch.from_numpy((-(-sizes // batch) * req.epochs).astype(np.float64)).to(self.device)
+            out.append(Weights.zeros_like(x, dtype=torch.float64))
+            for t, total in zip(out[1].tensors, totals):
+                t.copy_(torch.tensordot(w / steps, total.double(), dims=1))
         return out
+
+
+def _rows(stacked: Weights, positions: np.ndarray) -> Weights:
+    """Rows ``positions`` of per-client stacked tensors."""
+    index = torch.from_numpy(positions)
+    return Weights({name: t[index.to(t.device)] for name, t in stacked.items()})
+
+
+def _weighted_rows(stacked: Weights, weights: np.ndarray, mask: np.ndarray) -> Weights:
+    """Σ_{i: mask_i} weights[i] · row i of per-client stacked tensors, in float64."""
+    w = torch.from_numpy(np.where(mask, weights, 0.0))
+    return Weights({name: torch.tensordot(w.to(t.device), t.double(), dims=1) for name, t in stacked.items()})
 
 
 def _by_client(rows: np.ndarray, owner: np.ndarray, clients: int):

@@ -262,9 +262,9 @@ def test_each_method_gets_its_own_grid(tmp_path):
 
 
 def test_unknown_group_option_is_named(tmp_path, capsys):
-    path = write(tmp_path, "grid:\n  method: [vrcs, scaffold]\n")
+    path = write(tmp_path, "grid:\n  method: [vrcs, scaffolding]\n")
     assert fedsweep_tune.main([str(path), "--results", str(tmp_path / "r")]) == 2
-    assert "scaffold" in capsys.readouterr().err
+    assert "scaffolding" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -306,8 +306,8 @@ def test_shipped_sweep_files_expand(name):
         assert sweep.search == "optuna" and sweep.scheduler is not None and sweep.num_samples >= 4
     elif name == "paper_digits":  # every method tuned on its own grid of 4, each with 5 seeds
         configs = {repr({k: v for k, v in p["method"].items()}) for p in points}
-        assert len(points) == 100 and len(configs) == 20 and sorted({p["seed"] for p in points}) == [0, 1, 2, 3, 4]
-        assert {label(p["method"]) for p in points} == {"vrcs", "sliding", "fedavg", "fedprox", "server_only"}
+        assert len(points) == 120 and len(configs) == 24 and sorted({p["seed"] for p in points}) == [0, 1, 2, 3, 4]
+        assert {label(p["method"]) for p in points} == {"vrcs", "sliding", "fedavg", "fedprox", "scaffold", "server_only"}
     else:
         methods = [label(p["method"]) for p in points]  # each method on its own grid of 4
         assert sorted(set(methods)) == ["fedavg", "server_only", "sliding", "vrcs"]

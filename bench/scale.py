@@ -12,12 +12,14 @@ batch 32), test evaluation every round. For each K, in the same run:
   evaluate): the baseline, median seconds per round.
 * **in-process**: ``runtime=local`` through ``fedsweep.experiment.run_experiment``.
 * **pool**: a fresh process does what ``python -m fedsweep.run runtime=ray …`` does
-  (``ray.init`` then ``run_experiment``, W = ``runtime.workers: auto`` = one per CPU).
-  Per round (all three): the median over rounds 11 … 40. Start-up: from just before the
-  process is spawned to the end of round 1, split into interpreter and imports, Ray
-  (``ray.init``), data (load, partition, model, server, clients attached; overlapped with
-  the workers' boot), workers (the rest of the wait for every worker to be ready) and
-  round 1. Memory: the peak over the run of the proportional set size
+  (compose and check the config, then ``run_experiment``; W = ``runtime.workers: auto``
+  = one per CPU). Per round (all three): the median over
+  rounds 11 … 40. Start-up: from just before the process is spawned to the end of round 1,
+  split into interpreter and imports (no torch yet), config checks (compose and
+  ``validate``, which imports torch), Ray (``ray.init``; the data loads meanwhile on a
+  thread), data (what is left of loading, partition, model, server, clients attached;
+  overlapped with the workers' boot), workers (the rest of the wait for every worker to
+  be ready) and round 1. Memory: the peak over the run of the proportional set size
   (``/proc/<pid>/smaps_rollup``) summed over the process and all its descendants:
   Ray's GCS, raylet, agents and the workers.
 
@@ -100,33 +102,39 @@ def plain_loop_seconds(k: int, rounds: int) -> float:
     return statistics.median(times[WARMUP:])
 
 
-def run_seconds(overrides: list[str]) -> tuple[list[float], dict[str, float]]:
+def run_seconds(cfg: dict) -> tuple[list[float], dict[str, float]]:
     """Round-to-round seconds of a fedsweep run, and its start-up stamps."""
-    from fedsweep.config import compose
     from fedsweep.experiment import run_experiment
 
     stamps: list[float] = []
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as log_dir:
         run_experiment(
-            compose(overrides), log_dir=log_dir, report=lambda m: stamps.append(time.time()),
-            progress=False, timings=timings,
+            cfg, log_dir=log_dir, report=lambda m: stamps.append(time.time()), progress=False, timings=timings
         )  # fmt: skip
     return [b - a for a, b in zip(stamps, stamps[1:])], timings
+
+
+def config_for(overrides: list[str]) -> dict:
+    from fedsweep.config import compose, to_container, validate
+
+    cfg = to_container(compose(overrides))
+    validate(cfg)
+    return cfg
 
 
 # -- the pool, in its own process ------------------------------------------------------------
 
 
 def pool_child(k: int, rounds: int, spawned: float) -> None:
-    """What ``python -m fedsweep.run runtime=ray`` does, with its start-up stamped (prints JSON)."""
-    import ray  # noqa: F401 - the imports are part of start-up
-
-    import fedsweep.experiment  # noqa: F401
-
+    """What ``python -m fedsweep.run runtime=ray …`` does, with its start-up stamped (prints
+    JSON): compose and check the config (this imports torch), then ``run_experiment``,
+    which starts Ray while the data loads on a thread."""
     imported_at = time.time()
-    per_round, timings = run_seconds(workload(k, rounds) + ["runtime=ray"])
-    print(json.dumps({"spawned": spawned, "imported": imported_at, "per_round": per_round, **timings}))
+    cfg = config_for(workload(k, rounds) + ["runtime=ray"])
+    checked_at = time.time()
+    per_round, timings = run_seconds(cfg)
+    print(json.dumps({"spawned": spawned, "imported": imported_at, "checked": checked_at, "per_round": per_round, **timings}))
 
 
 def pss_kb(pid: int) -> int:
@@ -189,18 +197,19 @@ def main(ks: list[int]) -> None:
     )
     print(
         "| K | plain loop ms/round | in-process ms/round | pool ms/round | pool / plain loop | "
-        "start-up s (imports + Ray + data + workers + round 1) | peak PSS GB |"
+        "start-up s (imports + config checks + Ray + data + workers + round 1) | peak PSS GB |"
     )
     print("|---:|---:|---:|---:|---:|---|---:|")
     worst = {"ratio": 0.0, "startup": 0.0, "pss": 0.0}
     for k in ks:
         loop = plain_loop_seconds(k, ROUNDS)
-        local, _ = run_seconds(workload(k, ROUNDS) + ["runtime=local"])
+        local, _ = run_seconds(config_for(workload(k, ROUNDS) + ["runtime=local"]))
         pool = pool_run(k, ROUNDS)
         pool_round = statistics.median(pool["per_round"][WARMUP:])
         parts = [
             pool["imported"] - pool["spawned"],
-            pool["ray"] - pool["imported"],
+            pool["checked"] - pool["imported"],
+            pool["ray"] - pool["checked"],
             pool["data"] - pool["ray"],
             pool["workers"] - pool["data"],
             pool["first_round"] - pool["workers"],

@@ -5,12 +5,15 @@
 """
 
 from fedsweep.errors import ConfigError
-from fedsweep.weights import Weights
 
 __all__ = ["ConfigError", "Weights", "run_experiment", "run_sweep"]
 
 
-def __getattr__(name: str):  # the API's imports (Hydra, pandas) only when it is used
+def __getattr__(name: str):  # heavy imports only when used: torch for Weights, Hydra and pandas for the API
+    if name == "Weights":
+        from fedsweep.weights import Weights
+
+        return Weights
     if name in ("run_experiment", "run_sweep"):
         from fedsweep import api
 

@@ -4,6 +4,8 @@
 ``fedsweep.run``, the sweep driver and tests) and turns Hydra's multi-line
 errors into one line. ``validate`` checks every value a run will use and raises
 a one-line :class:`ConfigError` naming the bad one, before any work starts.
+
+Composing imports no torch (``validate`` does, for the components and the optimizer).
 """
 
 from __future__ import annotations
@@ -17,13 +19,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from fedsweep import components
 from fedsweep.components import SECTIONS
 from fedsweep.errors import ConfigError
-from fedsweep.server import ServerConfig
 
 CONFIG_DIR = Path(os.environ.get("FEDSWEEP_CONFIG_DIR", Path(__file__).resolve().parent / "configs"))
 """The shipped configs: inside the package, so a wheel carries them (``FEDSWEEP_CONFIG_DIR`` replaces them)."""
@@ -100,6 +100,8 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
     ranges), and a target's ``check_config`` (e.g. the partition's) checks what needs no data.
     What needs the data (the model's shapes) is checked by ``fedsweep.setup.check_setup``.
     """
+    from fedsweep.server import ServerConfig
+
     c = to_container(cfg)
     for section in SECTIONS:
         target = components.check(section, _require(c, section))
@@ -176,6 +178,8 @@ def _check_optimizer(opt_cfg: Mapping[str, Any]) -> None:
     arguments, and each value of its default's kind (a number for a number, a flag for a
     flag). Read from the signature: building a torch optimizer imports torch._dynamo, which
     measured 1.2 s of start-up."""
+    import torch
+
     name = opt_cfg["name"]
     cls = getattr(torch.optim, name, None)
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer) and cls is not torch.optim.Optimizer):
@@ -266,6 +270,8 @@ def resolve_runtime(cfg: dict[str, Any], *, cpus: float, gpus: float) -> dict[st
 
 def make_optimizer_factory(opt_cfg: Mapping[str, Any]):
     """``params -> torch.optim.<name>(params, **rest)`` from the optimizer config group."""
+    import torch
+
     kwargs = {k: v for k, v in opt_cfg.items() if k != "name"}
     cls = getattr(torch.optim, opt_cfg["name"])
 

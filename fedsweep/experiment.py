@@ -66,25 +66,15 @@ def _on(data: Dataset, device: torch.device) -> Dataset:
 
 @contextmanager
 def _ray_if_needed(cfg: Mapping[str, Any]) -> Iterator[None]:
-    """Start (and later stop) Ray for a ``runtime=ray`` run outside Tune."""
+    """Ray for a ``runtime=ray`` run outside Tune: the one running, the one ``fedsweep.run``
+    started in the background, or a new one (``fedsweep.runtime.ray_start.ray_session``)."""
     if cfg["runtime"]["name"] != "ray":
         yield
         return
-    import ray
+    from fedsweep.runtime.ray_start import ray_session
 
-    started = False
-    if not ray.is_initialized():
-        from fedsweep.runtime.ray_runtime import init_ray
-
-        context = init_ray(cfg["runtime"]["address"], dashboard=cfg["runtime"]["dashboard"])
-        if context.dashboard_url:
-            print(f"Ray dashboard: http://{context.dashboard_url}")
-        started = True
-    try:
+    with ray_session(cfg["runtime"]["address"], dashboard=cfg["runtime"]["dashboard"]):
         yield
-    finally:
-        if started:
-            ray.shutdown()
 
 
 @dataclass

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from fedsweep.checkpoint import checkpoint_path, saved_rounds
 from fedsweep.config import compose, to_container, validate
 from fedsweep.errors import ConfigError, RunError
 
@@ -75,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"TensorBoard logs: {log_dir}   (tensorboard --logdir {log_dir})")
+    from fedsweep.checkpoint import checkpoint_path, saved_rounds
+
     saved = saved_rounds(log_dir)
     if saved:
         newest = checkpoint_path(log_dir, saved[-1])

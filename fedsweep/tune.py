@@ -190,7 +190,7 @@ def _run_sweep(sweep: Sweep, base, grid, points, exp_dir: Path, *, results_dir: 
 
     started = not ray.is_initialized()
     if started:
-        from fedsweep.runtime.ray_runtime import init_ray
+        from fedsweep.runtime.ray_start import init_ray
 
         context = init_ray(address, dashboard=True, trial_output=True)
         if context.dashboard_url:

@@ -23,7 +23,7 @@ from ray.cluster_utils import Cluster
 
 from fedsweep.config import compose
 from fedsweep.experiment import run_experiment
-from fedsweep.runtime.ray_runtime import init_ray
+from fedsweep.runtime.ray_start import init_ray
 from fedsweep.sweep import load_sweep
 from fedsweep.tune import run_sweep
 

@@ -25,8 +25,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +35,7 @@ from torch import nn
 from fedsweep.data.client_data import ClientData
 from fedsweep.errors import RunError
 from fedsweep.runtime.base import Part, Runtime
+from fedsweep.runtime.ray_start import INLINE_BYTES
 from fedsweep.runtime.virtual_clients import Request
 from fedsweep.task import Loss, cross_entropy
 from fedsweep.weights import Weights
@@ -57,57 +57,6 @@ class WorkerSetup:
     model_fn: Callable[[], nn.Module]
     loss: Loss
     vectorize: bool | str
-
-
-INLINE_BYTES = 1 << 20
-"""Objects up to this size travel inside their call, not through the object store (in a Ray
-that fedsweep starts): a small model's request and replies then skip the store's IPC, which
-measured ~2.6 → ~1.4 ms of overhead per worker call here."""
-
-
-LOOPBACK = "127.0.0.1"
-
-
-def init_ray(address: str | None, *, dashboard: bool, trial_output: bool = False):
-    """``ray.init`` for fedsweep runs and sweeps. Joining a cluster (``address``, or Ray's
-    ``RAY_ADDRESS``) keeps the cluster's settings. A new local Ray is a single-machine Ray:
-    every service of it (GCS, raylet, object manager, workers, agents, dashboard) listens on
-    127.0.0.1 only, and it passes objects up to ``INLINE_BYTES`` inline.
-
-    Workers' output stays off the terminal, unless ``trial_output``: then what a sweep's trials
-    print reaches the driver's terminal (each line carries the trial's short name, see
-    ``fedsweep.trial_logging``; ``fedsweep.tune`` turns off Ray's ``(name pid=…)`` prefix and
-    its merging of similar lines before Ray is imported)."""
-    if address or os.environ.get("RAY_ADDRESS"):
-        return ray.init(address=address, include_dashboard=dashboard, log_to_driver=trial_output)
-    with _single_machine():
-        context = ray.init(
-            include_dashboard=dashboard,
-            dashboard_host=LOOPBACK,
-            log_to_driver=trial_output,
-            _node_ip_address=LOOPBACK,
-            _system_config={"max_direct_call_object_size": INLINE_BYTES},
-        )
-    if ray.util.get_node_ip_address() != LOOPBACK:  # a Ray that no longer honours the switch
-        ray.shutdown()
-        raise RunError(f"Ray did not start on {LOOPBACK}; refusing to run with its services on other interfaces")
-    return context
-
-
-@contextmanager
-def _single_machine() -> Iterator[None]:
-    """Ray's switch for a Ray that is no cluster (the default on macOS and Windows, set by
-    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, which Ray reads once at import): the node's
-    address is then the loopback one, and every Ray service binds to the node's address.
-    Ray resolves ``_node_ip_address="127.0.0.1"`` to the machine's address without it."""
-    from ray._private import ray_constants  # ray is pinned (pyproject.toml): this switch is checked by a test
-
-    before = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = before
 
 
 class WorkerDiedError(RunError):

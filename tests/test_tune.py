@@ -254,6 +254,15 @@ def test_optuna_and_random_searches_run_their_budget(ray_session, tmp_path):
         assert set(table["method.q"]) <= {0.3, 0.6}
         assert all(s == "done" or s.startswith("stopped early at") for s in table["status"])
         assert len(list((out / "tensorboard").iterdir())) == 4
+        # run again: the searcher's state is restored with the sweep, so no trial is added or redone
+        events = {p: p.stat().st_mtime_ns for p in (out / "tensorboard").rglob("events.*")}
+        _, again = run_sweep(load_sweep(path), results_dir=tmp_path / "results")
+        columns = ["method.theta", "method.q", "status"]
+        def rows(t):
+            return t[columns].sort_values("method.theta").reset_index(drop=True)
+
+        assert rows(again).equals(rows(table))
+        assert {p: p.stat().st_mtime_ns for p in (out / "tensorboard").rglob("events.*")} == events
 
 
 def test_rank_best_ranks_each_trial_by_its_best_round(ray_session, tmp_path):

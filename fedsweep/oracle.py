@@ -147,19 +147,21 @@ class FederatedOracle:
         seed: int,
         subsets: Mapping[Group, np.ndarray | None],
         drift: Mapping[Group, Weights],
-    ) -> dict[Group, list[tuple[Weights, Weights]]]:
-        """Each contacted client's own reply: one part per client, weight 1, all in one round trip."""
+    ) -> dict[Group, tuple[Weights, Weights]]:
+        """Each contacted client's own reply, both groups in one round trip (``Runtime.each``)."""
         ids = {group: self._contact(group, subset, participation_weights)[0] for group, subset in subsets.items()}
         every = np.concatenate(list(ids.values()))
         stacked = Weights(
             {name: torch.cat([drift[group][name] for group in subsets]).detach().cpu() for name in x.names}
         )
         request = TrainRequest(x, epochs, lr, batch_size, seed, drift=stacked, drift_clients=tuple(every.tolist()))
-        replies = iter(self.runtime.map_reduce(request, [(np.array([i]), np.ones(1)) for i in every]))
-        out = {}
+        models, means = self.runtime.each(request, every)
+        out, lo = {}, 0
         for group, group_ids in ids.items():
             self._count(group, len(group_ids), request.nbytes)
-            out[group] = [tuple(w.to(self.device, self.dtype) for w in next(replies)) for _ in group_ids]
+            rows = slice(lo, lo + len(group_ids))
+            out[group] = tuple(Weights({n: t[rows] for n, t in w.items()}).to(self.device, self.dtype) for w in (models, means))
+            lo += len(group_ids)
         return out
 
     def client_sizes(self, group: Group) -> np.ndarray:

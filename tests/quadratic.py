@@ -89,7 +89,8 @@ class QuadraticOracle:
         return out
 
     def local_runs(self, x: Weights, *, epochs: int, lr: float, batch_size, seed, subsets, drift):
-        """Full-batch gradient descent on G(w) + ⟨d, w⟩ (one client per group); the mean gradient."""
+        """Full-batch gradient descent on G(w) + ⟨d, w⟩ (one client per group); its model and mean
+        gradient, stacked (one row)."""
         out = {}
         for group in subsets:
             self.calls[group] += 1
@@ -99,7 +100,7 @@ class QuadraticOracle:
                 grad = loss.grad(w)
                 total += grad
                 w = w - lr * (grad + drift[group]["x"][0])
-            out[group] = [(self.wrap(w), self.wrap(total / epochs))]
+            out[group] = (Weights({"x": w.unsqueeze(0)}), Weights({"x": (total / epochs).unsqueeze(0)}))
         return out
 
     def client_sizes(self, group: str):

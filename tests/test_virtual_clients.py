@@ -183,6 +183,21 @@ def test_scaffold_local_training_adds_each_clients_drift_and_returns_its_mean_gr
     assert request.nbytes == 2 * TrainRequest(x, epochs, 0.3, batch, 9).nbytes  # x and c in, y_i and c_i⁺ out
 
 
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_each_client_gets_its_own_reply(vectorize):
+    """serve_each: every client's model and mean gradient, in order, as by hand (vmap blocks or the loop)."""
+    data = federation()
+    x = point(2)
+    d = drifts(CLIENTS)
+    request = TrainRequest(x, epochs=2, lr=0.3, batch_size=4, seed=9, drift=d, drift_clients=tuple(int(c) for c in CLIENTS))
+    models, means = VirtualClients(data, model_fn, vectorize=vectorize).serve_each(request, CLIENTS)
+    for i, c in enumerate(CLIENTS):
+        row = Weights({n: t[i] for n, t in d.items()})
+        model, mean = by_hand_sgd(data, x, int(c), epochs=2, lr=0.3, batch=4, seed=9, drift=row, mean=True)
+        assert_weights_close(Weights({n: t[i] for n, t in models.items()}), model)
+        assert_weights_close(Weights({n: t[i] for n, t in means.items()}), mean)
+
+
 def test_a_block_of_many_clients_trains_like_one_client_at_a_time():
     """A thousand clients in one request: the vectorised engine matches the loop engine."""
     sizes = np.random.default_rng(0).integers(1, 6, size=1000).tolist()

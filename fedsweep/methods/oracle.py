@@ -83,10 +83,10 @@ class GradientOracle(Protocol):
         seed: int,
         subsets: Mapping[Group, np.ndarray | None],
         drift: Mapping[Group, Weights],
-    ) -> dict[Group, list[tuple[Weights, Weights]]]:
-        """For each group of ``subsets``, each contacted client's own ``(model, mean gradient)``,
-        in subset order: ``epochs`` of SGD from x on F_i(w) + ⟨d_i, w⟩, where ``drift[group]``
-        stacks the d_i (row r: the r-th contacted client), and the mean of the minibatch
+    ) -> dict[Group, tuple[Weights, Weights]]:
+        """For each group of ``subsets``, its contacted clients' own ``(models, mean gradients)``,
+        stacked (row r: the r-th contacted client): ``epochs`` of SGD from x on F_i(w) + ⟨d_i, w⟩,
+        where ``drift[group]`` stacks the d_i the same way, and the mean of the minibatch
         gradients ∇F_i it took. One round trip; SCAFFOLD's client step."""
 
     def client_sizes(self, group: Group) -> np.ndarray:

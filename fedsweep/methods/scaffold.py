@@ -64,22 +64,23 @@ class Scaffold(FedAvg):
         subsets = {group: sample_clients(state.rng, oracle.num_clients(group), self.participation) for group in GROUPS}
         chosen = {group: _positions(subset, oracle.num_clients(group)) for group, subset in subsets.items()}
         drift = {  # d_i = c − c_i, one row per contacted client
-            group: Weights({n: c[n].unsqueeze(0) - state.extra[f"c_{group}"][n][chosen[group]] for n in x.names})
+            group: Weights({n: c[n] - _picked(state.extra[f"c_{group}"][n], subsets[group]) for n in x.names})
             for group in GROUPS
         }
         runs = oracle.local_runs(
             x, epochs=self.local_epochs, lr=self.lr, batch_size=self.batch_size, seed=seed, subsets=subsets, drift=drift
         )  # fmt: skip
         step, control_step = Weights.zeros_like(x), Weights.zeros_like(x)
-        for group in GROUPS:
+        for group in GROUPS:  # the stacked clients' rows, weighted
             sizes, controls = oracle.client_sizes(group), state.extra[f"c_{group}"]
-            p = participation_weights(sizes, chosen[group])
-            a = group_weights(sizes)[chosen[group]]
-            for k, (i, (model, mean_grad)) in enumerate(zip(chosen[group], runs[group])):
-                step.axpy_(0.5 * p[k], model.sub_(x))
-                old = Weights({n: controls[n][i] for n in x.names})  # views: c_i is updated in place below
-                control_step.axpy_(0.5 * a[k], mean_grad - old)
-                old.copy_(mean_grad)
+            models, mean_grads = runs[group]
+            rows = torch.from_numpy(chosen[group]).to(x.device)
+            p = _on(0.5 * participation_weights(sizes, chosen[group]), x)
+            a = _on(0.5 * group_weights(sizes)[chosen[group]], x)
+            for n in x.names:
+                step[n].add_(torch.tensordot(p, models[n] - x[n], dims=1))
+                control_step[n].add_(torch.tensordot(a, mean_grads[n] - controls[n][rows], dims=1))
+                controls[n].index_copy_(0, rows, mean_grads[n])  # c_i ← c_i⁺
         state.x = x + step * self.global_lr
         c.add_(control_step)
         state.round += 1
@@ -92,6 +93,15 @@ class Scaffold(FedAvg):
 
 def _stack_zeros(x: Weights, rows: int) -> Weights:
     return Weights({n: torch.zeros((rows, *t.shape), dtype=t.dtype, device=t.device) for n, t in x.items()})
+
+
+def _picked(rows: torch.Tensor, subset: np.ndarray | None) -> torch.Tensor:
+    """The rows of the contacted clients (all of them without a subset: no copy)."""
+    return rows if subset is None else rows[torch.from_numpy(subset).to(rows.device)]
+
+
+def _on(weights: np.ndarray, like: Weights) -> torch.Tensor:
+    return torch.from_numpy(weights).to(like.device, like.dtype)
 
 
 def _positions(subset: np.ndarray | None, num_clients: int) -> np.ndarray:

@@ -4,7 +4,8 @@ A request to clients is a map over them plus a weighted reduction done where the
 lives (STYLE.md §12): ``map_reduce(request, parts)`` returns, for each part (a set of
 clients with a weight each), Σ_i weights[i] · reply_i. Several parts (both groups of a
 full communication) go out in one round trip. The runtime does no other maths: the
-weights, and what the sums mean, belong to the caller (``fedsweep.oracle``).
+weights, and what the sums mean, belong to the caller (``fedsweep.oracle``). ``each``
+returns every client's own reply instead, for a method that keeps per-client state.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 from torch import nn
 
 from fedsweep.data.client_data import ClientData
-from fedsweep.runtime.virtual_clients import Request
+from fedsweep.runtime.virtual_clients import Request, TrainRequest
 from fedsweep.task import Loss, cross_entropy
 from fedsweep.weights import Weights
 
@@ -38,8 +39,12 @@ class Runtime(ABC):
     def map_reduce(self, request: Request, parts: Sequence[Part]) -> list[list[Weights]]:
         """For each part ``(clients, weights)``: Σ_i weights[i] · (client ``clients[i]``'s reply
         to ``request``), summed in float64, as one ``Weights`` per point of a gradient
-        request, models and mean gradients for a ``TrainRequest`` with a drift, one otherwise.
-        A part of one client with weight 1 is that client's own reply."""
+        request, models and mean gradients for a ``TrainRequest`` with a drift, one otherwise."""
+
+    @abstractmethod
+    def each(self, request: TrainRequest, clients: np.ndarray) -> list[Weights]:
+        """Each client's own reply to a training request, stacked (row r: ``clients[r]``'s), in
+        one round trip (``VirtualClients.serve_each``): for methods that keep state per client."""
 
     def wait_ready(self) -> None:
         """Block until every worker can serve (start-up is otherwise paid by the first request)."""

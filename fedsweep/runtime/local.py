@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+
+import numpy as np
 from torch import nn
 
 from fedsweep.data.client_data import ClientData
 from fedsweep.runtime.base import Part, Runtime
-from fedsweep.runtime.virtual_clients import Request, VirtualClients
+from fedsweep.runtime.virtual_clients import Request, TrainRequest, VirtualClients
 from fedsweep.task import Loss, cross_entropy
 from fedsweep.weights import Weights
 
@@ -26,3 +28,8 @@ class LocalRuntime(Runtime):
         if self.clients is None:
             raise RuntimeError("attach() the clients' data before the first request")
         return [self.clients.serve(request, clients, weights) for clients, weights in parts]
+
+    def each(self, request: TrainRequest, clients: np.ndarray) -> list[Weights]:
+        if self.clients is None:
+            raise RuntimeError("attach() the clients' data before the first request")
+        return self.clients.serve_each(request, clients)

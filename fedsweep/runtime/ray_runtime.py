@@ -30,13 +30,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import ray
+import torch
 from torch import nn
 
 from fedsweep.data.client_data import ClientData
 from fedsweep.errors import RunError
 from fedsweep.runtime.base import Part, Runtime
 from fedsweep.runtime.ray_start import INLINE_BYTES
-from fedsweep.runtime.virtual_clients import Request
+from fedsweep.runtime.virtual_clients import Request, TrainRequest
 from fedsweep.task import Loss, cross_entropy
 from fedsweep.weights import Weights
 
@@ -96,6 +97,12 @@ class Worker:
         if setup_id != self._setup_id:
             raise SetupMissing(setup_id)
         return [self._clients.serve(request, c, w) if len(c) else None for c, w in parts]
+
+    def serve_each(self, setup_id: str, request: TrainRequest, clients: np.ndarray) -> list[Weights]:
+        """Each of ``clients``' own reply, stacked (``VirtualClients.serve_each``)."""
+        if setup_id != self._setup_id:
+            raise SetupMissing(setup_id)
+        return self._clients.serve_each(request, clients)
 
 
 class SetupMissing(Exception):
@@ -167,13 +174,15 @@ class RayRuntime(Runtime):
         weights = [np.asarray(w, dtype=np.float64) for _, w in parts]
         owner = np.repeat(np.arange(len(parts)), [len(c) for c in clients])
         every, every_weight = np.concatenate(clients), np.concatenate(weights)
+        setup_id = self._setup[1]
         refs = []
         for share in split(self._sizes[every], len(self.workers)):  # contiguous shares of all parts' clients
             local = [(every[share][owner[share] == k], every_weight[share][owner[share] == k]) for k in range(len(parts))]
-            refs.append((self.workers[len(refs)].serve.remote(self._setup[1], argument, local), local))
+            refs.append((self.workers[len(refs)].serve.remote(setup_id, argument, local), local))
         totals: list[list[Weights] | None] = [None] * len(parts)
         for index, (ref, local) in enumerate(refs):  # in worker order: the same sums whatever finishes first
-            for k, partial in enumerate(self._answer(index, ref, argument, local)):
+            again = lambda worker, local=local: worker.serve.remote(setup_id, argument, local)  # noqa: E731
+            for k, partial in enumerate(self._answer(index, ref, again)):
                 if partial is None:
                     continue
                 if totals[k] is None:
@@ -183,15 +192,30 @@ class RayRuntime(Runtime):
                         t.add_(p)
         return [t if t is not None else [] for t in totals]
 
-    def _answer(self, index: int, ref: ray.ObjectRef, argument, parts: list[Part]):
-        """Worker ``index``'s reply; a restarted worker gets the setup again and the request anew."""
+    def each(self, request: TrainRequest, clients: np.ndarray) -> list[Weights]:
+        if self._setup is None or self._sizes is None:
+            raise RuntimeError("attach() the clients' data before the first request")
+        argument, setup_id = self._argument(request), self._setup[1]
+        clients = np.asarray(clients, dtype=np.int64)
+        refs = []
+        for share in split(self._sizes[clients], len(self.workers)):  # contiguous shares, in order
+            refs.append((self.workers[len(refs)].serve_each.remote(setup_id, argument, clients[share]), clients[share]))
+        shares = []
+        for index, (ref, share) in enumerate(refs):
+            again = lambda worker, share=share: worker.serve_each.remote(setup_id, argument, share)  # noqa: E731
+            shares.append(self._answer(index, ref, again))
+        return [Weights({n: torch.cat([s[k][n] for s in shares]) for n in shares[0][k].names}) for k in range(len(shares[0]))]
+
+    def _answer(self, index: int, ref: ray.ObjectRef, again: Callable[[ray.actor.ActorHandle], ray.ObjectRef]):
+        """Worker ``index``'s reply; a restarted worker gets the setup again and the request
+        anew (``again(worker)`` sends it)."""
         try:
             return self._get(ref, index)
         except SetupMissing:
             worker = self.workers[index]
             setup_ref, setup_id = self._setup
             worker.load.remote([setup_ref], setup_id)
-            return self._get(worker.serve.remote(setup_id, argument, parts), index)
+            return self._get(again(worker), index)
 
     def _get(self, ref: ray.ObjectRef, index: int):
         try:

@@ -124,12 +124,16 @@ class TrainRequest(_Payload):
         """The d_i of ``clients`` stacked in their order (zero rows for clients not listed)."""
         if self.drift is None:
             return None
-        listed = {c: r for r, c in enumerate(self.drift_clients)}
-        rows = [listed.get(int(c)) for c in clients]
-        zero = {name: t.new_zeros(t.shape[1:]) for name, t in self.drift.items()}
+        listed = np.asarray(self.drift_clients, dtype=np.int64)
+        order = np.argsort(listed, kind="stable")
+        at = np.minimum(np.searchsorted(listed[order], clients), len(listed) - 1)
+        found, rows = listed[order][at] == clients, order[at]
+        if found.all() and len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
+            return self.drift.to(device) if len(rows) == len(listed) else _rows(self.drift, rows).to(device)
+        keep = torch.from_numpy(found)
         return Weights(
             {
-                name: torch.stack([zero[name] if r is None else t[r] for r in rows]).to(device)
+                name: (t[torch.from_numpy(rows)] * keep.view(-1, *([1] * (t.dim() - 1))).to(t.dtype)).to(device)
                 for name, t in self.drift.items()
             }
         )
@@ -182,6 +186,35 @@ class VirtualClients:
         if isinstance(request, TrainRequest):
             return self._train(request, clients, weights)
         raise TypeError(f"unknown request {type(request).__name__}")
+
+    def serve_each(self, request: TrainRequest, clients: np.ndarray) -> list[Weights]:
+        """Each client's own reply to a training request, stacked: row r of every tensor is
+        client ``clients[r]``'s; ``[models]`` or, with a drift, ``[models, mean gradients]``,
+        in the model's dtype. For methods that keep state per client (SCAFFOLD); the clients
+        still train together under ``vmap``."""
+        if not isinstance(request, TrainRequest):
+            raise TypeError(f"serve_each answers training requests, not {type(request).__name__}")
+        clients = np.asarray(clients, dtype=np.int64)
+        x = request.x.to(self.device)
+        sizes = self.starts[clients + 1] - self.starts[clients]
+        batch = sizes if request.batch_size is None else np.minimum(sizes, request.batch_size)
+        drift = request.drift_rows(clients, self.device)
+        if not self.vectorized or len(clients) < VMAP_MIN_CLIENTS:
+            orders = [epoch_order(self.starts, clients, request.seed, epoch) for epoch in range(request.epochs)]
+            replies = []
+            for i in range(len(clients)):
+                rows = [torch.from_numpy(order[i, : sizes[i]]).to(self.device) for order in orders]
+                d = None if drift is None else Weights({name: t[i] for name, t in drift.items()})
+                model, mean = self._train_one(request, x, rows, int(batch[i]), d)
+                replies.append([model.clone()] if drift is None else [model.clone(), mean])  # model: a view until now
+            return [Weights({n: torch.stack([r[k][n] for r in replies]) for n in x.names}) for k in range(len(replies[0]))]
+        blocks = []
+        block = max(1, BLOCK_BYTES // (8 * 4 * x.numel))
+        for lo in range(0, len(clients), block):
+            part = np.arange(lo, min(lo + block, len(clients)))
+            rows = None if drift is None else _rows(drift, part)
+            blocks.append(self._train_stacked(request, x, clients[part], batch[part], rows))
+        return [Weights({n: torch.cat([b[k][n] for b in blocks]) for n in x.names}) for k in range(len(blocks[0]))]
 
     # -- gradients and HVPs ------------------------------------------------------------
 
@@ -300,7 +333,8 @@ class VirtualClients:
         self, req: TrainRequest, x: Weights, epochs: list[torch.Tensor], batch: int, drift: Weights | None
     ) -> tuple[Weights, Weights]:
         """One client's local SGD, the plain way (the loop engine): ``epochs[e]`` is its
-        visiting order in epoch e. Its model and the mean of the data gradients it took."""
+        visiting order in epoch e. Its model (a view of ``self.model``'s parameters, valid until
+        the next client) and the mean of the data gradients it took."""
         x.to_model(self.model)
         self.model.train()
         params = list(self.model.parameters())
@@ -331,8 +365,22 @@ class VirtualClients:
         batch: np.ndarray,
         drift: Weights | None,
     ) -> list[Weights]:
-        """Σ_i w_i · SGD_i(x) for a block of clients trained together under ``vmap`` (and
-        Σ_i w_i · mean gradient_i with a drift).
+        """Σ_i w_i · SGD_i(x) (and Σ_i w_i · mean gradient_i with a drift) for a block of
+        clients trained together (:meth:`_train_stacked`), in float64."""
+        w = torch.from_numpy(weights).to(self.device)
+        out = []
+        for result in self._train_stacked(req, x, clients, batch, drift):
+            total = Weights.zeros_like(x, dtype=torch.float64)
+            for name, t in total.items():
+                t.copy_(torch.tensordot(w, result[name].double(), dims=1))
+            out.append(total)
+        return out
+
+    def _train_stacked(
+        self, req: TrainRequest, x: Weights, clients: np.ndarray, batch: np.ndarray, drift: Weights | None
+    ) -> list[dict[str, torch.Tensor]]:
+        """A block of clients' local SGD under ``vmap``: their models stacked on a leading axis
+        (and, with a drift, their mean gradients likewise).
 
         Client i's step s uses ranks ``s·b_i .. min((s+1)·b_i, n_i) − 1`` of its epoch order;
         a row of the padded batch outside that range has weight 0, and a client with no
@@ -373,20 +421,17 @@ class VirtualClients:
                             if drift is not None:
                                 g.add_(drift.tensors[k] * mask)
                     torch._foreach_add_(stacked, grads, alpha=-req.lr)
-        w = torch.from_numpy(weights).to(self.device)
-        out = [Weights.zeros_like(x, dtype=torch.float64)]
-        for name, t in out[0].items():
-            t.copy_(torch.tensordot(w, params[name].detach().double(), dims=1))
+        out = [{n: t.detach() for n, t in params.items()}]
         if totals is not None:  # each client's mean gradient: its summed gradients over its steps
-            steps = torch.from_numpy((-(-sizes // batch) * req.epochs).astype(np.float64)).to(self.device)
-            out.append(Weights.zeros_like(x, dtype=torch.float64))
-            for t, total in zip(out[1].tensors, totals):
-                t.copy_(torch.tensordot(w / steps, total.double(), dims=1))
+            steps = torch.from_numpy((-(-sizes // batch) * req.epochs).astype(np.float32)).to(self.device)
+            out.append({n: t / steps.view(-1, *([1] * (t.dim() - 1))) for n, t in zip(params, totals)})
         return out
 
 
 def _rows(stacked: Weights, positions: np.ndarray) -> Weights:
-    """Rows ``positions`` of per-client stacked tensors."""
+    """Rows ``positions`` of per-client stacked tensors (views when they are consecutive)."""
+    if len(positions) and np.array_equal(positions, np.arange(positions[0], positions[0] + len(positions))):
+        return Weights({name: t[int(positions[0]) : int(positions[0]) + len(positions)] for name, t in stacked.items()})
     index = torch.from_numpy(positions)
     return Weights({name: t[index.to(t.device)] for name, t in stacked.items()})
 

@@ -53,10 +53,12 @@ def run_and_kill(overrides, log_dir, kills: int):
     return history, (error[0] if error else None), killed
 
 
-def test_a_killed_worker_is_restarted_and_the_run_has_the_undisturbed_numbers(ray_session, tmp_path):
+@pytest.mark.parametrize("method", ["fedavg", "scaffold"])  # a weighted sum per worker; each client's own reply
+def test_a_killed_worker_is_restarted_and_the_run_has_the_undisturbed_numbers(ray_session, tmp_path, method):
+    overrides = [f"method={method}" if o == "method=fedavg" else o for o in LONG]
     undisturbed = []
-    run_experiment(compose(LONG), log_dir=tmp_path / "calm", report=undisturbed.append, progress=False)
-    history, error, killed = run_and_kill(LONG, tmp_path / "killed", kills=1)
+    run_experiment(compose(overrides), log_dir=tmp_path / "calm", report=undisturbed.append, progress=False)
+    history, error, killed = run_and_kill(overrides, tmp_path / "killed", kills=1)
     assert error is None, error
     assert len(killed) == 1
     assert str(history) == str(undisturbed)  # bit-identical: the retried request gives the same answer

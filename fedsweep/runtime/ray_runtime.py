@@ -7,6 +7,8 @@ travels with the call when small, else is put once; the clients of all its parts
 groups of a full communication) are split into W contiguous shares balanced by examples,
 and each worker answers with one float64 partial sum per part; the driver adds the
 partials in worker order. 10,000 clients are W processes and one round trip, not 10,000.
+``each`` (a method that keeps per-client state) splits its clients the same way, and each
+worker answers with its clients' own replies stacked; the driver joins them in order.
 
 Faults use Ray's actor fault tolerance: a worker that dies is restarted by Ray
 (``max_restarts``) and its request retried (``max_task_retries``); the restarted (fresh)

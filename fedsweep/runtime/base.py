@@ -38,7 +38,8 @@ class Runtime(ABC):
     @abstractmethod
     def map_reduce(self, request: Request, parts: Sequence[Part]) -> list[list[Weights]]:
         """For each part ``(clients, weights)``: Σ_i weights[i] · (client ``clients[i]``'s reply
-        to ``request``), summed in float64, as one ``Weights`` per point of a gradient
+        to ``request``), summed in float64 (a pool's workers send their partial sums in the
+        model's dtype), as one ``Weights`` per point of a gradient
         request, models and mean gradients for a ``TrainRequest`` with a drift, one otherwise."""
 
     @abstractmethod

@@ -5,8 +5,11 @@ loads data), then ``attach`` puts the clients' data and the model constructor in
 object store once: every worker of a node maps the same arrays zero-copy. A request
 travels with the call when small, else is put once; the clients of all its parts (both
 groups of a full communication) are split into W contiguous shares balanced by examples,
-and each worker answers with one float64 partial sum per part; the driver adds the
-partials in worker order. 10,000 clients are W processes and one round trip, not 10,000.
+and each worker answers with one partial sum per part, accumulated in float64 and sent in
+the model's dtype (float32: half the bytes; FedAvg's round at K = 4 on digits measured
+10.4–10.8 ms against 11.5–11.6 ms with float64 replies; the caller rounds the total to
+that dtype anyway); the driver adds the partials in
+float64, in worker order. 10,000 clients are W processes and one round trip, not 10,000.
 ``each`` (a method that keeps per-client state) splits its clients the same way, and each
 worker answers with its clients' own replies stacked; the driver joins them in order.
 
@@ -98,7 +101,8 @@ class Worker:
         that does not hold the run's setup (a restarted one) says so and is sent it again."""
         if setup_id != self._setup_id:
             raise SetupMissing(setup_id)
-        return [self._clients.serve(request, c, w) if len(c) else None for c, w in parts]
+        wire = request.vectors[0].dtype  # the model's: a float64 partial in float32 halves the reply
+        return [[p.to(p.device, wire) for p in self._clients.serve(request, c, w)] if len(c) else None for c, w in parts]
 
     def serve_each(self, setup_id: str, request: TrainRequest, clients: np.ndarray) -> list[Weights]:
         """Each of ``clients``' own reply, stacked (``VirtualClients.serve_each``)."""
@@ -187,8 +191,8 @@ class RayRuntime(Runtime):
             for k, partial in enumerate(self._answer(index, ref, again)):
                 if partial is None:
                     continue
-                if totals[k] is None:
-                    totals[k] = [p.clone() for p in partial]  # replies are read-only views of the object store
+                if totals[k] is None:  # a fresh float64 copy: replies are read-only views of the object store
+                    totals[k] = [Weights.zeros_like(p, dtype=torch.float64).add_(p) for p in partial]
                 else:
                     for t, p in zip(totals[k], partial):
                         t.add_(p)

@@ -186,6 +186,8 @@ def test_vrcs_and_sliding_beat_fedavg_client_drift():
         ({"_target_": "fedsweep.methods.FedAvg", "local_epochs": 1, "lr": 0.1}, "missing config key method.batch_size"),
         ({"_target_": "fedsweep.methods.FedAvg", "local_epochs": 1, "lr": 0.1, "batch_size": 1, "mu": 1},
          "method.mu=1 is not an argument of fedsweep.methods.FedAvg"),
+        ({"_target_": "fedsweep.methods.Scaffold", "local_epochs": 1, "lr": 0.1, "batch_size": 8, "global_lr": 0},
+         "method.global_lr must be > 0, got method.global_lr=0"),
         ({"_target_": "fedsweep.methods.Adam"}, "'fedsweep.methods.Adam' cannot be imported"),
         ({"theta": 0.1}, "method._target_"),
     ],

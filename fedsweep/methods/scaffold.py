@@ -18,7 +18,7 @@ the method's state (``MethodState.extra``: one row per client), so they survive 
 checkpoint and any worker's restart.
 
 (c_i⁺ as the mean of the minibatch gradients is the paper's option II,
-c_i − c + (x − y_i)/(K_i lr), rewritten: the two agree exactly.)
+c_i − c + (x − y_i)/(K_i lr), rewritten: the two agree in exact arithmetic.)
 Karimireddy, Kale, Mohri, Reddi, Stich, Suresh: "SCAFFOLD: Stochastic Controlled
 Averaging for Federated Learning" (ICML 2020), https://arxiv.org/abs/1910.06378.
 """

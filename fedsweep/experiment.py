@@ -66,8 +66,8 @@ def _on(data: Dataset, device: torch.device) -> Dataset:
 
 @contextmanager
 def _ray_if_needed(cfg: Mapping[str, Any]) -> Iterator[None]:
-    """Ray for a ``runtime=ray`` run outside Tune: the one running, the one ``fedsweep.run``
-    started in the background, or a new one (``fedsweep.runtime.ray_start.ray_session``)."""
+    """Ray for a ``runtime=ray`` run outside Tune: the one running, or a new one for the run
+    (``fedsweep.runtime.ray_start.ray_session``)."""
     if cfg["runtime"]["name"] != "ray":
         yield
         return

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -128,8 +128,8 @@ class TrainRequest(_Payload):
         order = np.argsort(listed, kind="stable")
         at = np.minimum(np.searchsorted(listed[order], clients), len(listed) - 1)
         found, rows = listed[order][at] == clients, order[at]
-        if found.all() and len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
-            return self.drift.to(device) if len(rows) == len(listed) else _rows(self.drift, rows).to(device)
+        if found.all():
+            return _rows(self.drift, rows).to(device)
         keep = torch.from_numpy(found)
         return Weights(
             {
@@ -195,26 +195,23 @@ class VirtualClients:
         if not isinstance(request, TrainRequest):
             raise TypeError(f"serve_each answers training requests, not {type(request).__name__}")
         clients = np.asarray(clients, dtype=np.int64)
-        x = request.x.to(self.device)
-        sizes = self.starts[clients + 1] - self.starts[clients]
-        batch = sizes if request.batch_size is None else np.minimum(sizes, request.batch_size)
-        drift = request.drift_rows(clients, self.device)
+        x, batch, drift = self._local_setup(request, clients)
+        results = 1 if drift is None else 2
         if not self.vectorized or len(clients) < VMAP_MIN_CLIENTS:
-            orders = [epoch_order(self.starts, clients, request.seed, epoch) for epoch in range(request.epochs)]
-            replies = []
-            for i in range(len(clients)):
-                rows = [torch.from_numpy(order[i, : sizes[i]]).to(self.device) for order in orders]
-                d = None if drift is None else Weights({name: t[i] for name, t in drift.items()})
-                model, mean = self._train_one(request, x, rows, int(batch[i]), d)
-                replies.append([model.clone()] if drift is None else [model.clone(), mean])  # model: a view until now
-            return [Weights({n: torch.stack([r[k][n] for r in replies]) for n in x.names}) for k in range(len(replies[0]))]
-        blocks = []
-        block = max(1, BLOCK_BYTES // (8 * 4 * x.numel))
+            replies = [(model.clone(), mean) for model, mean in self._one_by_one(request, x, clients, batch, drift)]
+            return [Weights({n: torch.stack([r[k][n] for r in replies]) for n in x.names}) for k in range(results)]
+        blocks, block = [], _block_size(x)
         for lo in range(0, len(clients), block):
             part = np.arange(lo, min(lo + block, len(clients)))
             rows = None if drift is None else _rows(drift, part)
             blocks.append(self._train_stacked(request, x, clients[part], batch[part], rows))
-        return [Weights({n: torch.cat([b[k][n] for b in blocks]) for n in x.names}) for k in range(len(blocks[0]))]
+        return [Weights({n: torch.cat([b[k][n] for b in blocks]) for n in x.names}) for k in range(results)]
+
+    def _local_setup(self, req: TrainRequest, clients: np.ndarray) -> tuple[Weights, np.ndarray, Weights | None]:
+        """x on this device, each client's minibatch size, and the clients' drift rows."""
+        sizes = self.starts[clients + 1] - self.starts[clients]
+        batch = sizes if req.batch_size is None else np.minimum(sizes, req.batch_size)
+        return req.x.to(self.device), batch, req.drift_rows(clients, self.device)
 
     # -- gradients and HVPs ------------------------------------------------------------
 
@@ -282,15 +279,12 @@ class VirtualClients:
 
     def _train(self, req: TrainRequest, clients: np.ndarray, weights: np.ndarray) -> list[Weights]:
         """[Σ_i w_i · model_i] or, with a drift, [Σ_i w_i · model_i, Σ_i w_i · mean gradient_i]."""
-        x = req.x.to(self.device)
-        sizes = self.starts[clients + 1] - self.starts[clients]
-        batch = sizes if req.batch_size is None else np.minimum(sizes, req.batch_size)
-        drift = req.drift_rows(clients, self.device)
+        x, batch, drift = self._local_setup(req, clients)
         if not self.vectorized:
             return self._train_loop(req, x, clients, weights, batch, drift)
+        sizes = self.starts[clients + 1] - self.starts[clients]
         out = [Weights.zeros_like(x, dtype=torch.float64) for _ in range(1 if drift is None else 2)]
-        steps = -(-sizes // batch) * req.epochs
-        single = steps == 1  # x − lr·(∇F_i(x) + d_i) (the proximal term is 0 at x): linear, so summed in one pass
+        single = _local_steps(sizes, batch, req.epochs) == 1  # x − lr·(∇F_i(x) + d_i) (the proximal term is 0 at x): linear, so summed in one pass
         if single.any():
             rows, owner = client_rows(self.starts, clients[single])
             per_example = weights[single][owner] / sizes[single][owner]
@@ -300,7 +294,7 @@ class VirtualClients:
                 out[0].axpy_(-req.lr, _weighted_rows(drift, weights, single))
                 out[1].add_(grad)
         rest = np.flatnonzero(~single)
-        block = max(1, BLOCK_BYTES // (8 * 4 * x.numel))
+        block = _block_size(x)
         for lo in range(0, len(rest), block):
             part = rest[lo : lo + block]
             engine = self._train_block if len(part) >= VMAP_MIN_CLIENTS else self._train_loop
@@ -320,14 +314,21 @@ class VirtualClients:
     ) -> list[Weights]:
         """Σ_i w_i · SGD_i(x) (and Σ_i w_i · mean gradient_i with a drift), one client after another."""
         out = [Weights.zeros_like(x, dtype=torch.float64) for _ in range(1 if drift is None else 2)]
+        for w, replies in zip(weights, self._one_by_one(req, x, clients, batch, drift)):
+            for total, reply in zip(out, replies):
+                total.axpy_(w, reply)
+        return out
+
+    def _one_by_one(
+        self, req: TrainRequest, x: Weights, clients: np.ndarray, batch: np.ndarray, drift: Weights | None
+    ) -> Iterator[tuple[Weights, Weights]]:
+        """Each client's ``(model, mean gradient)`` (:meth:`_train_one`), one after another."""
         sizes = self.starts[clients + 1] - self.starts[clients]
         orders = [epoch_order(self.starts, clients, req.seed, epoch) for epoch in range(req.epochs)]
         for i in range(len(clients)):
             rows = [torch.from_numpy(order[i, : sizes[i]]).to(self.device) for order in orders]
             d = None if drift is None else Weights({name: t[i] for name, t in drift.items()})
-            for total, reply in zip(out, self._train_one(req, x, rows, int(batch[i]), d)):
-                total.axpy_(weights[i], reply)
-        return out
+            yield self._train_one(req, x, rows, int(batch[i]), d)
 
     def _train_one(
         self, req: TrainRequest, x: Weights, epochs: list[torch.Tensor], batch: int, drift: Weights | None
@@ -423,9 +424,19 @@ class VirtualClients:
                     torch._foreach_add_(stacked, grads, alpha=-req.lr)
         out = [{n: t.detach() for n, t in params.items()}]
         if totals is not None:  # each client's mean gradient: its summed gradients over its steps
-            steps = torch.from_numpy((-(-sizes // batch) * req.epochs).astype(np.float32)).to(self.device)
+            steps = torch.from_numpy(_local_steps(sizes, batch, req.epochs).astype(np.float32)).to(self.device)
             out.append({n: t / steps.view(-1, *([1] * (t.dim() - 1))) for n, t in zip(params, totals)})
         return out
+
+
+def _local_steps(sizes: np.ndarray, batch: np.ndarray, epochs: int) -> np.ndarray:
+    """Each client's number of local SGD steps: ⌈n_i / b_i⌉ per epoch."""
+    return -(-sizes // batch) * epochs
+
+
+def _block_size(x: Weights) -> int:
+    """Clients per ``vmap`` block: ``BLOCK_BYTES`` of stacked float32 parameters and their work."""
+    return max(1, BLOCK_BYTES // (8 * 4 * x.numel))
 
 
 def _rows(stacked: Weights, positions: np.ndarray) -> Weights:

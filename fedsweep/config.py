@@ -137,6 +137,7 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
     target = _require(c, "target_accuracy")
     if target is not None and not (_is_number(target) and 0 < target <= 1):
         raise ConfigError(f"target_accuracy must be in (0, 1] or null, got target_accuracy={target}")
+    _positive_int_or_none("similarity.batch_size", _require(c, "similarity.batch_size"))
     iterations = _require(c, "similarity.iterations")
     if not (_is_int(iterations) and iterations >= 1):
         raise ConfigError(f"similarity.iterations must be a positive integer, got similarity.iterations={iterations}")

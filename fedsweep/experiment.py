@@ -23,6 +23,7 @@ from fedsweep.config import make_optimizer_factory, resolve_runtime, to_containe
 from fedsweep.data import Dataset
 from fedsweep.data.client_data import ClientData
 from fedsweep.errors import DivergedError
+from fedsweep.methods.argmin import SolverError
 from fedsweep.checkpoint import load_checkpoint, restore, save_checkpoint
 from fedsweep.methods import Method, MethodState
 from fedsweep.methods.similarity import estimate_similarity
@@ -176,17 +177,21 @@ def run_experiment(
         logger = RunLogger(log_dir, resume_round=done, resume_comm=oracle.comm.as_metrics())
         similarity = {}
         if cfg["similarity"]["estimate"]:
+            batch_size = cfg["similarity"]["batch_size"]
             similarity = estimate_similarity(
-                oracle, state.x, iterations=cfg["similarity"]["iterations"], seed=seed_of(cfg, "method")
-            )
+                oracle, state.x, iterations=cfg["similarity"]["iterations"], seed=seed_of(cfg, "method"),
+                batch_size=batch_size,
+            )  # fmt: skip
             logger.log_once(similarity)
-            _print_similarity(similarity, getattr(run.method, "theta", None))
+            _print_similarity(similarity, getattr(run.method, "theta", None), batch_size)
         metrics: dict[str, float] = {}
         name = components.label(cfg["method"])
         bar = tqdm(range(done + 1, cfg["rounds"] + 1), desc=name, disable=not progress, unit="round")
         for rnd in bar:
-            state, stats = run.method.round(state, oracle)
-            stats.update(_solver_stats(run.server))
+            try:
+                state, stats = run.method.round(state, oracle)
+            except SolverError as err:
+                raise DivergedError(_solver_message(err, rnd), round=rnd) from None
             state.x.to_model(run.server.model)
             evaluation = _evaluate(run.server.model, run.server_data, run.test_data, run.loss)
             metrics = {**stats, **evaluation, **oracle.comm.as_metrics()}
@@ -209,22 +214,31 @@ def run_experiment(
     return metrics
 
 
-def _solver_stats(server: Server) -> dict[str, float]:
-    """The round's argmin solves (lbfgs solver): their iterations in all and the worst inexactness."""
-    if not server.solves:
-        return {}
-    stats = {"argmin/steps": float(sum(s.steps for s in server.solves)),
-             "argmin/residual": max(s.residual for s in server.solves),
-             "argmin/unconverged": float(sum(not s.converged for s in server.solves))}  # fmt: skip
-    server.solves.clear()
-    return stats
+SOLVER_ADVICE = {
+    "max_steps": "raise server.max_steps, or lower method.theta (theta ~ 1/delta)",
+    "stalled": "the objective stopped decreasing in float64 with its gradient still large, as at the kinks of a "
+    "ReLU network: use a smooth activation (model.activation=gelu) or raise server.tolerance",
+    "precision": "the step is below what the model's float32 parameters resolve (the run has converged that far); "
+    "stop earlier (rounds) or raise server.tolerance",
+    "overflow": "lower method.theta",
+    "epochs": "raise server.epochs, lower optimizer.lr, use server.solver=lbfgs, or set server.tolerance=null "
+    "to accept a fixed-step solve unchecked",
+}
+
+
+def _solver_message(err: SolverError, rnd: int) -> str:
+    """One line: the round, where the argmin stopped and what to change."""
+    return (
+        f"stopped at round {rnd}: the argmin reached residual {err.residual:.3g} after {err.steps} steps, "
+        f"above its tolerance {err.tolerance:g} ({err.reason}; method.theta={err.theta:g}); {SOLVER_ADVICE[err.reason]}"
+    )
 
 
 def _check_finite(metrics: dict[str, float], x: Weights, rnd: int, cfg: Mapping[str, Any], theta: float | None) -> None:
     """Stop a run, in one line and before it logs the round, whose iterate or metrics are no longer
     finite or whose argmin stopped short of its tolerance. (``target/*`` is NaN by design until
     the target is reached.)"""
-    bad = [(k, v) for k, v in metrics.items() if not k.startswith(("target/", "argmin/")) and not math.isfinite(v)]
+    bad = [(k, v) for k, v in metrics.items() if not k.startswith("target/") and not math.isfinite(v)]
     norm = x.norm().item()
     if not math.isfinite(norm):
         bad.insert(0, ("the iterate's norm", norm))
@@ -236,21 +250,20 @@ def _check_finite(metrics: dict[str, float], x: Weights, rnd: int, cfg: Mapping[
         what, value = bad[0]
         advice = "try a larger theta or a smaller optimizer.lr" if by_optimizer else "try a smaller theta"
         raise DivergedError(f"diverged at round {rnd}: {what}={value} ({settings}); {advice}", round=rnd)
-    residual, tolerance = metrics.get("argmin/residual"), cfg["server"]["tolerance"]
-    if metrics.get("argmin/unconverged"):
-        raise DivergedError(
-            f"diverged at round {rnd}: the argmin stopped at residual {residual:.3g} after "
-            f"{metrics['argmin/steps']:.0f} steps in the round, above server.tolerance={tolerance} ({settings}); "
-            "theta is likely too large for the server's similarity (theta ~ 1/delta), or raise server.max_steps",
-            round=rnd,
-        )
 
 
-def _print_similarity(similarity: dict[str, float], theta: float | None) -> None:
+def _print_similarity(similarity: dict[str, float], theta: float | None, batch_size: int | None) -> None:
+    """δ_f, δ_g and the settings they suggest: θ ≈ 1/δ, and p ≈ δ_f/(δ_f + δ_g), which minimises
+    the variance δ_f²/p + δ_g²/(1 − p) of VRCS's local estimate."""
     df, dg = similarity["similarity/delta_f"], similarity["similarity/delta_g"]
     delta = max(df, dg, 1e-12)
     used = f" (method.theta={theta})" if theta is not None else ""
-    print(f"similarity at x0: delta_f = {df:.4g}, delta_g = {dg:.4g}; theta ~ 1/delta = {1 / delta:.4g}{used}")
+    kind = "exact Hessians" if batch_size is None else f"minibatch Hessians of {batch_size}, an overestimate"
+    p = df / (df + dg) if df + dg > 0 else 0.5
+    print(
+        f"similarity at x0 ({kind}): delta_f = {df:.4g}, delta_g = {dg:.4g}; theta ~ 1/delta = {1 / delta:.4g}{used}, "
+        f"p ~ delta_f/(delta_f + delta_g) = {p:.3g}"
+    )
 
 
 def _evaluate(model: torch.nn.Module, server_data: dict[str, Dataset], test: Dataset, loss: Loss) -> dict[str, float]:

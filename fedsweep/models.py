@@ -7,11 +7,11 @@ is deterministic for the run's seed (:func:`seeded`).
 =========================  =======================================================
 ``_target_``               architecture
 =========================  =======================================================
-``fedsweep.models.mlp``    flatten -> Linear(hidden) -> ReLU -> Linear(hidden) ->
-                           ReLU -> Linear(num_classes).
-``fedsweep.models.cnn``    conv3x3(C->32) -> norm -> ReLU -> maxpool 2 ->
-                           conv3x3(32->64) -> norm -> ReLU -> AdaptiveAvgPool(4x4)
-                           -> Linear(hidden) -> ReLU -> Linear(num_classes). Works
+``fedsweep.models.mlp``    flatten -> Linear(hidden) -> act -> Linear(hidden) ->
+                           act -> Linear(num_classes).
+``fedsweep.models.cnn``    conv3x3(C->32) -> norm -> act -> maxpool 2 ->
+                           conv3x3(32->64) -> norm -> act -> AdaptiveAvgPool(4x4)
+                           -> Linear(hidden) -> act -> Linear(num_classes). Works
                            for 8x8, 28x28 and 32x32 inputs.
 ``fedsweep.models.resnet18``  torchvision ``resnet18(num_classes)`` with conv1 a 3x3
                            stride-1 padding-1 conv on ``input_shape[0]`` channels and
@@ -41,33 +41,42 @@ NormFactory = Callable[[int], nn.Module]  # channels -> normalisation layer
 Norm = str  # "group" | "none": checked by _norm_layer, which says why "batch" is refused
 
 
-def mlp(*, input_shape: Sequence[int], num_classes: int, hidden: int = 64) -> nn.Module:
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh,
+                                            "softplus": nn.Softplus}  # fmt: skip
+"""``activation`` of the built-in models. The smooth ones suit the sliding methods: their server
+solves to a gradient tolerance, which a ReLU network's kinks can make unreachable."""
+
+
+def mlp(*, input_shape: Sequence[int], num_classes: int, hidden: int = 64, activation: str = "relu") -> nn.Module:
     shape, num_classes = _check_sizes(input_shape, num_classes, hidden)
+    act = _activation(activation)
     return nn.Sequential(
         nn.Flatten(),
         nn.Linear(math.prod(shape), hidden),
-        nn.ReLU(),
+        act(),
         nn.Linear(hidden, hidden),
-        nn.ReLU(),
+        act(),
         nn.Linear(hidden, num_classes),
     )
 
 
-def cnn(*, input_shape: Sequence[int], num_classes: int, hidden: int = 64, norm: Norm = "group") -> nn.Module:
+def cnn(
+    *, input_shape: Sequence[int], num_classes: int, hidden: int = 64, norm: Norm = "group", activation: str = "relu"
+) -> nn.Module:
     shape, num_classes = _check_sizes(input_shape, num_classes, hidden, image=True)
-    layer = _norm_layer(norm)
+    layer, act = _norm_layer(norm), _activation(activation)
     return nn.Sequential(
         nn.Conv2d(shape[0], 32, kernel_size=3, padding=1),
         layer(32),
-        nn.ReLU(),
+        act(),
         nn.MaxPool2d(2),
         nn.Conv2d(32, 64, kernel_size=3, padding=1),
         layer(64),
-        nn.ReLU(),
+        act(),
         nn.AdaptiveAvgPool2d(4),
         nn.Flatten(),
         nn.Linear(64 * 4 * 4, hidden),
-        nn.ReLU(),
+        act(),
         nn.Linear(hidden, num_classes),
     )
 
@@ -116,6 +125,12 @@ def _check_sizes(input_shape: object, num_classes: object, hidden: object, *, im
 
 def _is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _activation(name: str) -> type[nn.Module]:
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"unknown model.activation={name!r}; known: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
 
 
 def _norm_layer(norm: str) -> NormFactory:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from fedsweep.data.client_data import ClientData
+from fedsweep.methods.argmin import Solution
 from fedsweep.methods.aggregate import group_weights, participation_weights, sampled_weights
 from fedsweep.methods.oracle import Group
 from fedsweep.runtime.base import Runtime
@@ -170,14 +171,15 @@ class FederatedOracle:
     def server(self, group: Group, points: Sequence[Weights], seed: int | None) -> list[Weights]:
         return self.server_node.grads(group, points, seed)
 
-    def client_hvp(self, group: Group, point: Weights, vector: Weights, seed: int | None) -> Weights:
-        """∇²G(point) · vector. A diagnostic: not counted in ``comm``, which measures the methods."""
+    def client_hvp(self, group: Group, point: Weights, vector: Weights, *, batch_size: int | None, seed: int | None) -> Weights:
+        """∇²G(point) · vector (``batch_size`` None: whole shards, exact). A diagnostic: not counted
+        in ``comm``, which measures the methods."""
         ids, weights = self._contact(group, None, group_weights)
-        ((total,),) = self.runtime.map_reduce(HvpRequest(point, vector, self.batch_size, seed), [(ids, weights)])
+        ((total,),) = self.runtime.map_reduce(HvpRequest(point, vector, batch_size, seed), [(ids, weights)])
         return total.to(self.device, self.dtype)
 
-    def server_hvp(self, group: Group, point: Weights, vector: Weights, seed: int | None) -> Weights:
-        return self.server_node.hvp(group, point, vector, seed)
+    def server_hvp(self, group: Group, point: Weights, vector: Weights, *, batch_size: int | None, seed: int | None) -> Weights:
+        return self.server_node.hvp(group, point, vector, seed, batch_size=batch_size)
 
     def _count(self, group: Group, clients: int, payload: int) -> None:
         """One contact with ``clients`` clients of ``group``: ``payload`` bytes each way per client."""
@@ -186,5 +188,7 @@ class FederatedOracle:
         self.comm.bytes_sent += payload * clients
         self.comm.bytes_received += payload * clients
 
-    def argmin(self, linear: Weights, center: Weights, theta: float, seed: int) -> tuple[Weights, float]:
-        return self.server_node.argmin(linear, center, theta, seed)
+    def argmin(
+        self, linear: Weights, center: Weights, theta: float, seed: int, *, tolerance: float | None = None
+    ) -> Solution:
+        return self.server_node.argmin(linear, center, theta, seed, tolerance=tolerance)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from fedsweep.methods.argmin import Solution
 from fedsweep.weights import Weights
 
 
@@ -108,9 +109,9 @@ class QuadraticOracle:
 
         return np.array([len((self.f if group == "f" else self.g).b)])
 
-    def argmin(self, linear: Weights, center: Weights, theta: float, seed: int) -> tuple[Weights, float]:
+    def argmin(self, linear: Weights, center: Weights, theta: float, seed: int, *, tolerance=None) -> Solution:
         # (H1 + I/θ) x = −v + c/θ − ∇h1(0)
         H1 = (self.f1.hessian + self.g1.hessian) / 2
         rhs = -linear["x"] + center["x"] / theta - self.grad_h1(torch.zeros(self.dim, dtype=torch.float64))
         x = torch.linalg.solve(H1 + torch.eye(self.dim, dtype=torch.float64) / theta, rhs)
-        return self.wrap(x), float("nan")
+        return Solution(self.wrap(x), float("nan"), 0, 0.0)

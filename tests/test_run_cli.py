@@ -52,7 +52,7 @@ def test_a_diverging_run_stops_in_one_line_and_reports_no_nan(tmp_path, capsys):
     from fedsweep.errors import DivergedError
     from fedsweep.experiment import run_experiment
 
-    sgd = ["server.solver=optimizer", "method.theta=0.01"]
+    sgd = ["server.solver=optimizer", "server.tolerance=null", "method.theta=0.01"]
     assert run.main([*sgd, "method.p=0.5", "method.q=0.5", "rounds=3", f"log_dir={tmp_path / 'cli'}"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
     assert err.startswith("error: diverged at round ") and "method.theta=0.01" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fedsweep.config import compose
@@ -85,3 +86,17 @@ def test_delta_rises_as_the_server_similarity_falls(tmp_path):
     for group in (0, 1):
         assert deltas[0][group] < deltas[1][group] < deltas[2][group]
     assert deltas[2][0] > 4 * deltas[0][0] and deltas[2][1] > 4 * deltas[0][1]
+
+
+def test_the_default_estimate_is_the_exact_hessian_difference():
+    """On least squares every Hessian is constant: power iteration on whole shards and all the
+    server's data gives δ_G = ‖∇²G − ∇²G1‖₂ to 1e-4; minibatch Hessians give something else."""
+    from fedsweep.methods.similarity import estimate_similarity
+    from tests.least_squares import LeastSquaresFederation
+
+    fed = LeastSquaresFederation()
+    exact = estimate_similarity(fed.oracle, fed.x0(), iterations=200, seed=0)
+    for group in "fg":
+        assert exact[f"similarity/delta_{group}"] == pytest.approx(fed.group_deltas[group], rel=1e-4)
+    minibatch = estimate_similarity(fed.oracle, fed.x0(), iterations=200, seed=0, batch_size=5)
+    assert minibatch["similarity/delta_f"] != pytest.approx(fed.group_deltas["f"], rel=1e-2)

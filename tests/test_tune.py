@@ -160,7 +160,7 @@ def test_a_sweep_does_not_resume_from_pickles_others_could_write(tmp_path, capsy
 
 def test_a_diverged_trial_is_listed_not_ranked(ray_session, tmp_path):
     path = tmp_path / "div.yaml"
-    path.write_text("name: div\noverrides: [rounds=2, server.solver=optimizer]\ngrid:\n  method.theta: [0.01, 0.5]\n")
+    path.write_text("name: div\noverrides: [rounds=2, server.solver=optimizer, server.tolerance=null]\ngrid:\n  method.theta: [0.01, 0.5]\n")
     _, table = run_sweep(load_sweep(path), results_dir=tmp_path / "results")
     assert table["method.theta"].tolist() == [0.5, 0.01]  # the finished trial first
     assert table["status"].tolist() == ["done", "diverged at 1"]
@@ -275,7 +275,7 @@ def test_rank_best_ranks_each_trial_by_its_best_round(ray_session, tmp_path):
     from fedsweep.report import write_report
 
     path = tmp_path / "rank.yaml"
-    path.write_text("name: rank\noverrides: [runtime=local, rounds=4, server.solver=optimizer]\n"
+    path.write_text("name: rank\noverrides: [runtime=local, rounds=4, server.solver=optimizer, server.tolerance=null]\n"
                     "grid:\n  method.theta: [0.01, 0.5, 2.0]\nmetric: loss/test\nmode: min\n")  # fmt: skip
     out, last = run_sweep(load_sweep(path), results_dir=tmp_path / "results")
     assert last.attrs["unfinished"] == 0 and last["status"].tolist()[-1] == "diverged at 1"
@@ -305,7 +305,7 @@ def test_trial_output_reaches_the_terminal_behind_the_trial_name(tmp_path):
     import tempfile
 
     path = tmp_path / "out.yaml"
-    path.write_text("name: out\noverrides: [runtime=local, rounds=3, server.solver=optimizer, similarity.estimate=true,"
+    path.write_text("name: out\noverrides: [runtime=local, rounds=3, server.solver=optimizer, server.tolerance=null, similarity.estimate=true,"
                     " similarity.iterations=2]\ngrid:\n  method.theta: [0.5, 0.01]\n")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="fs-", dir="/tmp") as ray_tmp:  # short: Ray's socket paths
         done = subprocess.run(
@@ -314,7 +314,7 @@ def test_trial_output_reaches_the_terminal_behind_the_trial_name(tmp_path):
         )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     lines = done.stdout.splitlines()
-    assert any(re.fullmatch(r"\[#0 theta=0\.5\] similarity at x0: delta_f = .*\(method\.theta=0\.5\)", line) for line in lines)
+    assert any(re.fullmatch(r"\[#0 theta=0\.5\] similarity at x0 \(exact Hessians\): delta_f = .*\(method\.theta=0\.5\), p ~ .*", line) for line in lines)
     assert any(re.fullmatch(r"\[#1 theta=0\.01\] diverged at round 1: .*", line) for line in lines), lines
     assert "[#0 theta=0.5] done at round 3: accuracy/test=" in done.stdout
     assert "pid=" not in done.stdout + done.stderr

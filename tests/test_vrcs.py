@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fedsweep.errors import ConfigError
+from fedsweep.methods.argmin import Solution
 from fedsweep.methods.vrcs import VRCS, corrected_difference, group_weight, sample_local_steps
 from fedsweep.weights import Weights
 from tests.quadratic import QuadraticOracle
@@ -53,9 +54,9 @@ class SpyOracle(QuadraticOracle):
         self.point = point
         self.linear: list[torch.Tensor] = []
 
-    def argmin(self, linear, center, theta, seed):
+    def argmin(self, linear, center, theta, seed, *, tolerance=None):
         self.linear.append(linear["x"].clone())
-        return self.wrap(self.point), 0.0
+        return Solution(self.wrap(self.point), 0.0, 0, 0.0)
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])

@@ -1,16 +1,32 @@
-"""The server's proximal step, shared by VRCS and full-communication sliding.
+"""The server's proximal step, shared by the sliding methods.
 
-    x⁺ = argmin_x  ⟨v, x⟩ + ‖x − c‖² / (2θ) + h1(x)
+    x⁺ = argmin_x  A(x) = ⟨v, x⟩ + ‖x − c‖² / (2θ) + h1(x)
 
-solved approximately from the centre c, either to a stated inexactness by L-BFGS on all
-the server's data (:func:`solve_argmin_lbfgs`, the default) or by a fixed
-number of steps of a torch optimizer on minibatches (:func:`solve_argmin`). The linear and quadratic terms have the closed-form gradient
-``v + (x − c)/θ``, which is added into ``.grad`` after the data-loss backward
-instead of being differentiated by autograd (STYLE.md §7).
+solved from the centre c to the relative inexactness of gradient sliding,
+
+    ρ(x⁺) = θ·‖∇A(x⁺)‖ / ‖x⁺ − c‖ ≤ tolerance
+
+(Kovalev, Beznosikov, Borodich, Gasnikov, Scutari: "Optimal gradient sliding and its
+application to distributed optimization under similarity", NeurIPS 2022,
+https://arxiv.org/abs/2205.15136). A solve is accepted only when ρ, measured in float64 at
+the point it returns (rounded to the model's dtype), is within the tolerance; otherwise it
+raises :class:`SolverError` saying why. Two solvers:
+
+* :func:`solve_lbfgs` (the default): L-BFGS with a strong-Wolfe line search on all the
+  server's data, in float64. In float32 the line search cannot see decreases of A below one
+  rounding step of A, so near a fixed point it stalls while ‖∇A‖ is still large; in float64
+  it keeps moving.
+* :func:`solve_steps`: a fixed number of steps of a torch optimizer on minibatches, whose
+  residual is then measured the same way.
+
+The linear and quadratic terms have the closed-form gradient ``v + (x − c)/θ``, which is
+added into ``.grad`` after the data-loss backward instead of being differentiated by
+autograd (STYLE.md §7).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -18,110 +34,111 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fedsweep.errors import RunError
 from fedsweep.weights import Weights
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+DataLoss = Callable[[], torch.Tensor]
+"""h1 at the model's current parameters on all the server's data (a graph to backpropagate)."""
 
-
-def solve_argmin(
-    model: nn.Module,
-    data_loss: Callable[[int], torch.Tensor],
-    *,
-    linear: Weights,
-    center: Weights,
-    theta: float,
-    steps: int,
-    make_optimizer: OptimizerFactory,
-) -> tuple[Weights, float]:
-    """Approximate ``argmin_x ⟨linear, x⟩ + ‖x − center‖²/(2θ) + h1(x)``.
-
-    Args:
-        model: the server's model; its parameters are overwritten and end at x⁺.
-        data_loss: ``data_loss(step)`` returns h1 on that step's minibatch at the
-            model's current parameters (a graph to backpropagate through).
-        linear: the vector v of the linear term.
-        center: the centre c of the quadratic term, also the starting point.
-        theta: θ > 0, the step size of the proximal term.
-        steps: optimizer steps.
-        make_optimizer: builds a fresh torch optimizer over the parameters.
-
-    Returns:
-        ``(x⁺, value)``: a detached copy of the solution, and the objective
-        ``h1 + ⟨v, x − c⟩ + ‖x − c‖²/(2θ)`` at the last step's iterate and batch
-        (⟨v, c⟩ is a constant and left out), computed from the same difference
-        used for the gradient, so logging costs no extra pass.
-    """
-    center.to_model(model)
-    params = Weights.from_model(model)
-    optimizer = make_optimizer(model.parameters())
-    diff = Weights.zeros_like(center)
-    value = math.nan
-    for step in range(steps):
-        optimizer.zero_grad(set_to_none=False)
-        loss = data_loss(step)
-        loss.backward()
-        grads = Weights.grad_views(model)
-        Weights.sub(params.detach(), center, out=diff)
-        grads.add_(linear).axpy_(1.0 / theta, diff)
-        if step == steps - 1:
-            value = (loss.detach() + Weights.dot(linear, diff) + diff.norm() ** 2 / (2 * theta)).item()
-        optimizer.step()
-    return params.clone(), value
-
-
-MAX_RESTARTS = 3  # L-BFGS restarts from the last finite iterate, each with a tenth of the step
-
-
-FLOAT_FLOOR = 1e-5  # ‖∇A‖ this far below its start is as exact as float32 gets
-STALL = 1e-6  # ten iterations that lower A by less than this (relative) have reached float32's floor
+MAX_RESTARTS = 3  # fresh L-BFGS memories: after a step into non-finite values (with a tenth of the first
+# step), or after a block of iterations without a decrease
+FLOOR = 1e-2  # a float64 iterate this far inside the tolerance whose rounding is not: the dtype's floor
 
 
 @dataclass(frozen=True)
-class SolveStats:
-    """How a solve ended: the steps taken, the inexactness reached, ρ = θ·‖∇A(x⁺)‖ / ‖x⁺ − c‖,
-    and whether it converged: ρ ≤ tolerance, or as exact as float32 allows, i.e. ‖∇A‖ down to
-    ``FLOAT_FLOOR`` of its value at the centre or A no longer decreasing (``STALL``): when the
-    outer method has converged, x⁺ − c is so small that ρ ≤ tolerance asks for more than
-    float32 holds, and the logged ρ says how close the solve came."""
+class Solution:
+    """An accepted solve: x⁺ (in the model's dtype), A(x⁺) − ⟨v, c⟩, the solver's steps and
+    ρ(x⁺) ≤ its tolerance, both measured in float64 at the returned x⁺."""
 
+    x: Weights
+    value: float
     steps: int
     residual: float
-    converged: bool
 
 
-def solve_argmin_lbfgs(
+class SolverError(RunError):
+    """A solve that did not reach its tolerance. ``reason`` is ``max_steps`` (the budget ran
+    out), ``stalled`` (A stopped decreasing in float64), ``precision`` (x⁺ − c is below what the
+    model's dtype resolves), ``overflow`` (every restart ran into non-finite values) or
+    ``epochs`` (a fixed-step solve ended above the tolerance)."""
+
+    def __init__(self, reason: str, *, residual: float, steps: int, tolerance: float, theta: float) -> None:
+        self.reason, self.residual, self.steps, self.tolerance, self.theta = reason, residual, steps, tolerance, theta
+        super().__init__(
+            f"the argmin stopped at residual {residual:.3g} > tolerance {tolerance:g} after {steps} steps ({reason})"
+        )
+
+
+def residual(theta: float, grad_norm: float, moved: float) -> float:
+    """ρ = θ‖∇A‖/‖x − c‖; 0 when ∇A = 0 (x = c is then exact), ∞ when x = c but ∇A ≠ 0."""
+    if grad_norm == 0.0:
+        return 0.0
+    return theta * grad_norm / moved if moved > 0 else math.inf
+
+
+class Objective:
+    """A(x) and ∇A(x) at a float64 model's parameters: h1 by autograd, the linear and quadratic
+    terms in closed form (added into ``.grad``)."""
+
+    def __init__(self, model: nn.Module, data_loss: DataLoss, *, linear: Weights, center: Weights, theta: float) -> None:
+        self.model, self.data_loss, self.theta = model, data_loss, theta
+        dtype = next(model.parameters()).dtype
+        self.linear = linear.to(linear.device, dtype)
+        self.center = center.to(center.device, dtype)
+        self.x = Weights.from_model(model).detach()  # views of the parameters
+        self.diff = Weights.zeros_like(self.center)
+
+    def __call__(self) -> torch.Tensor:
+        """A at the parameters, ∇A in their ``.grad`` (a closure for ``torch.optim``)."""
+        for p in self.model.parameters():
+            if p.grad is not None:
+                p.grad.zero_()
+        h1 = self.data_loss()
+        h1.backward()
+        Weights.sub(self.x, self.center, out=self.diff)
+        Weights.grad_views(self.model).add_(self.linear).axpy_(1.0 / self.theta, self.diff)
+        return h1.detach() + Weights.dot(self.linear, self.diff) + self.diff.norm() ** 2 / (2 * self.theta)
+
+    def measure(self) -> tuple[float, float]:
+        """``(A, ρ)`` at the parameters."""
+        value = float(self())
+        grad_norm = float(Weights.grad_views(self.model).norm())
+        return value, residual(self.theta, grad_norm, float(self.diff.norm()))
+
+    def at(self, point: Weights) -> tuple[float, float]:
+        """``(A, ρ)`` at ``point`` (the parameters end there)."""
+        point.to_model(self.model)
+        return self.measure()
+
+
+def solve_lbfgs(
     model: nn.Module,
-    data_loss: Callable[[], torch.Tensor],
+    data_loss: DataLoss,
     *,
     linear: Weights,
     center: Weights,
     theta: float,
     tolerance: float,
     max_steps: int,
+    dtype: torch.dtype,
     history: int = 10,
-    check_every: int = 10,
-) -> tuple[Weights, float, SolveStats]:
-    """``argmin_x A(x) = ⟨v, x⟩ + ‖x − c‖²/(2θ) + h1(x)`` on all the server's data by L-BFGS
-    with a strong-Wolfe line search (``torch.optim.LBFGS``), stopped by the relative
-    inexactness criterion of gradient sliding,
-
-        ‖∇A(x⁺)‖ ≤ tolerance · ‖x⁺ − c‖ / θ
-
-    checked every ``check_every`` iterations (Kovalev, Beznosikov, Borodich, Gasnikov,
-    Scutari: "Optimal gradient sliding and its application to distributed optimization
-    under similarity", NeurIPS 2022, https://arxiv.org/abs/2205.15136), or after
-    ``max_steps`` iterations. The line search adapts the step to θ and to h1's curvature,
-    so the solve cannot overshoot the way a fixed step with lr/θ > 2 does; on digits
-    θ = 10 took 50 iterations where backtracking gradient descent had not converged after
-    1,200. ∇A = ∇h1 + v + (x − c)/θ, the last two terms in closed form (STYLE.md §7).
+    check_every: int = 5,
+) -> Solution:
+    """``argmin A`` by L-BFGS with a strong-Wolfe line search (``torch.optim.LBFGS``) on
+    ``model`` (float64: the precision the solve runs in), checked every ``check_every``
+    iterations, at most ``max_steps``. A candidate is accepted when ρ ≤ ``tolerance`` at the
+    candidate rounded to ``dtype`` (what the caller gets). The line search adapts the step to
+    θ and to h1's curvature, so the solve cannot overshoot as a fixed step with lr/θ > 2 does.
     Memory: L-BFGS keeps 2·``history`` vectors of the model's size.
 
-    Returns:
-        ``(x⁺, A(x⁺) − ⟨v, c⟩, stats)``.
+    Raises:
+        SolverError: the tolerance was not reached (``max_steps``, ``stalled``, ``precision``,
+            ``overflow``).
     """
-    center.to_model(model)
-    x = Weights.from_model(model).detach()  # views of the parameters
-    diff = Weights.zeros_like(center)
+    objective = Objective(model, data_loss, linear=linear, center=center, theta=theta)
+    x = objective.x
+    objective.center.to_model(model)
 
     def lbfgs(lr: float) -> torch.optim.LBFGS:
         return torch.optim.LBFGS(
@@ -130,41 +147,73 @@ def solve_argmin_lbfgs(
         )  # fmt: skip
 
     def closure() -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=False)
-        h1 = data_loss()
-        h1.backward()
-        Weights.sub(x, center, out=diff)
-        grad = Weights.grad_views(model).add_(linear).axpy_(1.0 / theta, diff)
-        value = h1.detach() + Weights.dot(linear, diff) + diff.norm() ** 2 / (2 * theta)
+        value = objective()
         if not torch.isfinite(value):  # a trial step into overflow: a huge finite value makes the
-            grad.zero_()  # line search step back instead of interpolating with inf or NaN
-            return torch.full_like(value, 1e30)
+            Weights.grad_views(model).zero_()  # line search step back instead of interpolating with inf
+            return torch.full_like(value, 1e300)
         return value
 
+    value, rho = objective.measure()
+    if rho == 0.0:  # ∇A(c) = 0: the centre is the argmin
+        return Solution(x.to(x.device, dtype).clone(), value, 0, 0.0)
     optimizer, lr = lbfgs(1.0), 1.0
-    closure()
-    start_norm = float(Weights.grad_views(model).norm())  # ‖∇A(c)‖
     good = x.clone()  # the last finite iterate: a line search into a non-finite region restarts there
-    done, restarts, residual, value = 0, 0, math.inf, math.nan  # done: iterations of earlier optimizers
-    converged = False
-    while (steps := done + optimizer.state[optimizer._params[0]].get("n_iter", 0)) < max_steps:
-        optimizer.param_groups[0]["max_iter"] = min(check_every, max_steps - steps)
+    done, restarts = 0, 0  # done: iterations of earlier (restarted) optimizers
+
+    def steps() -> int:
+        return done + optimizer.state[optimizer._params[0]].get("n_iter", 0)
+
+    def fail(reason: str, rho: float) -> SolverError:
+        return SolverError(reason, residual=rho, steps=steps(), tolerance=tolerance, theta=theta)
+
+    while steps() < max_steps:
+        optimizer.param_groups[0]["max_iter"] = min(check_every, max_steps - steps())
         optimizer.step(closure)
-        before, value = value, float(closure())  # A and ∇A at the iterate
-        if not value < 1e30:  # non-finite, or the overflow marker
+        before = value
+        value, rho = objective.measure()
+        if not math.isfinite(value):
             x.copy_(good)
             if restarts == MAX_RESTARTS:
-                value = float(closure())
-                break  # give back the last finite iterate; the residual says how inexact it is
-            done, restarts, lr = steps, restarts + 1, lr / 10
+                raise fail("overflow", objective.measure()[1])
+            done, restarts, lr = steps(), restarts + 1, lr / 10
             optimizer = lbfgs(lr)  # fresh curvature pairs, a shorter first step
+            value = before
             continue
         good.copy_(x)
-        moved, grad_norm = float(diff.norm()), float(Weights.grad_views(model).norm())
-        residual = theta * grad_norm / moved if moved > 0 else math.inf
-        stalled = math.isfinite(before) and before - value <= STALL * abs(value)
-        converged = residual <= tolerance or grad_norm <= FLOAT_FLOOR * start_norm or stalled
-        if converged:
-            break
-    steps = done + optimizer.state[optimizer._params[0]].get("n_iter", 0)
-    return x.clone(), value, SolveStats(steps=steps, residual=residual, converged=converged)
+        if rho <= tolerance:
+            candidate = x.to(x.device, dtype).clone()
+            rounded_value, rounded_rho = objective.at(candidate.to(x.device, x.dtype))
+            if rounded_rho <= tolerance:
+                return Solution(candidate, rounded_value, steps(), rounded_rho)
+            x.copy_(good)  # back to the float64 iterate
+            # rounding alone costs more than the tolerance, or more float64 precision cannot help
+            if rounded_rho - rho > tolerance or rho <= FLOOR * tolerance or not value < before:
+                raise fail("precision", rounded_rho)
+        elif not value < before:  # a whole block without a float64 decrease: curvature pairs that
+            if restarts == MAX_RESTARTS:  # mislead (a kink of a ReLU network): a fresh L-BFGS starts
+                raise fail("stalled", rho)  # from steepest descent
+            done, restarts, optimizer = steps(), restarts + 1, lbfgs(lr)
+    raise fail("max_steps", rho)
+
+
+def solve_steps(
+    model: nn.Module,
+    data_loss: Callable[[int], torch.Tensor],
+    *,
+    linear: Weights,
+    center: Weights,
+    theta: float,
+    steps: int,
+    make_optimizer: OptimizerFactory,
+) -> Weights:
+    """``steps`` steps of a torch optimizer on ∇A, from the centre: ``data_loss(step)`` gives
+    h1 on that step's minibatch at the model's parameters. Returns a detached copy of the
+    last iterate (its residual is the caller's to measure)."""
+    objective = Objective(model, lambda: data_loss(0), linear=linear, center=center, theta=theta)
+    objective.center.to_model(model)
+    optimizer = make_optimizer(model.parameters())
+    for step in range(steps):
+        objective.data_loss = functools.partial(data_loss, step)
+        objective()
+        optimizer.step()
+    return objective.x.clone()

@@ -13,6 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from fedsweep.errors import ConfigError
+from fedsweep.methods.argmin import Solution
 from fedsweep.methods.oracle import GROUPS, GradientOracle, Group
 from fedsweep.weights import Weights
 
@@ -62,6 +63,16 @@ def full_difference(oracle: GradientOracle, x: Weights) -> tuple[Weights, dict[G
         (server_grad,) = oracle.server(group, [x], None)
         diffs[group] = clients[group][0].sub_(server_grad)
     return Weights.add(diffs["f"], diffs["g"]).mul_(0.5), diffs
+
+
+def solver_stats(solutions: list[Solution]) -> dict[str, float]:
+    """The round's argmin solves: the objective at the last, the solver's steps in all and the
+    worst residual (each within its tolerance, or the solve would have raised)."""
+    return {
+        "loss/argmin": solutions[-1].value,
+        "argmin/steps": float(sum(s.steps for s in solutions)),
+        "argmin/residual": max(s.residual for s in solutions),
+    }
 
 
 def difference_norms(extragrad: Weights, diffs: dict[Group, Weights]) -> dict[str, float]:

@@ -11,6 +11,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from fedsweep.methods.argmin import Solution
 from fedsweep.weights import Weights
 
 Group = Literal["f", "g"]
@@ -92,5 +93,9 @@ class GradientOracle(Protocol):
     def client_sizes(self, group: Group) -> np.ndarray:
         """Each client's number of examples, n_i (what FedAvg-style weights are made of)."""
 
-    def argmin(self, linear: Weights, center: Weights, theta: float, seed: int) -> tuple[Weights, float]:
-        """``argmin_x ⟨linear, x⟩ + ‖x − center‖²/(2θ) + h1(x)`` and its objective value."""
+    def argmin(
+        self, linear: Weights, center: Weights, theta: float, seed: int, *, tolerance: float | None = None
+    ) -> Solution:
+        """``argmin_x ⟨linear, x⟩ + ‖x − center‖²/(2θ) + h1(x)``, accepted only when θ‖∇A(x⁺)‖ ≤
+        tolerance·‖x⁺ − center‖ (measured in float64; ``tolerance`` None: the configured one);
+        raises ``SolverError`` when the solver cannot get there."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedsweep.methods.base import MethodState, draw_seed
+from fedsweep.methods.base import MethodState, draw_seed, solver_stats
 from fedsweep.methods.oracle import GradientOracle
 from fedsweep.methods.sliding import check_theta
 from fedsweep.weights import Weights
@@ -30,6 +30,7 @@ class ServerOnly:
 
     def round(self, state: MethodState, oracle: GradientOracle) -> tuple[MethodState, dict[str, float]]:
         zero = self._zero if self._zero is not None else Weights.zeros_like(state.x)
-        state.x, objective = oracle.argmin(zero, state.x, self.theta, draw_seed(state.rng))
+        solve = oracle.argmin(zero, state.x, self.theta, draw_seed(state.rng))
+        state.x = solve.x
         state.round += 1
-        return state, {"loss/argmin": objective}
+        return state, solver_stats([solve])

@@ -19,9 +19,9 @@ from fedsweep.weights import Weights
 
 
 class HessianOracle(Protocol):
-    def client_hvp(self, group: Group, point: Weights, vector: Weights, seed: int | None) -> Weights: ...
+    def client_hvp(self, group: Group, point: Weights, vector: Weights, *, batch_size: int | None, seed: int | None) -> Weights: ...
 
-    def server_hvp(self, group: Group, point: Weights, vector: Weights, seed: int | None) -> Weights: ...
+    def server_hvp(self, group: Group, point: Weights, vector: Weights, *, batch_size: int | None, seed: int | None) -> Weights: ...
 
 
 def power_iteration(matvec: Callable[[Weights], Weights], v0: Weights, iterations: int) -> float:
@@ -51,13 +51,18 @@ def random_like(x: Weights, seed: int) -> Weights:
     return v
 
 
-def estimate_similarity(oracle: HessianOracle, x: Weights, *, iterations: int, seed: int) -> dict[str, float]:
-    """``{"similarity/delta_f": δ_f, "similarity/delta_g": δ_g}`` at x."""
+def estimate_similarity(
+    oracle: HessianOracle, x: Weights, *, iterations: int, seed: int, batch_size: int | None = None
+) -> dict[str, float]:
+    """``{"similarity/delta_f": δ_f, "similarity/delta_g": δ_g}`` at x: from exact Hessians (whole
+    shards, all the server's data) when ``batch_size`` is None, else from minibatch Hessians, the
+    same minibatch throughout (drawn by ``seed``), which overstate δ by their own noise."""
     out = {}
     for group in GROUPS:
 
         def matvec(v: Weights, group: Group = group) -> Weights:
-            return oracle.client_hvp(group, x, v, seed).sub_(oracle.server_hvp(group, x, v, seed))
+            client = oracle.client_hvp(group, x, v, batch_size=batch_size, seed=seed)
+            return client.sub_(oracle.server_hvp(group, x, v, batch_size=batch_size, seed=seed))
 
         out[f"similarity/delta_{group}"] = power_iteration(matvec, random_like(x, seed), iterations)
     return out

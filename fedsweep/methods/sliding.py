@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from fedsweep.errors import ConfigError
-from fedsweep.methods.base import MethodState, difference_norms, draw_seed, full_difference
+from fedsweep.methods.base import MethodState, difference_norms, draw_seed, full_difference, solver_stats
 from fedsweep.methods.oracle import GradientOracle
 from fedsweep.weights import Weights
 
@@ -34,6 +34,7 @@ class Sliding:
 
     def round(self, state: MethodState, oracle: GradientOracle) -> tuple[MethodState, dict[str, float]]:
         extragrad, diffs = full_difference(oracle, state.x)
-        state.x, objective = oracle.argmin(extragrad, state.x, self.theta, draw_seed(state.rng))
+        solve = oracle.argmin(extragrad, state.x, self.theta, draw_seed(state.rng))
+        state.x = solve.x
         state.round += 1
-        return state, {**difference_norms(extragrad, diffs), "loss/argmin": objective}
+        return state, {**difference_norms(extragrad, diffs), **solver_stats([solve])}

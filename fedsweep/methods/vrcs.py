@@ -39,7 +39,7 @@ import numpy as np
 
 from fedsweep.errors import ConfigError
 from fedsweep.methods.aggregate import sample_clients
-from fedsweep.methods.base import MethodState, check_share, difference_norms, draw_seed, full_difference
+from fedsweep.methods.base import MethodState, check_share, difference_norms, draw_seed, full_difference, solver_stats
 from fedsweep.methods.oracle import GradientOracle, Group
 from fedsweep.methods.sliding import check_theta
 from fedsweep.weights import Weights
@@ -112,7 +112,8 @@ class VRCS:
         extragrad, snapshot_diffs = full_difference(oracle, x_t)
 
         # 2. proximal step around x_t
-        x, objective = oracle.argmin(extragrad, x_t, cfg.theta, draw_seed(rng))
+        solves = [oracle.argmin(extragrad, x_t, cfg.theta, draw_seed(rng))]
+        x = solves[-1].x
 
         # 3.–4. snapshot x_0 = x_t, then K local steps with one group each
         local_steps = sample_local_steps(rng, cfg.q)
@@ -132,13 +133,14 @@ class VRCS:
                 change.sub_(server_x).add_(server_0)
             sampled += oracle.num_clients(group) if subset is None else len(subset)
             estimate = corrected_difference(extragrad, group, change, cfg.p, out=estimate)
-            x, objective = oracle.argmin(estimate, x, cfg.theta, draw_seed(rng))
+            solves.append(oracle.argmin(estimate, x, cfg.theta, draw_seed(rng)))
+            x = solves[-1].x
 
         state.x = x
         state.round += 1
         stats = {
             **difference_norms(extragrad, snapshot_diffs),
-            "loss/argmin": objective,
+            **solver_stats(solves),
             "local_steps": float(local_steps),
             "clients/local": float(sampled),
         }

@@ -6,7 +6,7 @@ One step of the server's solve of ``argmin_x ⟨v, x⟩ + ‖x − c‖²/(2θ) 
 needs the gradient ``∇h1(x) + v + (x − c)/θ``. Three ways, timed interleaved:
 
 * data only: zero_grad, forward, cross-entropy, backward (the floor);
-* closed form (what ``fedsweep.methods.argmin`` does): the same, then
+* closed form (what ``fedsweep.federation.solvers`` does): the same, then
   ``d = x − c`` into a preallocated buffer and ``grad += v + d/θ`` in place;
 * autograd: the same objective with ``dot + norm**2`` differentiated by autograd.
 
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from common import medians_ms, resnet18_cifar  # bench/common.py (this folder is on sys.path)
 
-from fedsweep.weights import Weights
+from fedsweep.core.weights import Weights
 
 TARGET_PERCENT = 20.0
 

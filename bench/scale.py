@@ -10,7 +10,7 @@ batch 32), test evaluation every round. For each K, in the same run:
 * **plain loop**: one process doing the same arithmetic one client at a time with plain
   torch (copy x into the model, one epoch of minibatch SGD, example-weighted average,
   evaluate): the baseline, median seconds per round.
-* **in-process**: ``runtime=local`` through ``fedsweep.experiment.run_experiment``.
+* **in-process**: ``runtime=local`` through ``fedsweep.experiment.loop.run_experiment``.
 * **pool**: a fresh process does what ``python -m fedsweep.run runtime=ray …`` does
   (compose and check the config, then ``run_experiment``; W = ``runtime.workers: auto``
   = one per CPU). Per round (all three): the median over
@@ -36,7 +36,6 @@ import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 
 ROUNDS = 40
 WARMUP = 10  # rounds left out of the per-round medians (caches, allocator, first calls)
@@ -60,8 +59,8 @@ def plain_loop_seconds(k: int, rounds: int) -> float:
     import torch
     import torch.nn.functional as F
 
-    from fedsweep.config import compose, to_container
-    from fedsweep.experiment import prepare
+    from fedsweep.experiment.config import compose, to_container
+    from fedsweep.experiment.loop import prepare
 
     setup = prepare(to_container(compose(workload(k, rounds))))
     model = setup.model_fn()
@@ -104,7 +103,7 @@ def plain_loop_seconds(k: int, rounds: int) -> float:
 
 def run_seconds(cfg: dict) -> tuple[list[float], dict[str, float]]:
     """Round-to-round seconds of a fedsweep run, and its start-up stamps."""
-    from fedsweep.experiment import run_experiment
+    from fedsweep.experiment.loop import run_experiment
 
     stamps: list[float] = []
     timings: dict[str, float] = {}
@@ -116,7 +115,7 @@ def run_seconds(cfg: dict) -> tuple[list[float], dict[str, float]]:
 
 
 def config_for(overrides: list[str]) -> dict:
-    from fedsweep.config import compose, to_container, validate
+    from fedsweep.experiment.config import compose, to_container, validate
 
     cfg = to_container(compose(overrides))
     validate(cfg)

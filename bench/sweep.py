@@ -6,7 +6,7 @@
 1. **Compute**: every trial of the sweep run in this process one after another with
    ``runtime=local`` and one torch thread (a trial's share of a core), each timed from
    ``run_experiment`` call to return (data, model, rounds, checkpoints, TensorBoard).
-2. **Sweep**: a fresh process runs ``fedsweep.tune.main([<file>, --results <temporary
+2. **Sweep**: a fresh process runs ``fedsweep.sweep.driver.main([<file>, --results <temporary
    folder>])``, what ``make sweep`` runs, timed from spawn to exit, with its parts:
    interpreter and imports, sweep file checks, ``ray.init`` (with the dashboard),
    ``Tuner.fit`` (every trial), ``ray.shutdown``, the table and plots.
@@ -29,8 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def compute_seconds(sweep_file: Path) -> list[float]:
     import torch
 
-    from fedsweep.experiment import run_experiment
-    from fedsweep.sweep import expand, load_sweep
+    from fedsweep.experiment.loop import run_experiment
+    from fedsweep.sweep.sweep_file import load_sweep
+    from fedsweep.sweep.grid import expand
 
     torch.set_num_threads(1)
     _, _, points = expand(load_sweep(sweep_file))
@@ -52,8 +53,8 @@ def sweep_child(sweep_file: str, results: str) -> None:
     import ray
     from ray import tune
 
-    from fedsweep import report
-    from fedsweep import tune as fedsweep_tune
+    from fedsweep.sweep import report
+    from fedsweep.cli import tune_main
 
     stamps["imports"] = time.time()
 
@@ -71,7 +72,7 @@ def sweep_child(sweep_file: str, results: str) -> None:
     ray.shutdown = stamped("ray.shutdown", ray.shutdown)
     tune.Tuner.fit = stamped("fit", tune.Tuner.fit)
     report.write_report = stamped("report", report.write_report)
-    status = fedsweep_tune.main([sweep_file, "--results", results])
+    status = tune_main([sweep_file, "--results", results])
     print(json.dumps({**stamps, "status": status}))
 
 

@@ -22,7 +22,7 @@ import torch
 from argmin import print_argmin  # bench/argmin.py
 from common import medians_ms, resnet18_cifar  # bench/common.py (this folder is on sys.path)
 
-from fedsweep.weights import Weights
+from fedsweep.core.weights import Weights
 
 TARGET = 1.5
 

@@ -4,14 +4,14 @@
 (``fedsweep.api``); ``fedsweep.Weights`` is a model's named tensors as one value.
 """
 
-from fedsweep.errors import ConfigError
+from fedsweep.core.errors import ConfigError
 
 __all__ = ["ConfigError", "Weights", "run_experiment", "run_sweep"]
 
 
 def __getattr__(name: str):  # heavy imports only when used: torch for Weights, Hydra and pandas for the API
     if name == "Weights":
-        from fedsweep.weights import Weights
+        from fedsweep.core.weights import Weights
 
         return Weights
     if name in ("run_experiment", "run_sweep"):

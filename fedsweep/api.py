@@ -16,8 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from fedsweep.config import compose, to_container, validate
-from fedsweep.errors import ConfigError
+from fedsweep.experiment.config import compose, to_container, validate
+from fedsweep.core.errors import ConfigError
 
 
 def make_config(settings: Mapping[str, Any] | Sequence[str] = (), *, config_dirs: Sequence[str | Path] = ()) -> dict[str, Any]:
@@ -27,7 +27,7 @@ def make_config(settings: Mapping[str, Any] | Sequence[str] = (), *, config_dirs
     ``config_dirs`` join Hydra's search path (a user's own config groups and options)."""
     groups, values = [], {}
     if isinstance(settings, Mapping):
-        from fedsweep.sweep import config_groups
+        from fedsweep.sweep.grid import config_groups
 
         names = config_groups()
         for key, value in settings.items():
@@ -58,8 +58,8 @@ def run_experiment(
 ) -> pd.DataFrame:
     """Run one experiment; returns its metrics history, one row per round (TensorBoard logs and
     the resolved config go to ``log_dir``, by default ``results/runs/<time>``)."""
-    from fedsweep.experiment import run_experiment as run
-    from fedsweep.run import open_run_dir
+    from fedsweep.experiment.loop import run_experiment as run
+    from fedsweep.experiment.run_dir import open_run_dir
 
     cfg = make_config(settings, config_dirs=config_dirs)
     log_dir = open_run_dir(cfg, log_dir)
@@ -84,9 +84,9 @@ def run_sweep(
 
     import yaml
 
-    from fedsweep.config import search_path
-    from fedsweep.sweep import load_sweep
-    from fedsweep.tune import run_sweep as run
+    from fedsweep.experiment.config import search_path
+    from fedsweep.sweep.sweep_file import load_sweep
+    from fedsweep.sweep.driver import run_sweep as run
 
     overrides = [*overrides, *([search_path(config_dirs)] if config_dirs else [])]
     if isinstance(sweep, Mapping):

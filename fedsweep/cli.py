@@ -1,9 +1,18 @@
 """The ``fedsweep`` command: ``fedsweep run key=value …`` and ``fedsweep tune sweeps/x.yaml …``
-(the same as ``python -m fedsweep.run`` and ``python -m fedsweep.tune``)."""
+(the same as ``python -m fedsweep.run …`` and ``python -m fedsweep.tune …``). Everything here is
+argument handling and printing; the work is ``fedsweep.experiment`` and ``fedsweep.sweep``."""
 
 from __future__ import annotations
 
+import argparse
 import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from fedsweep.core.errors import ConfigError, RunError
+from fedsweep.experiment.config import compose, search_path, to_container, validate
+from fedsweep.experiment.run_dir import open_run_dir
 
 USAGE = "usage: fedsweep run [key=value ...] | fedsweep tune SWEEP_FILE [key=value ...] [--name NAME] [--results DIR]"
 
@@ -13,13 +22,114 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] not in ("run", "tune"):
         print(USAGE, file=sys.stderr)
         return 0 if args and args[0] in ("-h", "--help") else 2
-    if args[0] == "run":
-        from fedsweep import run
+    return run_main(args[1:]) if args[0] == "run" else tune_main(args[1:])
 
-        return run.main(args[1:])
-    from fedsweep import tune
 
-    return tune.main(args[1:])
+def split_config_dirs(args: list[str]) -> tuple[list[str], list[str]]:
+    """``args`` without its ``--config-dir DIR`` / ``--config-dir=DIR`` options, and those DIRs."""
+    rest, dirs, it = [], [], iter(args)
+    for arg in it:
+        if arg == "--config-dir":
+            value = next(it, None)
+            if value is None:
+                raise ConfigError("--config-dir needs a folder")
+            dirs.append(value)
+        elif arg.startswith("--config-dir="):
+            dirs.append(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+    return rest, dirs
+
+
+def run_main(argv: list[str] | None = None) -> int:
+    """Run one experiment: ``python -m fedsweep.run method.theta=0.05 method.p=0.5 method.q=0.5``.
+
+    Arguments are Hydra overrides of ``fedsweep/configs/config.yaml`` (``key=value``,
+    ``group=option``, ``+new_key=value``), composed with Hydra's compose API and
+    checked before anything is written; ``--cfg`` prints the composed config and
+    exits; ``--config-dir DIR`` (repeatable) adds a folder of your own config groups and
+    options to Hydra's search path (as ``hydra.searchpath=[file://DIR]`` does). The run directory
+    (``results/runs/<time>`` unless ``log_dir=...``) gets the resolved ``config.yaml``, the
+    TensorBoard scalars and, with ``checkpoint.every=N``, its newest ``checkpoint.keep``
+    checkpoints (``checkpoints/round_<round>/checkpoint.pt``).
+    """
+
+    overrides = sys.argv[1:] if argv is None else argv
+    if any(arg in ("-h", "--help") for arg in overrides):
+        print(run_main.__doc__.strip())
+        return 0
+    show_only = "--cfg" in overrides
+    try:
+        overrides, config_dirs = split_config_dirs([arg for arg in overrides if arg != "--cfg"])
+        cfg = to_container(compose(overrides, config_dirs=config_dirs))
+        validate(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if show_only:
+        print(OmegaConf.to_yaml(cfg), end="")
+        return 0
+    from fedsweep.experiment.loop import run_experiment  # heavy imports once the config is known good
+
+    log_dir = open_run_dir(cfg)
+    try:
+        final = run_experiment(cfg, log_dir=log_dir)
+    except RunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"TensorBoard logs: {log_dir}   (tensorboard --logdir {log_dir})")
+    from fedsweep.experiment.checkpoint import checkpoint_path, saved_rounds
+
+    saved = saved_rounds(log_dir)
+    if saved:
+        newest = checkpoint_path(log_dir, saved[-1])
+        print(f"Checkpoints: rounds {', '.join(map(str, saved))} kept; continue with checkpoint.resume={newest}")
+    accuracy = f"test accuracy {final['accuracy/test']:.4f}, " if "accuracy/test" in final else ""
+    summary = f"final {accuracy}test loss {final['loss/test']:.4f}, communications f={final['comm/f']:.0f} g={final['comm/g']:.0f}"
+    if cfg["target_accuracy"] is not None:
+        reached = final["target/round"] == final["target/round"]  # not NaN
+        summary += (
+            f"; target {cfg['target_accuracy']} reached at round {final['target/round']:.0f} "
+            f"after f={final['target/comm_f']:.0f} g={final['target/comm_g']:.0f} communications"
+            if reached
+            else f"; target {cfg['target_accuracy']} not reached"
+        )
+    print(summary)
+    return 0
+
+
+def tune_main(argv: list[str] | None = None) -> int:
+    """Sweep a config with Ray Tune: ``fedsweep tune SWEEP_FILE [key=value …]``."""
+    from fedsweep.sweep.driver import RESULTS_DIR, run_sweep
+    from fedsweep.sweep.sweep_file import load_sweep
+
+    parser = argparse.ArgumentParser(prog="fedsweep tune", description="Sweep a config with Ray Tune.")
+    parser.add_argument("sweep", help="sweep file, e.g. sweeps/vrcs_grid.yaml")
+    parser.add_argument("overrides", nargs="*", help="key=value Hydra overrides, after the file's own")
+    parser.add_argument("--name", default=None, help="the sweep's name (results/<name>/), instead of the file's")
+    parser.add_argument("--results", default=str(RESULTS_DIR), help="where results/<name>/ goes (default: results)")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
+    parser.add_argument("--config-dir", action="append", default=[], metavar="DIR",
+                        help="a folder of your own config groups and options, joining Hydra's search path (repeatable)")  # fmt: skip
+    args = parser.parse_args(argv)
+    try:
+        overrides = [*args.overrides, *([search_path(args.config_dir)] if args.config_dir else [])]
+        sweep = load_sweep(args.sweep, overrides=overrides, name=args.name)
+        exp_dir, table = run_sweep(sweep, results_dir=Path(args.results), address=args.address)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    failed = int((table["status"] == "error").sum()) if len(table) else 0
+    if failed:
+        print(f"error: {failed} trial(s) failed; Ray Tune's error files are in {exp_dir}", file=sys.stderr)
+        return 1
+    if table.attrs.get("unfinished"):  # stopped (Ctrl-C): its state is saved for the resume
+        again = [sys.executable, "-m", "fedsweep.tune", args.sweep, *args.overrides, "--results", args.results]
+        again += [*(["--name", args.name] if args.name else []), *(["--address", args.address] if args.address else [])]
+        again += [part for folder in args.config_dir for part in ("--config-dir", folder)]
+        print("resume with: " + " ".join(again))
+        return 130
+    return 0
 
 
 if __name__ == "__main__":

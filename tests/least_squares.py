@@ -7,14 +7,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedsweep.data import Dataset
-from fedsweep.data.client_data import ClientData
-from fedsweep.methods.argmin import Solution
-from fedsweep.oracle import FederatedOracle
-from fedsweep.runtime.local import LocalRuntime
-from fedsweep.server import Server, ServerConfig
-from fedsweep.task import squared_error
-from fedsweep.weights import Weights
+from fedsweep.task import Dataset
+from fedsweep.federation.client_data import ClientData
+from fedsweep.algorithms.protocols import Solution
+from fedsweep.federation.oracle import FederatedOracle
+from fedsweep.federation.runtime.local import LocalRuntime
+from fedsweep.federation.server import Server, ServerConfig
+from fedsweep.task.losses import squared_error
+from fedsweep.core.weights import Weights
 
 DIM, N, SERVER_N = 8, 60, 20
 

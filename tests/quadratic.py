@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
-from fedsweep.methods.argmin import Solution
-from fedsweep.weights import Weights
+from fedsweep.algorithms.protocols import Solution
+from fedsweep.core.weights import Weights
 
 
 class LeastSquares:

@@ -21,11 +21,11 @@ from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 
-from fedsweep.config import compose
-from fedsweep.experiment import run_experiment
-from fedsweep.runtime.ray_start import init_ray
-from fedsweep.sweep import load_sweep
-from fedsweep.tune import run_sweep
+from fedsweep.experiment.config import compose
+from fedsweep.experiment.loop import run_experiment
+from fedsweep.federation.runtime.ray_start import init_ray
+from fedsweep.sweep.sweep_file import load_sweep
+from fedsweep.sweep.driver import run_sweep
 
 NODE = {"num_cpus": 1, "memory": 2 * 1024**3, "object_store_memory": 200 * 1024**2}
 

@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedsweep.errors import DivergedError
-from fedsweep.methods import VRCS, Sliding
-from fedsweep.methods.argmin import SolverError, solve_lbfgs, solve_steps
-from fedsweep.weights import Weights
+from fedsweep.core.errors import DivergedError
+from fedsweep.algorithms import VRCS, Sliding
+from fedsweep.core.errors import SolverError
+from fedsweep.federation.solvers import solve_lbfgs, solve_steps
+from fedsweep.core.weights import Weights
 from tests.least_squares import LeastSquaresFederation
 
 
@@ -181,8 +182,8 @@ def test_the_fixed_step_solver_measures_its_residual_and_honours_the_tolerance()
 def test_every_theta_ends_at_its_tolerance_or_stops_in_one_line(tmp_path):
     """θ from 1e-3 to 10 on digits: every logged round's solves are within the tolerance and every
     metric is finite, or the run stops with one line (θ far above 1/δ makes VRCS diverge)."""
-    from fedsweep.config import compose
-    from fedsweep.experiment import run_experiment
+    from fedsweep.experiment.config import compose
+    from fedsweep.experiment.loop import run_experiment
 
     for theta in (1e-3, 1e-2, 0.1, 1.0, 10.0):
         history = []

@@ -6,10 +6,10 @@ import os
 
 import pytest
 
-from fedsweep import run
-from fedsweep.checkpoint import checkpoint_path, saved_rounds
-from fedsweep.config import compose
-from fedsweep.experiment import run_experiment
+from fedsweep.cli import run_main
+from fedsweep.experiment.checkpoint import checkpoint_path, saved_rounds
+from fedsweep.experiment.config import compose
+from fedsweep.experiment.loop import run_experiment
 
 BASE = ["rounds=2", "server.epochs=1", "checkpoint.every=2", "seed=1"]
 
@@ -23,7 +23,7 @@ def checkpoint(tmp_path_factory):
 
 def resume(capsys, tmp_path, path, *overrides):
     log_dir = tmp_path / "resumed"
-    status = run.main([*BASE, "rounds=3", f"checkpoint.resume={path}", f"log_dir={log_dir}", *overrides])
+    status = run_main([*BASE, "rounds=3", f"checkpoint.resume={path}", f"log_dir={log_dir}", *overrides])
     err = capsys.readouterr().err.strip()
     return status, err, log_dir
 
@@ -77,7 +77,7 @@ def test_keys_that_do_not_change_the_numbers_may_change(tmp_path, capsys, checkp
 
 def test_a_run_keeps_its_newest_checkpoints_and_resumes_from_the_newest(tmp_path, capsys):
     log_dir = tmp_path / "run"
-    assert run.main([*BASE, "rounds=5", "checkpoint.every=1", f"log_dir={log_dir}"]) == 0
+    assert run_main([*BASE, "rounds=5", "checkpoint.every=1", f"log_dir={log_dir}"]) == 0
     assert saved_rounds(log_dir) == [4, 5]  # checkpoint.keep: 2 by default
     assert sorted(p.name for p in (log_dir / "checkpoints").iterdir()) == ["round_000004", "round_000005"]
     newest = checkpoint_path(log_dir, 5)
@@ -94,9 +94,9 @@ def test_a_run_keeps_its_newest_checkpoints_and_resumes_from_the_newest(tmp_path
 
 def test_checkpoint_keep_bounds_a_run_and_a_rerun_drops_the_rounds_it_replaces(tmp_path):
     log_dir = tmp_path / "run"
-    assert run.main([*BASE, "rounds=6", "checkpoint.every=1", "checkpoint.keep=3", f"log_dir={log_dir}"]) == 0
+    assert run_main([*BASE, "rounds=6", "checkpoint.every=1", "checkpoint.keep=3", f"log_dir={log_dir}"]) == 0
     assert saved_rounds(log_dir) == [4, 5, 6]
     # rerun from round 4 into the same folder: its round 5 replaces the old one, the old 6 goes
     again = [*BASE, "rounds=5", "checkpoint.every=1", "checkpoint.keep=3", f"log_dir={log_dir}"]
-    assert run.main([*again, f"checkpoint.resume={checkpoint_path(log_dir, 4)}"]) == 0
+    assert run_main([*again, f"checkpoint.resume={checkpoint_path(log_dir, 4)}"]) == 0
     assert saved_rounds(log_dir) == [4, 5]

@@ -13,9 +13,9 @@ import pytest
 import torch
 import torchvision.datasets
 
-from fedsweep.data import DATASETS, DataBundle, Dataset, load_dataset
-from fedsweep.data import datasets as datasets_mod
-from fedsweep.errors import ConfigError
+from fedsweep.task import DATASETS, DataBundle, Dataset, load_dataset
+from fedsweep.task import datasets as datasets_mod
+from fedsweep.core.errors import ConfigError
 
 # ---------------------------------------------------------------- Dataset
 
@@ -71,7 +71,7 @@ def test_digits_are_scikit_learns_digits() -> None:
     """Read from the file in scikit-learn's wheel: the same images and labels as its loader."""
     from sklearn.datasets import load_digits as sk_load_digits
 
-    from fedsweep.data.datasets import _digits_rows
+    from fedsweep.task.datasets import _digits_rows
 
     raw, sk = _digits_rows(), sk_load_digits()
     np.testing.assert_array_equal(raw[:, :-1], sk.data)

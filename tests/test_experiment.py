@@ -8,9 +8,9 @@ import time
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fedsweep.checkpoint import checkpoint_path
-from fedsweep.config import compose
-from fedsweep.experiment import run_experiment
+from fedsweep.experiment.checkpoint import checkpoint_path
+from fedsweep.experiment.config import compose
+from fedsweep.experiment.loop import run_experiment
 
 BASE = ["rounds=4", "server.epochs=2", "seed=3", "client.batch_size=32", "server.grad_batch_size=16"]
 
@@ -94,7 +94,7 @@ def test_a_rerun_into_the_same_directory_replaces_its_curves(tmp_path):
 
 def test_every_reported_metric_is_known_to_sweep_files(tmp_path):
     """A sweep's metric is checked against REPORTED: every method's report must stay inside it."""
-    from fedsweep.metrics import REPORTED
+    from fedsweep.experiment.metrics import REPORTED
 
     seen = set()
     for method in ("vrcs", "sliding", "fedavg", "fedprox", "scaffold", "server_only"):
@@ -109,8 +109,8 @@ def test_data_init_and_method_seeds_can_be_set_apart(tmp_path):
     """seeds.<source> overrides seed for one source alone: the others keep seed's draws."""
     import torch
 
-    from fedsweep.config import to_container
-    from fedsweep.setup import prepare, seed_of
+    from fedsweep.experiment.config import to_container
+    from fedsweep.experiment.build import prepare, seed_of
 
     base = to_container(compose(["seed=3"]))
     apart = to_container(compose(["seed=3", "seeds.init=9"]))

@@ -11,10 +11,10 @@ import time
 import pytest
 import ray
 
-from fedsweep import run
-from fedsweep.config import compose
-from fedsweep.errors import RunError
-from fedsweep.experiment import run_experiment
+from fedsweep.cli import run_main
+from fedsweep.experiment.config import compose
+from fedsweep.core.errors import RunError
+from fedsweep.experiment.loop import run_experiment
 
 # long requests (one client at a time, many epochs), so that a kill lands in the middle of one
 LONG = [
@@ -75,12 +75,12 @@ def test_a_worker_that_keeps_dying_fails_the_run_in_one_line(ray_session, tmp_pa
 
 
 def test_the_cli_prints_a_run_error_in_one_line(tmp_path, capsys, monkeypatch):
-    import fedsweep.experiment
+    import fedsweep.experiment.loop
 
     def dying(*args, **kwargs):
         raise RunError("worker 1/2 of x (on node 10.0.0.1, pid 1) died 4 time(s)")
 
-    monkeypatch.setattr(fedsweep.experiment, "run_experiment", dying)
-    assert run.main(["rounds=1", f"log_dir={tmp_path / 'run'}"]) == 1
+    monkeypatch.setattr(fedsweep.experiment.loop, "run_experiment", dying)
+    assert run_main(["rounds=1", f"log_dir={tmp_path / 'run'}"]) == 1
     err = capsys.readouterr().err.strip()
     assert err == "error: worker 1/2 of x (on node 10.0.0.1, pid 1) died 4 time(s)"

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedsweep.errors import ConfigError
-from fedsweep import components
-from fedsweep.methods import FedAvg, ServerOnly, Sliding, VRCS
-from fedsweep.weights import Weights
+from fedsweep.core.errors import ConfigError
+from fedsweep.experiment import components
+from fedsweep.algorithms import FedAvg, ServerOnly, Sliding, VRCS
+from fedsweep.core.weights import Weights
 from tests.quadratic import QuadraticOracle
 
 DIM = 8
@@ -61,7 +61,7 @@ def test_fedavg_one_round_by_hand():
 
 def test_fedprox_one_round_by_hand():
     """Each local step adds μ(w − x_t) to the gradient; μ = 0 is FedAvg."""
-    from fedsweep.methods import FedProx
+    from fedsweep.algorithms import FedProx
 
     oracle, x0 = QuadraticOracle(), start()
     state, _ = FedProx(mu=2.0, local_epochs=3, lr=0.05, batch_size=None).round(
@@ -84,7 +84,7 @@ def test_fedprox_one_round_by_hand():
 def test_scaffold_two_rounds_by_hand():
     """Round 1 (c = c_i = 0) is a FedAvg round; round 2 corrects every local step by c − c_i,
     with c_i the client's mean gradient of round 1 and c their mean, then x moves by η_g."""
-    from fedsweep.methods import Scaffold
+    from fedsweep.algorithms import Scaffold
 
     oracle, x0 = QuadraticOracle(), start()
     method = Scaffold(local_epochs=3, lr=0.05, batch_size=None, global_lr=0.7)
@@ -112,7 +112,7 @@ def test_scaffold_two_rounds_by_hand():
 
 
 def test_scaffold_first_round_is_fedavg():
-    from fedsweep.methods import Scaffold
+    from fedsweep.algorithms import Scaffold
 
     x0 = start()
     plain = FedAvg(local_epochs=3, lr=0.05, batch_size=None)
@@ -177,18 +177,18 @@ def test_vrcs_and_sliding_beat_fedavg_client_drift():
 @pytest.mark.parametrize(
     "cfg, needle",
     [
-        ({"_target_": "fedsweep.methods.Sliding", "theta": -1}, "method.theta=-1"),
-        ({"_target_": "fedsweep.methods.ServerOnly", "theta": 0}, "method.theta=0"),
-        ({"_target_": "fedsweep.methods.Sliding", "theta": "big"}, "method.theta must be a number, got method.theta='big'"),
-        ({"_target_": "fedsweep.methods.FedAvg", "local_epochs": 0, "lr": 0.1, "batch_size": None}, "local_epochs=0"),
-        ({"_target_": "fedsweep.methods.FedAvg", "local_epochs": 1, "lr": -0.1, "batch_size": None}, "lr=-0.1"),
-        ({"_target_": "fedsweep.methods.FedAvg", "local_epochs": 1, "lr": 0.1, "batch_size": 0}, "batch_size=0"),
-        ({"_target_": "fedsweep.methods.FedAvg", "local_epochs": 1, "lr": 0.1}, "missing config key method.batch_size"),
-        ({"_target_": "fedsweep.methods.FedAvg", "local_epochs": 1, "lr": 0.1, "batch_size": 1, "mu": 1},
-         "method.mu=1 is not an argument of fedsweep.methods.FedAvg"),
-        ({"_target_": "fedsweep.methods.Scaffold", "local_epochs": 1, "lr": 0.1, "batch_size": 8, "global_lr": 0},
+        ({"_target_": "fedsweep.algorithms.Sliding", "theta": -1}, "method.theta=-1"),
+        ({"_target_": "fedsweep.algorithms.ServerOnly", "theta": 0}, "method.theta=0"),
+        ({"_target_": "fedsweep.algorithms.Sliding", "theta": "big"}, "method.theta must be a number, got method.theta='big'"),
+        ({"_target_": "fedsweep.algorithms.FedAvg", "local_epochs": 0, "lr": 0.1, "batch_size": None}, "local_epochs=0"),
+        ({"_target_": "fedsweep.algorithms.FedAvg", "local_epochs": 1, "lr": -0.1, "batch_size": None}, "lr=-0.1"),
+        ({"_target_": "fedsweep.algorithms.FedAvg", "local_epochs": 1, "lr": 0.1, "batch_size": 0}, "batch_size=0"),
+        ({"_target_": "fedsweep.algorithms.FedAvg", "local_epochs": 1, "lr": 0.1}, "missing config key method.batch_size"),
+        ({"_target_": "fedsweep.algorithms.FedAvg", "local_epochs": 1, "lr": 0.1, "batch_size": 1, "mu": 1},
+         "method.mu=1 is not an argument of fedsweep.algorithms.FedAvg"),
+        ({"_target_": "fedsweep.algorithms.Scaffold", "local_epochs": 1, "lr": 0.1, "batch_size": 8, "global_lr": 0},
          "method.global_lr must be > 0, got method.global_lr=0"),
-        ({"_target_": "fedsweep.methods.Adam"}, "'fedsweep.methods.Adam' cannot be imported"),
+        ({"_target_": "fedsweep.algorithms.Adam"}, "'fedsweep.algorithms.Adam' cannot be imported"),
         ({"theta": 0.1}, "method._target_"),
     ],
 )

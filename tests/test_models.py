@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from fedsweep.data import load_dataset
-from fedsweep.errors import ConfigError
-from fedsweep.models import MODELS, build_model
+from fedsweep.task import load_dataset
+from fedsweep.core.errors import ConfigError
+from fedsweep.task.models import MODELS, build_model
 
 INPUT_SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]  # digits, (fashion-)mnist, cifar10
 

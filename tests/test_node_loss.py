@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fedsweep.experiment import run_experiment
+from fedsweep.experiment.loop import run_experiment
 from tests.ray_processes import descendants, free_port, is_descendant, name, stop, with_in_command_line
 
 ROUNDS, EVERY = 150, 2

@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 OUTSIDE = """
 import json, sys
 sys.meta_path = [f for f in sys.meta_path if "editable" not in type(f).__module__]  # not the repo's checkout
-from fedsweep.config import CONFIG_DIR, compose, to_container, validate
-from fedsweep.setup import check_setup
+from fedsweep.experiment.config import CONFIG_DIR, compose, to_container, validate
+from fedsweep.experiment.build import check_setup
 validate(to_container(compose([])))  # the default config, checked and built (digits ships inside the wheel's deps)
 check_setup(to_container(compose([])))
 cfg = to_container(compose(["method=fedprox", "rounds=3"]))
@@ -52,4 +52,4 @@ def test_a_built_wheel_composes_configs_outside_the_repository(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert Path(result["dir"]).is_relative_to(site) and (result["method"], result["rounds"]) == ("fedsweep.methods.FedProx", 3)
+    assert Path(result["dir"]).is_relative_to(site) and (result["method"], result["rounds"]) == ("fedsweep.algorithms.FedProx", 3)

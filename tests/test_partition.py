@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedsweep.data import SCHEMES, Dataset, Partition, make_partition
-from fedsweep.errors import ConfigError
+from fedsweep.task import SCHEMES, Dataset, Partition, make_partition
+from fedsweep.core.errors import ConfigError
 
 N, C = 2000, 10
 F_CLASSES = (0, 1, 2, 3, 4)  # the default: first half

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 import fedsweep
-from fedsweep.config import compose, to_container, validate
-from fedsweep.errors import ConfigError
-from fedsweep.setup import check_setup
+from fedsweep.experiment.config import compose, to_container, validate
+from fedsweep.core.errors import ConfigError
+from fedsweep.experiment.build import check_setup
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -82,10 +82,10 @@ def test_a_model_that_does_not_fit_the_data_is_named_before_any_work(examples_on
 
 def test_a_users_config_dir_joins_the_search_path(tmp_path):
     (tmp_path / "method").mkdir()
-    (tmp_path / "method" / "slow_sliding.yaml").write_text("_target_: fedsweep.methods.Sliding\ntheta: 0.01\n")
+    (tmp_path / "method" / "slow_sliding.yaml").write_text("_target_: fedsweep.algorithms.Sliding\ntheta: 0.01\n")
     cfg = to_container(compose(["method=slow_sliding"], config_dirs=[tmp_path]))
     validate(cfg)
-    assert cfg["method"] == {"_target_": "fedsweep.methods.Sliding", "theta": 0.01}
+    assert cfg["method"] == {"_target_": "fedsweep.algorithms.Sliding", "theta": 0.01}
     with pytest.raises(ConfigError, match="config directory not found"):
         compose([], config_dirs=[tmp_path / "missing"])
 
@@ -94,7 +94,7 @@ def test_the_api_takes_a_mapping_of_dotted_keys(tmp_path):
     from fedsweep.api import make_config
 
     cfg = make_config({"method": "fedavg", "method.lr": 0.2, "rounds": 2})
-    assert cfg["method"]["_target_"] == "fedsweep.methods.FedAvg" and cfg["method"]["lr"] == 0.2 and cfg["rounds"] == 2
+    assert cfg["method"]["_target_"] == "fedsweep.algorithms.FedAvg" and cfg["method"]["lr"] == 0.2 and cfg["rounds"] == 2
     with pytest.raises(ConfigError, match="'method.theta' is not a config key"):
         make_config({"method": "fedavg", "method.theta": 0.2})
     with pytest.raises(ConfigError, match="method.lr must be > 0"):
@@ -150,10 +150,10 @@ def test_the_api_runs_a_sweep_given_as_a_mapping(ray_session, tmp_path):
 
 def test_the_sweep_command_takes_config_dirs(tmp_path, capsys, monkeypatch):
     """--config-dir joins the search path of every grid point (and the sweep's record)."""
-    from fedsweep import tune as fedsweep_tune
+    from fedsweep.cli import tune_main
 
     (tmp_path / "method").mkdir()
-    (tmp_path / "method" / "slow.yaml").write_text("_target_: fedsweep.methods.Sliding\ntheta: 0.01\n")
+    (tmp_path / "method" / "slow.yaml").write_text("_target_: fedsweep.algorithms.Sliding\ntheta: 0.01\n")
     path = tmp_path / "s.yaml"
     path.write_text("name: s\ngrid:\n  method: [slow, vrcs]\n")
     captured = {}
@@ -162,9 +162,11 @@ def test_the_sweep_command_takes_config_dirs(tmp_path, capsys, monkeypatch):
         captured["sweep"] = sweep
         raise ConfigError("recorded")
 
-    monkeypatch.setattr(fedsweep_tune, "run_sweep", record)
-    assert fedsweep_tune.main([str(path), "--config-dir", str(tmp_path), "--results", str(tmp_path / "r")]) == 2
-    from fedsweep.sweep import expand
+    from fedsweep.sweep import driver
+
+    monkeypatch.setattr(driver, "run_sweep", record)
+    assert tune_main([str(path), "--config-dir", str(tmp_path), "--results", str(tmp_path / "r")]) == 2
+    from fedsweep.sweep.grid import expand
 
     points = expand(captured["sweep"])[2]
-    assert [p["method"]["_target_"] for p in points] == ["fedsweep.methods.Sliding", "fedsweep.methods.VRCS"]
+    assert [p["method"]["_target_"] for p in points] == ["fedsweep.algorithms.Sliding", "fedsweep.algorithms.VRCS"]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fedsweep.config import compose
-from fedsweep.experiment import run_experiment
+from fedsweep.experiment.config import compose
+from fedsweep.experiment.loop import run_experiment
 from tests.ray_processes import is_loopback
 
 # two workers of 1 CPU on two 1-CPU nodes: one per node, each serving two of the four clients

@@ -8,8 +8,8 @@ import math
 import pandas as pd
 import pytest
 
-from fedsweep.report import _aligned, best_per_option, summarize
-from fedsweep.sweep import load_sweep
+from fedsweep.sweep.report import _aligned, best_per_option, summarize
+from fedsweep.sweep.sweep_file import load_sweep
 
 
 def sweep_of(tmp_path, text):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from fedsweep import run
+from fedsweep.cli import run_main
 
 
 @pytest.mark.parametrize(
@@ -22,7 +22,7 @@ from fedsweep import run
 )
 def test_bad_values_stop_in_one_line_and_write_nothing(tmp_path, capsys, args, needle):
     log_dir = tmp_path / "run"
-    assert run.main(args + [f"log_dir={log_dir}"]) == 2
+    assert run_main(args + [f"log_dir={log_dir}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and needle in err and len(err.splitlines()) == 1
     assert not log_dir.exists()
@@ -30,7 +30,7 @@ def test_bad_values_stop_in_one_line_and_write_nothing(tmp_path, capsys, args, n
 
 def test_a_run_writes_its_config_and_scalars(tmp_path, capsys):
     log_dir = tmp_path / "run"
-    assert run.main(["rounds=2", "server.epochs=1", "method.theta=0.01", "method.p=0.5", "method.q=0.5", f"log_dir={log_dir}"]) == 0
+    assert run_main(["rounds=2", "server.epochs=1", "method.theta=0.01", "method.p=0.5", "method.q=0.5", f"log_dir={log_dir}"]) == 0
     saved = yaml.safe_load((log_dir / "config.yaml").read_text())
     assert (saved["method"]["theta"], saved["method"]["p"], saved["method"]["q"], saved["rounds"]) == (0.01, 0.5, 0.5, 2)
     assert list(log_dir.glob("events.out.tfevents.*"))
@@ -38,9 +38,9 @@ def test_a_run_writes_its_config_and_scalars(tmp_path, capsys):
 
 
 def test_cfg_prints_the_composed_config_and_runs_nothing(tmp_path, capsys):
-    assert run.main(["--cfg", "method=fedavg", f"log_dir={tmp_path / 'run'}"]) == 0
+    assert run_main(["--cfg", "method=fedavg", f"log_dir={tmp_path / 'run'}"]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
-    assert shown["method"]["_target_"] == "fedsweep.methods.FedAvg"
+    assert shown["method"]["_target_"] == "fedsweep.algorithms.FedAvg"
     assert not (tmp_path / "run").exists()
 
 
@@ -48,12 +48,12 @@ def test_a_diverging_run_stops_in_one_line_and_reports_no_nan(tmp_path, capsys):
     """θ = 0.01 makes the fixed-step SGD solver diverge (lr/θ > 2): the run says so, at the round it happens."""
     import math
 
-    from fedsweep.config import compose
-    from fedsweep.errors import DivergedError
-    from fedsweep.experiment import run_experiment
+    from fedsweep.experiment.config import compose
+    from fedsweep.core.errors import DivergedError
+    from fedsweep.experiment.loop import run_experiment
 
     sgd = ["server.solver=optimizer", "server.tolerance=null", "method.theta=0.01"]
-    assert run.main([*sgd, "method.p=0.5", "method.q=0.5", "rounds=3", f"log_dir={tmp_path / 'cli'}"]) == 1
+    assert run_main([*sgd, "method.p=0.5", "method.q=0.5", "rounds=3", f"log_dir={tmp_path / 'cli'}"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
     assert err.startswith("error: diverged at round ") and "method.theta=0.01" in err
 

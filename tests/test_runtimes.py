@@ -7,8 +7,8 @@ import functools
 
 import pytest
 
-from fedsweep.config import compose
-from fedsweep.experiment import run_experiment
+from fedsweep.experiment.config import compose
+from fedsweep.experiment.loop import run_experiment
 
 # The fixed-step solver: an adaptive stop (server.solver=lbfgs) turns the runtimes' 1e-7
 # differences into different step counts, so the comparison would test the solver, not the runtime.

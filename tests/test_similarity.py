@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedsweep.config import compose
-from fedsweep.data import Dataset
-from fedsweep.experiment import run_experiment
-from fedsweep.methods.similarity import power_iteration, random_like
-from fedsweep.models import build_model
-from fedsweep.task import mean_hvp
-from fedsweep.weights import Weights
+from fedsweep.experiment.config import compose
+from fedsweep.task import Dataset
+from fedsweep.experiment.loop import run_experiment
+from fedsweep.algorithms.similarity import power_iteration, random_like
+from fedsweep.task.models import build_model
+from fedsweep.task.compute import mean_hvp
+from fedsweep.core.weights import Weights
 
 
 def test_power_iteration_finds_the_largest_magnitude_eigenvalue():
@@ -91,7 +91,7 @@ def test_delta_rises_as_the_server_similarity_falls(tmp_path):
 def test_the_default_estimate_is_the_exact_hessian_difference():
     """On least squares every Hessian is constant: power iteration on whole shards and all the
     server's data gives δ_G = ‖∇²G − ∇²G1‖₂ to 1e-4; minibatch Hessians give something else."""
-    from fedsweep.methods.similarity import estimate_similarity
+    from fedsweep.algorithms.similarity import estimate_similarity
     from tests.least_squares import LeastSquaresFederation
 
     fed = LeastSquaresFederation()

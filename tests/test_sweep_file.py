@@ -8,12 +8,13 @@ import textwrap
 
 import pytest
 
-from fedsweep import tune as fedsweep_tune
-from fedsweep.config import compose, to_container, validate
-from fedsweep.errors import ConfigError
-from fedsweep.components import label
-from fedsweep.setup import check_setup
-from fedsweep.sweep import expand, load_sweep
+from fedsweep.cli import tune_main
+from fedsweep.experiment.config import compose, to_container, validate
+from fedsweep.core.errors import ConfigError
+from fedsweep.experiment.components import label
+from fedsweep.experiment.build import check_setup
+from fedsweep.sweep.sweep_file import load_sweep
+from fedsweep.sweep.grid import expand
 
 GOOD = """
 name: small
@@ -103,7 +104,7 @@ def test_bad_sweep_files_fail_in_one_line_before_ray(tmp_path, monkeypatch, caps
 
     monkeypatch.setattr(ray, "init", no_ray)
     path = write(tmp_path, text)
-    assert fedsweep_tune.main([str(path), "--results", str(tmp_path / "results")]) == 2
+    assert tune_main([str(path), "--results", str(tmp_path / "results")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and needle in err
     assert len(err.splitlines()) == 1
@@ -126,7 +127,7 @@ def test_sampled_keys_become_tune_domains(tmp_path, search, trials):
     from ray import tune
     from ray.tune.search.sample import Categorical, Float, Integer, LogUniform, Uniform
 
-    from fedsweep.sweep import param_space, trial_count
+    from fedsweep.sweep.grid import param_space, trial_count
 
     sweep = load_sweep(write(tmp_path, SAMPLED + f"search: {search}\nnum_samples: 3\n"))
     assert trial_count(sweep) == trials
@@ -151,7 +152,7 @@ def test_sampled_keys_become_tune_domains(tmp_path, search, trials):
 def test_a_random_search_samples_config_groups_as_choices(tmp_path):
     from ray.tune.search.sample import Categorical
 
-    from fedsweep.sweep import param_space
+    from fedsweep.sweep.grid import param_space
 
     sweep = load_sweep(write(tmp_path, "grid:\n  method: [vrcs, fedavg]\n  seed: {randint: [0, 100]}\n"
                                        "search: random\nnum_samples: 4\n"))  # fmt: skip
@@ -169,7 +170,7 @@ def test_search_and_scheduler_follow_the_sweep(tmp_path):
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from fedsweep.tune import scheduler, search_algorithm
+    from fedsweep.sweep.driver import scheduler, search_algorithm
 
     text = SAMPLED + "search: optuna\nnum_samples: 3\nmetric: loss/test\nmode: min\nscheduler: {name: asha, grace_period: 2}\n"
     sweep = load_sweep(write(tmp_path, text))
@@ -188,7 +189,7 @@ def test_search_and_scheduler_follow_the_sweep(tmp_path):
 
 
 def test_missing_sweep_file(capsys, tmp_path):
-    assert fedsweep_tune.main([str(tmp_path / "nope.yaml")]) == 2
+    assert tune_main([str(tmp_path / "nope.yaml")]) == 2
     assert "not found" in capsys.readouterr().err
 
 
@@ -263,7 +264,7 @@ def test_each_method_gets_its_own_grid(tmp_path):
 
 def test_unknown_group_option_is_named(tmp_path, capsys):
     path = write(tmp_path, "grid:\n  method: [vrcs, scaffolding]\n")
-    assert fedsweep_tune.main([str(path), "--results", str(tmp_path / "r")]) == 2
+    assert tune_main([str(path), "--results", str(tmp_path / "r")]) == 2
     assert "scaffolding" in capsys.readouterr().err
 
 
@@ -273,7 +274,7 @@ def test_unknown_group_option_is_named(tmp_path, capsys):
 )
 def test_gpu_share(setting, participants, gpus, share):
     """auto: the largest 1/2^k that fits a trial's workers and its server on one GPU."""
-    from fedsweep.config import gpu_share
+    from fedsweep.experiment.config import gpu_share
 
     assert gpu_share(setting, participants, gpus) == share
 
@@ -285,7 +286,7 @@ def test_gpu_share(setting, participants, gpus, share):
         ("partition.clients_f=0", "clients_f=0"),
         ("partition.scheme=random", "'random'"),
         ("partition.dirichlet_alpha=-1", "dirichlet_alpha=-1"),
-        ("+partition.colour=red", "partition.colour='red' is not an argument of fedsweep.data.make_partition"),
+        ("+partition.colour=red", "partition.colour='red' is not an argument of fedsweep.task.make_partition"),
     ],
 )
 def test_partition_values_are_checked_before_any_data_loads(override, needle):
@@ -299,7 +300,7 @@ def test_shipped_sweep_files_expand(name):
 
     sweep = load_sweep(Path(__file__).resolve().parents[1] / "sweeps" / f"{name}.yaml")
     _, _, points = expand(sweep)
-    assert all(p["data"]["_target_"] == "fedsweep.data.load_digits" and p["runtime"]["name"] == "ray" for p in points)
+    assert all(p["data"]["_target_"] == "fedsweep.task.load_digits" and p["runtime"]["name"] == "ray" for p in points)
     if name == "vrcs_grid":
         assert len(points) >= 8 and {(p["method"]["theta"], p["method"]["p"], p["method"]["q"]) for p in points}.__len__() == len(points)
     elif name == "vrcs_optuna":
@@ -316,8 +317,8 @@ def test_shipped_sweep_files_expand(name):
 
 def test_trial_reserves_one_bundle_per_worker_and_a_gpu_share_for_its_server():
     """The pool's size comes from the trial's share of the cluster, never from the client count."""
-    from fedsweep.config import resolve_runtime
-    from fedsweep.tune import trial_resources
+    from fedsweep.experiment.config import resolve_runtime
+    from fedsweep.sweep.driver import trial_resources
 
     cfg = to_container(
         compose(["runtime=ray", "runtime.num_cpus=0.5", "partition.clients_f=300", "partition.clients_g=200"])
@@ -340,7 +341,7 @@ def test_a_huge_grid_stops_before_it_expands(tmp_path, capsys):
     """40 × 40 × 40 = 64,000 trials: one line at once, naming the count, nothing validated or started."""
     values = "[" + ", ".join(str(0.01 * (i + 1)) for i in range(40)) + "]"
     path = write(tmp_path, f"grid:\n  method.theta: {values}\n  method.p: {values}\n  method.q: {values}\n")
-    assert fedsweep_tune.main([str(path), "--results", str(tmp_path / "results")]) == 2
+    assert tune_main([str(path), "--results", str(tmp_path / "results")]) == 2
     err = capsys.readouterr().err.strip()
     assert "makes 64000 trials, more than max_trials=1000" in err and len(err.splitlines()) == 1
 
@@ -358,7 +359,7 @@ def test_the_summary_gives_mean_std_and_a_student_t_interval(tmp_path):
     import pandas as pd
     from scipy.stats import t as student_t
 
-    from fedsweep.report import summarize
+    from fedsweep.sweep.report import summarize
 
     sweep = load_sweep(write(tmp_path, "grid:\n  method.theta: [0.1, 0.5]\nrepeats: 3\n"))
     table = pd.DataFrame({
@@ -388,10 +389,10 @@ def test_command_line_overrides_and_name_follow_the_file(tmp_path):
 
 def test_a_bad_command_line_override_stops_in_one_line(tmp_path, capsys):
     path = write(tmp_path, GOOD)
-    assert fedsweep_tune.main([str(path), "rounds=0", "--results", str(tmp_path / "r")]) == 2
+    assert tune_main([str(path), "rounds=0", "--results", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "rounds=0" in err and len(err.splitlines()) == 1
-    assert fedsweep_tune.main([str(path), "--name", "..", "--results", str(tmp_path / "r")]) == 2
+    assert tune_main([str(path), "--name", "..", "--results", str(tmp_path / "r")]) == 2
     assert "name='..'" in capsys.readouterr().err
 
 

@@ -11,7 +11,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedsweep import tune as fedsweep_tune
+from fedsweep.cli import tune_main
 
 KEYS = ["method.theta", "method.p", "method.q", "theta", "rounds", "seed", "method", "model.hidden", "partition.clients_f", "server.epochs",
         "optimizer.lr", "runtime.workers", "nope", "data", "method.participation", "../x"]  # fmt: skip
@@ -80,14 +80,16 @@ def test_any_sweep_file_runs_or_stops_in_one_line(tmp_path_factory, monkeypatch,
     def no_ray(*args, **kwargs):  # a file that passes every check would go on to Ray and Tune here
         raise RayStarted
 
-    monkeypatch.setattr(fedsweep_tune, "_run_sweep", no_ray)
+    from fedsweep.sweep import driver
+
+    monkeypatch.setattr(driver, "_run_sweep", no_ray)
     work = tmp_path_factory.mktemp("fuzz")
     results = work / "results"
     path = work / "sweep.yaml"
     path.write_text(yaml.safe_dump(raw))
     before = set(_files(work))
     try:
-        status = fedsweep_tune.main([str(path), "--results", str(results)])
+        status = tune_main([str(path), "--results", str(results)])
     except RayStarted:
         status = None  # valid: it got as far as starting Ray
     err = capsys.readouterr().err.strip()
@@ -105,5 +107,5 @@ def _files(root: Path) -> list[Path]:
 def test_no_name_escapes_the_results_folder(tmp_path, capsys, name):
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump({"name": name, "grid": {"method.theta": [0.1]}}))
-    assert fedsweep_tune.main([str(path), "--results", str(tmp_path / "results")]) == 2
+    assert tune_main([str(path), "--results", str(tmp_path / "results")]) == 2
     assert _files(tmp_path) == [path]  # nothing written anywhere

@@ -7,16 +7,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fedsweep.config import compose
-from fedsweep.experiment import run_experiment
-from fedsweep.metrics import HPARAMS_SUFFIX
-from fedsweep.sweep import load_sweep
-from fedsweep.tune import run_sweep
+from fedsweep.experiment.config import compose
+from fedsweep.experiment.loop import run_experiment
+from fedsweep.experiment.metrics import HPARAMS_SUFFIX
+from fedsweep.sweep.sweep_file import load_sweep
+from fedsweep.sweep.driver import run_sweep
 
 ROUNDS = 40
 SWEEP = f"""\

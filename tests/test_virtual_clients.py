@@ -9,14 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedsweep.data import Dataset
-from fedsweep.data.client_data import ClientData
-from fedsweep.methods.aggregate import group_weights, participation_weights, sample_clients, sampled_weights
-from fedsweep.models import build_model
-from fedsweep.runtime.batches import epoch_order, minibatches
-from fedsweep.runtime.ray_runtime import split
-from fedsweep.runtime.virtual_clients import GradRequest, HvpRequest, TrainRequest, VirtualClients
-from fedsweep.weights import Weights
+from fedsweep.task import Dataset
+from fedsweep.federation.client_data import ClientData
+from fedsweep.algorithms.aggregation import group_weights, participation_weights, sample_clients, sampled_weights
+from fedsweep.task.models import build_model
+from fedsweep.federation.batches import epoch_order, minibatches
+from fedsweep.federation.runtime.ray_runtime import split
+from fedsweep.federation.requests import GradRequest, HvpRequest, TrainRequest
+from fedsweep.federation.virtual_clients import VirtualClients
+from fedsweep.core.weights import Weights
 
 SIZES = [5, 1, 12, 3, 9, 2, 7]  # unequal shards, one of a single example
 
@@ -274,8 +275,8 @@ def test_a_snapshot_request_returns_the_change_since_the_snapshot(vectorize):
 
 def test_a_local_step_with_a_snapshot_counts_one_vector_each_way():
     """The logical federation: the clients hold x_0, so a request sends x and receives one vector."""
-    from fedsweep.oracle import FederatedOracle
-    from fedsweep.runtime.local import LocalRuntime
+    from fedsweep.federation.oracle import FederatedOracle
+    from fedsweep.federation.runtime.local import LocalRuntime
 
     data = federation()
     runtime = LocalRuntime(device="cpu")

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedsweep.errors import ConfigError
-from fedsweep.methods.argmin import Solution
-from fedsweep.methods.vrcs import VRCS, corrected_difference, group_weight, sample_local_steps
-from fedsweep.weights import Weights
+from fedsweep.core.errors import ConfigError
+from fedsweep.algorithms.protocols import Solution
+from fedsweep.algorithms.vrcs import VRCS, corrected_difference, group_weight, sample_local_steps
+from fedsweep.core.weights import Weights
 from tests.quadratic import QuadraticOracle
 
 
@@ -141,7 +141,7 @@ class SampledClientsOracle(SpyOracle):
         return float(scale[i]) * loss.grad(x) + offset  # example-weighted mean over clients: ∇G
 
     def clients(self, group, points, seed, *, subset=None, snapshot=None):
-        from fedsweep.methods.aggregate import group_weights, sampled_weights
+        from fedsweep.algorithms.aggregation import group_weights, sampled_weights
 
         self.calls[group] += 1
         sizes = self.members[group][0]

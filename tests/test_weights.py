@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import fedsweep.weights as weights_module
-from fedsweep.weights import Weights
+import fedsweep.core.weights as weights_module
+from fedsweep.core.weights import Weights
 
 INF = math.inf
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from fedsweep.data import DataBundle, Dataset
-from fedsweep.errors import ConfigError
+from fedsweep.task import DataBundle, Dataset
+from fedsweep.core.errors import ConfigError
 
 
 def regression(*, n: int = 2000, dim: int = 8, noise: float = 0.1, test_fraction: float = 0.2, seed: int = 0) -> DataBundle:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedsweep.errors import ConfigError
-from fedsweep.methods import MethodState
-from fedsweep.methods.oracle import GradientOracle
-from fedsweep.weights import Weights
+from fedsweep.core.errors import ConfigError
+from fedsweep.algorithms import MethodState
+from fedsweep.algorithms.protocols import GradientOracle
+from fedsweep.core.weights import Weights
 
 
 class ProxPlugin:

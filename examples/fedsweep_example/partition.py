@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from fedsweep.data import Dataset, Partition
-from fedsweep.errors import ConfigError
+from fedsweep.task import Dataset, Partition
+from fedsweep.core.errors import ConfigError
 
 
 def by_feature(

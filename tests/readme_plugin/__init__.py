@@ -1,7 +1,7 @@
 """The README's plug-in example, verbatim, so that the README cannot drift from what works."""
 
 import numpy as np
-from fedsweep.methods import MethodState
+from fedsweep.algorithms import MethodState
 
 
 class FedSGD:

@@ -1,0 +1,60 @@
+"""How the driver reaches clients: one small interface, two implementations.
+
+A request to clients is a map over them plus a weighted reduction done where the data
+lives (STYLE.md §12): ``map_reduce(request, parts)`` returns, for each part (a set of
+clients with a weight each), Σ_i weights[i] · reply_i. Several parts (both groups of a
+full communication) go out in one round trip. The runtime does no other maths: the
+weights, and what the sums mean, belong to the caller (``fedsweep.federation.oracle``). ``each``
+returns every client's own reply instead, for a method that keeps per-client state.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from torch import nn
+
+from fedsweep.federation.client_data import ClientData
+from fedsweep.federation.requests import Request, TrainRequest
+from fedsweep.task.losses import Loss, cross_entropy
+from fedsweep.core.weights import Weights
+
+
+Part = tuple[np.ndarray, np.ndarray]
+"""Client ids and one aggregation weight per client."""
+
+
+class Runtime(ABC):
+    """Serves requests for a run's clients; ``attach`` the clients' data before the first."""
+
+    @abstractmethod
+    def attach(
+        self, data: ClientData, model_fn: Callable[[], nn.Module], *, loss: Loss = cross_entropy, vectorize: bool | str
+    ) -> None:
+        """The run's clients (their data), the model they compute with and its per-example loss."""
+
+    @abstractmethod
+    def map_reduce(self, request: Request, parts: Sequence[Part]) -> list[list[Weights]]:
+        """For each part ``(clients, weights)``: Σ_i weights[i] · (client ``clients[i]``'s reply
+        to ``request``), summed in float64 (a pool's workers send their partial sums in the
+        model's dtype), as one ``Weights`` per point of a gradient
+        request, models and mean gradients for a ``TrainRequest`` with a drift, one otherwise."""
+
+    @abstractmethod
+    def each(self, request: TrainRequest, clients: np.ndarray) -> list[Weights]:
+        """Each client's own reply to a training request, stacked (row r: ``clients[r]``'s), in
+        one round trip (``VirtualClients.serve_each``): for methods that keep state per client."""
+
+    def wait_ready(self) -> None:
+        """Block until every worker can serve (start-up is otherwise paid by the first request)."""
+
+    def close(self) -> None:
+        """Release workers and devices."""
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,253 @@
+"""A run's clients served by a fixed pool of W Ray actors: clients are data, workers are processes.
+
+The pool starts its W workers at once (they boot and import torch while the driver
+loads data), then ``attach`` puts the clients' data and the model constructor in the
+object store once: every worker of a node maps the same arrays zero-copy. A request
+travels with the call when small, else is put once; the clients of all its parts (both
+groups of a full communication) are split into W contiguous shares balanced by examples,
+and each worker answers with one partial sum per part, accumulated in float64 and sent in
+the model's dtype (float32: half the bytes; FedAvg's round at K = 4 on digits measured
+10.4–10.8 ms against 11.5–11.6 ms with float64 replies; the caller rounds the total to
+that dtype anyway); the driver adds the partials in float64, in worker order. 10,000 clients are W processes and one round trip, not 10,000.
+``each`` (a method that keeps per-client state) splits its clients the same way, and each
+worker answers with its clients' own replies stacked; the driver joins them in order.
+
+Faults use Ray's actor fault tolerance: a worker that dies is restarted by Ray
+(``max_restarts``) and its request retried (``max_task_retries``); the restarted (fresh)
+worker answers that it lacks the run's setup, the driver sends it again (the data is
+mapped from the object store, not copied) and repeats the request, and the answer is the
+one an undisturbed worker gives. A worker that dies more often than that fails the run
+with a one-line :class:`WorkerDiedError`.
+
+Inside a Ray Tune trial the workers join the trial's placement group (Tune captures
+child actors by default), which must hold one bundle per worker: see
+``fedsweep.sweep.driver.trial_resources``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+import torch
+from torch import nn
+
+from fedsweep.federation.client_data import ClientData
+from fedsweep.core.errors import RunError
+from fedsweep.federation.runtime.base import Part, Runtime
+from fedsweep.federation.runtime.ray_start import INLINE_BYTES
+from fedsweep.federation.requests import Request, TrainRequest
+from fedsweep.task.losses import Loss, cross_entropy
+from fedsweep.core.weights import Weights
+
+
+@dataclass(frozen=True)
+class WorkerResources:
+    """What each worker asks of the scheduler (fractions share a device)."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What a worker needs to serve a run's clients; put in the object store once per run."""
+
+    data: ClientData
+    model_fn: Callable[[], nn.Module]
+    loss: Loss
+    vectorize: bool | str
+
+
+class WorkerDiedError(RunError):
+    """A worker died more often than Ray may restart it."""
+
+
+class Worker:
+    """One process serving any of a run's virtual clients (run as a Ray actor)."""
+
+    def __init__(self, label: str, index: int, num_threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(num_threads)
+        self.label, self.index = label, index
+        self._setup_id: str | None = None
+        self._clients = None
+
+    def __repr__(self) -> str:  # Ray shows it in the dashboard and as the log prefix
+        return f"fedsweep_worker[{self.label}#{self.index}]"
+
+    def where(self) -> dict[str, object]:
+        """Where this worker runs: its node's address and its process id."""
+        return {"node": ray.util.get_node_ip_address(), "pid": os.getpid()}
+
+    def load(self, setup: list[ray.ObjectRef], setup_id: str) -> None:
+        """Take the run's clients and model (``setup[0]``: nested, so Ray hands over the reference)."""
+        from fedsweep.federation.virtual_clients import VirtualClients
+
+        s: WorkerSetup = ray.get(setup[0])  # the arrays are mapped from the object store, not copied
+        # Ray hides GPUs from actors without a GPU share, so "auto" is cuda exactly when it holds one
+        self._clients = VirtualClients(s.data, s.model_fn, loss=s.loss, device="auto", vectorize=s.vectorize)
+        self._setup_id = setup_id
+
+    def serve(self, setup_id: str, request: Request, parts: list[Part]) -> list[list[Weights] | None]:
+        """Per part, Σ_i weights[i] · reply_i (None for a part with no client here). A worker
+        that does not hold the run's setup (a restarted one) says so and is sent it again."""
+        if setup_id != self._setup_id:
+            raise SetupMissing(setup_id)
+        wire = request.vectors[0].dtype  # the model's: a float64 partial in float32 halves the reply
+        return [[p.to(p.device, wire) for p in self._clients.serve(request, c, w)] if len(c) else None for c, w in parts]
+
+    def serve_each(self, setup_id: str, request: TrainRequest, clients: np.ndarray) -> list[Weights]:
+        """Each of ``clients``' own reply, stacked (``VirtualClients.serve_each``)."""
+        if setup_id != self._setup_id:
+            raise SetupMissing(setup_id)
+        return self._clients.serve_each(request, clients)
+
+
+class SetupMissing(Exception):
+    """A worker was asked to serve a run whose setup it does not hold (it was restarted)."""
+
+
+def split(sizes: np.ndarray, parts: int) -> list[slice]:
+    """At most ``parts`` contiguous, non-empty slices of clients with about equal examples."""
+    cumulative = np.cumsum(sizes)
+    targets = cumulative[-1] * np.arange(1, parts) / parts
+    cuts = np.unique(np.concatenate([[0], np.searchsorted(cumulative, targets, side="right"), [len(sizes)]]))
+    return [slice(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+
+
+class RayRuntime(Runtime):
+    def __init__(
+        self,
+        *,
+        workers: int,
+        resources: WorkerResources,
+        label: str = "run",
+        max_restarts: int = 3,
+    ) -> None:
+        if not ray.is_initialized():
+            raise RuntimeError("RayRuntime needs a running Ray: call ray.init() first")
+        if not (isinstance(workers, int) and workers >= 1):
+            raise ValueError(f"workers must be a positive integer, got {workers!r}")
+        actor = ray.remote(Worker)
+        threads = max(1, int(resources.num_cpus))
+        tag = uuid.uuid4().hex[:6]  # names stay unique when a label is reused
+        self.label, self.max_restarts = label, max_restarts
+        self.workers = [
+            actor.options(
+                num_cpus=resources.num_cpus,
+                num_gpus=resources.num_gpus,
+                max_restarts=max_restarts,
+                max_task_retries=max_restarts,
+                name=f"fedsweep {label} worker {i + 1}/{workers} {tag}",
+            ).remote(label, i, threads)
+            for i in range(workers)
+        ]
+        self._setup: tuple[ray.ObjectRef, str] | None = None
+        self._sizes: np.ndarray | None = None
+        self._last: tuple[Request, ray.ObjectRef] | None = None
+
+    def attach(
+        self, data: ClientData, model_fn: Callable[[], nn.Module], *, loss: Loss = cross_entropy, vectorize: bool | str
+    ) -> None:
+        self._setup = (ray.put(WorkerSetup(data, model_fn, loss, vectorize)), uuid.uuid4().hex)
+        self._sizes = data.sizes
+        for worker in self.workers:  # queued before any request: actor calls run in order
+            worker.load.remote([self._setup[0]], self._setup[1])
+
+    def _argument(self, request: Request):
+        """A small request travels with each call (inline); a large one is put in the object
+        store once, and the same request again (both groups at the same points) reuses it.
+        Requests compare their ``Weights`` by identity; the cache keeps them alive."""
+        if request.transport_bytes <= INLINE_BYTES // 2:
+            return request
+        if self._last is None or self._last[0] != request:
+            self._last = (request, ray.put(request))
+        return self._last[1]
+
+    def map_reduce(self, request: Request, parts: Sequence[Part]) -> list[list[Weights]]:
+        self._check_attached()
+        argument, setup_id = self._argument(request), self._setup[1]
+        clients = [np.asarray(c, dtype=np.int64) for c, _ in parts]
+        weights = [np.asarray(w, dtype=np.float64) for _, w in parts]
+        owner = np.repeat(np.arange(len(parts)), [len(c) for c in clients])
+        every, every_weight = np.concatenate(clients), np.concatenate(weights)
+        shares = [  # contiguous shares of all parts' clients
+            [(every[share][owner[share] == k], every_weight[share][owner[share] == k]) for k in range(len(parts))]
+            for share in split(self._sizes[every], len(self.workers))
+        ]
+        totals: list[list[Weights] | None] = [None] * len(parts)
+        for reply in self._scatter(lambda worker, local: worker.serve.remote(setup_id, argument, local), shares):
+            for k, partial in enumerate(reply):  # in worker order: the same sums whatever finishes first
+                if partial is None:
+                    continue
+                if totals[k] is None:  # a fresh float64 copy: replies are read-only views of the object store
+                    totals[k] = [Weights.zeros_like(p, dtype=torch.float64).add_(p) for p in partial]
+                else:
+                    for t, p in zip(totals[k], partial):
+                        t.add_(p)
+        return [t if t is not None else [] for t in totals]
+
+    def each(self, request: TrainRequest, clients: np.ndarray) -> list[Weights]:
+        self._check_attached()
+        argument, setup_id = self._argument(request), self._setup[1]
+        clients = np.asarray(clients, dtype=np.int64)
+        shares = [clients[share] for share in split(self._sizes[clients], len(self.workers))]
+        replies = self._scatter(lambda worker, share: worker.serve_each.remote(setup_id, argument, share), shares)
+        return [Weights({n: torch.cat([r[k][n] for r in replies]) for n in replies[0][k].names}) for k in range(len(replies[0]))]
+
+    def _check_attached(self) -> None:
+        if self._setup is None or self._sizes is None:
+            raise RuntimeError("attach() the clients' data before the first request")
+
+    def _scatter(self, call: Callable[[ray.actor.ActorHandle, Any], ray.ObjectRef], shares: list) -> list:
+        """``call(worker i, shares[i])`` on every worker at once; the replies in worker order. A
+        restarted worker (it answers that it lacks the run's setup) gets the setup again and
+        its share anew."""
+        refs = [call(worker, share) for worker, share in zip(self.workers, shares)]
+        replies = []
+        for index, (ref, share) in enumerate(zip(refs, shares)):
+            try:
+                replies.append(self._get(ref, index))
+            except SetupMissing:
+                worker = self.workers[index]
+                setup_ref, setup_id = self._setup
+                worker.load.remote([setup_ref], setup_id)
+                replies.append(self._get(call(worker, share), index))
+        return replies
+
+    def _get(self, ref: ray.ObjectRef, index: int):
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayActorError as err:
+            raise WorkerDiedError(self._death(index, err)) from None
+
+    def _death(self, index: int, err: Exception) -> str:
+        """One line: which worker, where, how often it died, and Ray's account of the last death."""
+        text = str(err)
+        ip, pid = re.search(r"\bip: (\S+)", text), re.search(r"\bpid: (\d+)", text)
+        detail = re.search(r"Worker exit detail: ([^.]*)", text)
+        cause = text.strip().splitlines()[0] + (f" ({detail.group(1)})" if detail else "")
+        where = f"on node {ip.group(1)}" if ip else "on an unknown node"
+        where += f", pid {pid.group(1)}" if pid else ""
+        return (
+            f"worker {index + 1}/{len(self.workers)} of {self.label} ({where}) died {self.max_restarts + 1} time(s), "
+            f"more than runtime.max_restarts={self.max_restarts} allows: {cause}"
+        )
+
+    def wait_ready(self) -> None:
+        for index, ref in enumerate([w.where.remote() for w in self.workers]):
+            self._get(ref, index)
+
+    def close(self) -> None:
+        for worker in self.workers:
+            ray.kill(worker)
+        self.workers = []
+        self._last = None

@@ -1,0 +1,146 @@
+"""The built-in models: factories named by ``model._target_`` (a user's own plugs in the same way).
+
+A model factory is called as ``factory(input_shape=(C, H, W), num_classes=K, **config keys)``
+and returns an ``nn.Module``; fedsweep seeds torch around the call, so the initialisation
+is deterministic for the run's seed (:func:`seeded`).
+
+=========================  =======================================================
+``_target_``               architecture
+=========================  =======================================================
+``fedsweep.task.models.mlp``    flatten -> Linear(hidden) -> act -> Linear(hidden) ->
+                           act -> Linear(num_classes).
+``fedsweep.task.models.cnn``    conv3x3(C->32) -> norm -> act -> maxpool 2 ->
+                           conv3x3(32->64) -> norm -> act -> AdaptiveAvgPool(4x4)
+                           -> Linear(hidden) -> act -> Linear(num_classes). Works
+                           for 8x8, 28x28 and 32x32 inputs.
+``fedsweep.task.models.resnet18``  torchvision ``resnet18(num_classes)`` with conv1 a 3x3
+                           stride-1 padding-1 conv on ``input_shape[0]`` channels and
+                           no max-pool (the usual CIFAR variant, He et al. 2016,
+                           arXiv:1512.03385).
+=========================  =======================================================
+
+``norm``: ``"group"`` (GroupNorm with ``gcd(32, channels)`` groups, so it always divides
+the channels) or ``"none"`` (identity). ``"batch"`` is refused: BatchNorm's running
+statistics are never federated and its batch statistics mix examples, so h would not be a
+mean over examples.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedsweep.core.errors import ConfigError
+
+NormFactory = Callable[[int], nn.Module]  # channels -> normalisation layer
+Norm = str  # "group" | "none": checked by _norm_layer, which says why "batch" is refused
+
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh,
+                                            "softplus": nn.Softplus}  # fmt: skip
+"""``activation`` of the built-in models. The smooth ones suit the sliding methods: their server
+solves to a gradient tolerance, which a ReLU network's kinks can make unreachable."""
+
+
+def mlp(*, input_shape: Sequence[int], num_classes: int, hidden: int = 64, activation: str = "relu") -> nn.Module:
+    shape, num_classes = _check_sizes(input_shape, num_classes, hidden)
+    act = _activation(activation)
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(math.prod(shape), hidden),
+        act(),
+        nn.Linear(hidden, hidden),
+        act(),
+        nn.Linear(hidden, num_classes),
+    )
+
+
+def cnn(
+    *, input_shape: Sequence[int], num_classes: int, hidden: int = 64, norm: Norm = "group", activation: str = "relu"
+) -> nn.Module:
+    shape, num_classes = _check_sizes(input_shape, num_classes, hidden, image=True)
+    layer, act = _norm_layer(norm), _activation(activation)
+    return nn.Sequential(
+        nn.Conv2d(shape[0], 32, kernel_size=3, padding=1),
+        layer(32),
+        act(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, kernel_size=3, padding=1),
+        layer(64),
+        act(),
+        nn.AdaptiveAvgPool2d(4),
+        nn.Flatten(),
+        nn.Linear(64 * 4 * 4, hidden),
+        act(),
+        nn.Linear(hidden, num_classes),
+    )
+
+
+def resnet18(*, input_shape: Sequence[int], num_classes: int, norm: Norm = "group") -> nn.Module:
+    from torchvision.models import resnet18 as torchvision_resnet18
+
+    shape, num_classes = _check_sizes(input_shape, num_classes, 1, image=True)
+    model = torchvision_resnet18(num_classes=num_classes, norm_layer=_norm_layer(norm))
+    model.conv1 = nn.Conv2d(shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision does
+    model.maxpool = nn.Identity()
+    return model
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": cnn, "resnet18": resnet18}
+
+
+def seeded(factory: Callable[..., nn.Module], seed: int | None, **kwargs: Any) -> nn.Module:
+    """``factory(**kwargs)`` with torch seeded by ``seed``; the global torch RNG is left untouched (forked)."""
+    if seed is None:
+        return factory(**kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return factory(**kwargs)
+
+
+def build_model(name: str, *, seed: int | None = None, **kwargs: Any) -> nn.Module:
+    """Built-in model ``name`` (``mlp``, ``cnn``, ``resnet18``), seeded: a shortcut for tests and notebooks."""
+    if name not in MODELS:
+        raise ConfigError(f"unknown model name={name!r}; known: {', '.join(MODELS)}")
+    return seeded(MODELS[name], seed, **kwargs)
+
+
+def _check_sizes(input_shape: object, num_classes: object, hidden: object, *, image: bool = False):
+    shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else ()
+    if not shape or (image and len(shape) != 3) or not all(_is_int(s) and s > 0 for s in shape):
+        want = "(C, H, W)" if image else "a shape"
+        raise ConfigError(f"input_shape must be {want} of positive ints, got input_shape={input_shape!r}")
+    if not _is_int(num_classes) or num_classes < 1:
+        raise ConfigError(f"num_classes must be an integer >= 1, got num_classes={num_classes!r}")
+    if not _is_int(hidden) or hidden < 1:
+        raise ConfigError(f"model.hidden must be an integer >= 1, got model.hidden={hidden!r}")
+    return tuple(int(s) for s in shape), int(num_classes)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _activation(name: str) -> type[nn.Module]:
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"unknown model.activation={name!r}; known: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def _norm_layer(norm: str) -> NormFactory:
+    if norm == "batch":
+        raise ConfigError(
+            "model.norm='batch' is not supported: BatchNorm's running statistics are never federated and its "
+            "batch statistics mix examples, so h would not be a mean over examples; use group or none"
+        )
+    if norm not in ("group", "none"):
+        raise ConfigError(f"unknown model.norm={norm!r}; known: group, none")
+    if norm == "group":
+        return lambda channels: nn.GroupNorm(math.gcd(32, channels), channels)
+    return lambda channels: nn.Identity()

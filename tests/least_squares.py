@@ -43,16 +43,18 @@ class LeastSquaresFederation:
             g: torch.linalg.matrix_norm(_hessian(A[g]) - _hessian(A1[g]), ord=2).item() for g in "fg"
         }
 
-        clients = ClientData.from_shards(*[[_data(A[g][i::2], b[g][i::2]) for i in range(2)] for g in "fg"])
+        clients = ClientData.from_groups({g: [_data(A[g][i::2], b[g][i::2]) for i in range(2)] for g in "fg"})
         runtime = LocalRuntime(device="cpu")
         runtime.attach(clients, _model, loss=squared_error, vectorize="auto")
         config = ServerConfig(solver=solver, tolerance=tolerance, max_steps=300, epochs=1, batch_size=None,
                               grad_batch_size=None)  # fmt: skip
-        self.server = Server(_model(), {g: _data(A1[g], b1[g]) for g in "fg"}, config=config, make_optimizer=None,
-                             loss=squared_error)  # fmt: skip
+        halves = {"f": 0.5, "g": 0.5}
+        self.server = Server(_model(), {g: _data(A1[g], b1[g]) for g in "fg"}, group_weights=halves, config=config,
+                             make_optimizer=None, loss=squared_error)  # fmt: skip
         self.oracle = FederatedOracle(
-            runtime, clients, self.server, batch_size=None, deterministic=True, device=torch.device("cpu")
-        )
+            runtime, clients, self.server, group_weights=halves, batch_size=None, deterministic=True,
+            device=torch.device("cpu"),
+        )  # fmt: skip
 
     def x0(self) -> Weights:
         return Weights.from_model(self.server.model).clone()

@@ -1,11 +1,17 @@
-"""A least-squares federation with closed-form gradients and argmin, for testing method maths."""
+"""A least-squares federation with closed-form gradients and argmin, for testing method maths.
+
+Groups f and g of one client each (ids 0 and 1), the server's f1 and g1, λ = ½ each. Client
+programs run on exact full-batch gradients with ``torch.optim.SGD`` as the reference optimizer.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
+from fedsweep.algorithms.programs import Clients
 from fedsweep.algorithms.protocols import Solution
 from fedsweep.core.weights import Weights
 
@@ -24,10 +30,39 @@ class LeastSquares:
         return self.A.T @ self.A / len(self.b)
 
 
+def run_program(program, x: torch.Tensor, grad, *, shared=None, rows=None) -> dict[str, torch.Tensor]:
+    """One client's reply to ``program`` from ``x`` with full-batch gradients ``grad(w)``: one step per
+    epoch, the direction applied by ``torch.optim.SGD`` (momentum, weight decay), the out-of-momentum
+    part by hand. The reference the engines are checked against."""
+    opt = program.optimizer
+    w = torch.nn.Parameter(x.clone())
+    sgd = torch.optim.SGD([w], lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay, nesterov=opt.nesterov)
+    steps = torch.zeros(1, dtype=x.dtype)
+
+    def clients() -> Clients:
+        return Clients(x=[x], shared={k: [v] for k, v in (shared or {}).items()},
+                       rows={k: [v.unsqueeze(0)] for k, v in (rows or {}).items()}, steps=steps.clone())  # fmt: skip
+
+    state = program.init(clients(), [w.detach().unsqueeze(0)])
+    for _ in range(program.epochs):
+        step = program.step(clients(), [w.detach().unsqueeze(0)], [grad(w.detach()).unsqueeze(0)], state)
+        w.grad = step.direction[0][0].clone()
+        sgd.step()
+        if step.outside is not None:
+            with torch.no_grad():
+                w -= opt.lr * step.outside[0][0]
+        state = step.state or state
+        steps += 1
+    reply = program.reply(clients(), [w.detach().unsqueeze(0)], state)
+    return {k: (v[0] if isinstance(v, torch.Tensor) else v[0][0]) for k, v in reply.items()}
+
+
 class QuadraticOracle:
-    """Exact gradients and exact argmin; counts calls per group."""
+    """Exact gradients and exact argmin; counts contacts per group."""
 
     deterministic = True
+    groups = ("f", "g")
+    server_groups = ("f", "g")
 
     def __init__(self, *, dim: int = 8, n: int = 40, server_noise: float = 0.1, seed: int = 0) -> None:
         gen = torch.Generator().manual_seed(seed)
@@ -44,6 +79,7 @@ class QuadraticOracle:
         self.g1 = LeastSquares(A_g + server_noise * rand(n, dim), A_g @ x_g + server_noise * rand(n))
         self.dim = dim
         self.calls = {"f": 0, "g": 0}
+        self.losses = {"f": self.f, "g": self.g}
 
     @staticmethod
     def wrap(x: torch.Tensor) -> Weights:
@@ -59,55 +95,59 @@ class QuadraticOracle:
         H = (self.f.hessian + self.g.hessian) / 2
         return torch.linalg.solve(H, -self.grad_h(torch.zeros(self.dim, dtype=torch.float64)))
 
-    def num_clients(self, group: str) -> int:
-        return 1
+    def group_weight(self, group: str) -> float:
+        return 0.5
 
-    def clients(self, group: str, points: Sequence[Weights], seed, *, subset=None, snapshot=None) -> list[Weights]:
+    def clients(self, group: str | None = None) -> np.ndarray:
+        return np.arange(2) if group is None else np.array([self.groups.index(group)])
+
+    def client_sizes(self) -> np.ndarray:
+        return np.array([len(self.f.b), len(self.g.b)])
+
+    def objective_weights(self) -> np.ndarray:
+        return np.array([0.5, 0.5])
+
+    def group_gradients(self, group: str, points: Sequence[Weights], seed, *, subset=None, snapshot=None):
         self.calls[group] += 1
-        loss = self.f if group == "f" else self.g
+        loss = self.losses[group]
         base = loss.grad(snapshot["x"]) if snapshot is not None else 0.0
         return [self.wrap(loss.grad(p["x"]) - base) for p in points]
+
+    def gradients(self, points: Sequence[Weights], *, clients, weights, seed) -> list[Weights]:
+        out = [torch.zeros(self.dim, dtype=torch.float64) for _ in points]
+        for i, w in zip(clients, weights):
+            group = self.groups[int(i)]
+            self.calls[group] += 1
+            for k, p in enumerate(points):
+                out[k] = out[k] + w * self.losses[group].grad(p["x"])
+        return [self.wrap(o) for o in out]
 
     def server(self, group: str, points: Sequence[Weights], seed) -> list[Weights]:
         loss = self.f1 if group == "f" else self.g1
         return [self.wrap(loss.grad(p["x"])) for p in points]
 
     def full_communication(self, points: Sequence[Weights]) -> dict[str, list[Weights]]:
-        return {group: self.clients(group, points, None) for group in ("f", "g")}
+        return {group: self.group_gradients(group, points, None) for group in self.groups}
 
-    def local_updates(
-        self, x: Weights, *, epochs: int, lr: float, batch_size, seed, subsets, prox: float = 0.0
-    ) -> dict[str, Weights]:
-        """Full-batch gradient descent on G(w) + (prox/2)‖w − x‖²: one step per epoch."""
-        out = {}
-        for group in subsets:
+    def _replies(self, program, x, clients, shared, rows):
+        shared = {k: v["x"] for k, v in (shared or {}).items()}
+        for r, i in enumerate(clients):
+            group = self.groups[int(i)]
             self.calls[group] += 1
-            loss = self.f if group == "f" else self.g
-            w = x["x"].clone()
-            for _ in range(epochs):
-                w = w - lr * (loss.grad(w) + prox * (w - x["x"]))
-            out[group] = self.wrap(w)
-        return out
+            own = {k: v["x"][r] for k, v in (rows or {}).items()}
+            yield run_program(program, x["x"], self.losses[group].grad, shared=shared, rows=own)
 
-    def local_runs(self, x: Weights, *, epochs: int, lr: float, batch_size, seed, subsets, drift):
-        """Full-batch gradient descent on G(w) + ⟨d, w⟩ (one client per group); its model and mean
-        gradient, stacked (one row)."""
-        out = {}
-        for group in subsets:
-            self.calls[group] += 1
-            loss = self.f if group == "f" else self.g
-            w, total = x["x"].clone(), torch.zeros_like(x["x"])
-            for _ in range(epochs):
-                grad = loss.grad(w)
-                total += grad
-                w = w - lr * (grad + drift[group]["x"][0])
-            out[group] = (Weights({"x": w.unsqueeze(0)}), Weights({"x": (total / epochs).unsqueeze(0)}))
-        return out
+    def train(self, program, x: Weights, *, clients, weights, seed, shared=None, rows=None):
+        total = {}
+        for w, reply in zip(weights, self._replies(program, x, clients, shared, rows)):
+            for k, v in reply.items():
+                total[k] = total.get(k, 0.0) + w * v
+        return {k: (self.wrap(v) if v.dim() else float(v)) for k, v in total.items()}
 
-    def client_sizes(self, group: str):
-        import numpy as np
-
-        return np.array([len((self.f if group == "f" else self.g).b)])
+    def train_each(self, program, x: Weights, *, clients, seed, shared=None, rows=None):
+        replies = list(self._replies(program, x, clients, shared, rows))
+        return {k: Weights({"x" if replies[0][k].dim() else "value": torch.stack([r[k] for r in replies])})
+                for k in replies[0]}  # fmt: skip
 
     def argmin(self, linear: Weights, center: Weights, theta: float, seed: int, *, tolerance=None) -> Solution:
         # (H1 + I/θ) x = −v + c/θ − ∇h1(0)

@@ -123,7 +123,7 @@ def _run(federation, method, rounds, *, exact=False):
     returned); with ``exact``, the proximal step in closed form."""
     if exact:
         federation.oracle.argmin = federation.exact_argmin
-    state, errors, stats = method.init(federation.x0(), seed=0), [], []
+    state, errors, stats = method.init(federation.x0(), seed=0, oracle=federation.oracle), [], []
     for _ in range(rounds):
         try:
             state, round_stats = method.round(state, federation.oracle)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
 import pytest
 import torch
 
@@ -31,7 +30,7 @@ def exact_argmin(oracle, v, c, theta):
 def test_sliding_one_round_by_hand():
     oracle, x0 = QuadraticOracle(), start()
     method = Sliding(theta=0.3)
-    state, _ = method.round(method.init(Weights({"x": x0}), seed=0), oracle)
+    state, _ = method.round(method.init(Weights({"x": x0}), seed=0, oracle=oracle), oracle)
     e = oracle.grad_h(x0) - oracle.grad_h1(x0)
     torch.testing.assert_close(state.x["x"], exact_argmin(oracle, e, x0, 0.3))
     assert oracle.calls == {"f": 1, "g": 1}
@@ -40,7 +39,7 @@ def test_sliding_one_round_by_hand():
 def test_server_only_one_round_by_hand():
     oracle, x0 = QuadraticOracle(), start()
     method = ServerOnly(theta=0.3)
-    state, _ = method.round(method.init(Weights({"x": x0}), seed=0), oracle)
+    state, _ = method.round(method.init(Weights({"x": x0}), seed=0, oracle=oracle), oracle)
     torch.testing.assert_close(state.x["x"], exact_argmin(oracle, torch.zeros(DIM, dtype=torch.float64), x0, 0.3))
     assert oracle.calls == {"f": 0, "g": 0}
 
@@ -48,7 +47,7 @@ def test_server_only_one_round_by_hand():
 def test_fedavg_one_round_by_hand():
     oracle, x0 = QuadraticOracle(), start()
     method = FedAvg(local_epochs=3, lr=0.05, batch_size=None)
-    state, _ = method.round(method.init(Weights({"x": x0}), seed=0), oracle)
+    state, _ = method.round(method.init(Weights({"x": x0}), seed=0, oracle=oracle), oracle)
     expected = []
     for loss in (oracle.f, oracle.g):
         w = x0.clone()
@@ -64,9 +63,8 @@ def test_fedprox_one_round_by_hand():
     from fedsweep.algorithms import FedProx
 
     oracle, x0 = QuadraticOracle(), start()
-    state, _ = FedProx(mu=2.0, local_epochs=3, lr=0.05, batch_size=None).round(
-        FedProx(mu=2.0, local_epochs=3, lr=0.05, batch_size=None).init(Weights({"x": x0}), seed=0), oracle
-    )
+    method = FedProx(mu=2.0, local_epochs=3, lr=0.05, batch_size=None)
+    state, _ = method.round(method.init(Weights({"x": x0}), seed=0, oracle=oracle), oracle)
     expected = []
     for loss in (oracle.f, oracle.g):
         w = x0.clone()
@@ -76,8 +74,8 @@ def test_fedprox_one_round_by_hand():
     torch.testing.assert_close(state.x["x"], (expected[0] + expected[1]) / 2)
     plain = FedAvg(local_epochs=3, lr=0.05, batch_size=None)
     zero = FedProx(mu=0.0, local_epochs=3, lr=0.05, batch_size=None)
-    a, _ = plain.round(plain.init(Weights({"x": x0}), seed=0), QuadraticOracle())
-    b, _ = zero.round(zero.init(Weights({"x": x0}), seed=0), QuadraticOracle())
+    a, _ = plain.round(plain.init(Weights({"x": x0}), seed=0, oracle=oracle), QuadraticOracle())
+    b, _ = zero.round(zero.init(Weights({"x": x0}), seed=0, oracle=oracle), QuadraticOracle())
     torch.testing.assert_close(a.x["x"], b.x["x"], rtol=0, atol=0)
 
 
@@ -88,7 +86,7 @@ def test_scaffold_two_rounds_by_hand():
 
     oracle, x0 = QuadraticOracle(), start()
     method = Scaffold(local_epochs=3, lr=0.05, batch_size=None, global_lr=0.7)
-    state = method.init(Weights({"x": x0}), seed=0)
+    state = method.init(Weights({"x": x0}), seed=0, oracle=oracle)
     for _ in range(2):
         state, stats = method.round(state, oracle)
     x = x0.clone()
@@ -106,8 +104,8 @@ def test_scaffold_two_rounds_by_hand():
         c = c + ((means["f"] - controls["f"]) + (means["g"] - controls["g"])) / 2
         controls = means
     torch.testing.assert_close(state.x["x"], x)
-    torch.testing.assert_close(state.extra["c"]["x"], c)
-    torch.testing.assert_close(state.extra["c_g"]["x"][0], controls["g"])
+    torch.testing.assert_close(state.c["x"], c)
+    torch.testing.assert_close(state.controls["x"][1], controls["g"])
     assert oracle.calls == {"f": 2, "g": 2} and stats["norm/control"] == pytest.approx(c.norm().item())
 
 
@@ -117,41 +115,59 @@ def test_scaffold_first_round_is_fedavg():
     x0 = start()
     plain = FedAvg(local_epochs=3, lr=0.05, batch_size=None)
     scaffold = Scaffold(local_epochs=3, lr=0.05, batch_size=None)
-    a, _ = plain.round(plain.init(Weights({"x": x0}), seed=0), QuadraticOracle())
-    b, _ = scaffold.round(scaffold.init(Weights({"x": x0}), seed=0), QuadraticOracle())
+    oracle = QuadraticOracle()
+    a, _ = plain.round(plain.init(Weights({"x": x0}), seed=0, oracle=oracle), QuadraticOracle())
+    b, _ = scaffold.round(scaffold.init(Weights({"x": x0}), seed=0, oracle=oracle), QuadraticOracle())
     torch.testing.assert_close(a.x["x"], b.x["x"])
 
 
-def test_vrcs_one_round_by_hand():
-    """Replay the round's random draws with the same generator and compute every step by hand."""
-    oracle, x_t = QuadraticOracle(), start()
-    theta, p, q = 0.4, 0.3, 0.3
-    method = VRCS(theta=theta, p=p, q=q)
-    state, stats = method.round(method.init(Weights({"x": x_t}), seed=11), oracle)
+class RecordingOracle(QuadraticOracle):
+    """Records which group each local step contacted (the method's own draws)."""
 
-    rng = np.random.default_rng(11)
-    rng.integers(2**31 - 1)  # full-communication seed
-    d = {
-        "f": lambda x: oracle.f.grad(x) - oracle.f1.grad(x),
-        "g": lambda x: oracle.g.grad(x) - oracle.g1.grad(x),
-    }
+    def __init__(self) -> None:
+        super().__init__()
+        self.contacted: list[str] = []
+
+    def group_gradients(self, group, points, seed, *, subset=None, snapshot=None):
+        self.contacted.append(group)
+        return super().group_gradients(group, points, seed, subset=subset, snapshot=snapshot)
+
+
+def test_vrcs_one_round_by_hand():
+    """Every step of a round computed by hand, along the groups the method drew."""
+    oracle, x_t = RecordingOracle(), start()
+    theta, p, q = 0.4, 0.3, 0.2
+    method = VRCS(theta=theta, p=p, q=q)
+    for seed in range(20):  # a seed whose round has local steps with both groups
+        oracle.contacted.clear()
+        state, stats = method.round(method.init(Weights({"x": x_t}), seed=seed, oracle=oracle), oracle)
+        if {"f", "g"} <= set(oracle.contacted[2:]):
+            break
+    d = {"f": lambda x: oracle.f.grad(x) - oracle.f1.grad(x), "g": lambda x: oracle.g.grad(x) - oracle.g1.grad(x)}
     e = (d["f"](x_t) + d["g"](x_t)) / 2
-    rng.integers(2**31 - 1)  # argmin seed
     x = exact_argmin(oracle, e, x_t, theta)
-    steps = int(rng.geometric(q)) - 1
-    for _ in range(steps):
-        group = "f" if rng.random() < p else "g"
-        rng.integers(2**31 - 1)  # minibatch seed
+    for group in oracle.contacted[2:]:  # [0], [1]: the full communication
         w = 1 / (2 * p) if group == "f" else 1 / (2 * (1 - p))
-        estimate = e + w * (d[group](x) - d[group](x_t))
-        rng.integers(2**31 - 1)  # argmin seed
-        x = exact_argmin(oracle, estimate, x, theta)
-    assert stats["local_steps"] == steps
+        x = exact_argmin(oracle, e + w * (d[group](x) - d[group](x_t)), x, theta)
+    assert stats["local_steps"] == len(oracle.contacted) - 2
     torch.testing.assert_close(state.x["x"], x)
 
 
+def test_a_round_draws_the_same_for_the_same_state():
+    """States are values: a round's draws depend on (seed, round) only, so the same state gives
+    the same round, whatever ran before."""
+    oracle, x_t = QuadraticOracle(), start()
+    method = VRCS(theta=0.4, p=0.3, q=0.2)
+    state = method.init(Weights({"x": x_t}), seed=3, oracle=oracle)
+    a, _ = method.round(state, oracle)
+    method.round(a, oracle)
+    b, _ = method.round(state, oracle)
+    torch.testing.assert_close(a.x["x"], b.x["x"], rtol=0, atol=0)
+    assert (a.round, b.round) == (1, 1)
+
+
 def grad_norm_after(method, oracle, rounds):
-    state = method.init(Weights({"x": torch.zeros(DIM, dtype=torch.float64)}), seed=0)
+    state = method.init(Weights({"x": torch.zeros(DIM, dtype=torch.float64)}), seed=0, oracle=oracle)
     norms = []
     for _ in range(rounds):
         state, _ = method.round(state, oracle)
@@ -187,7 +203,7 @@ def test_vrcs_and_sliding_beat_fedavg_client_drift():
         ({"_target_": "fedsweep.algorithms.FedAvg", "local_epochs": 1, "lr": 0.1, "batch_size": 1, "mu": 1},
          "method.mu=1 is not an argument of fedsweep.algorithms.FedAvg"),
         ({"_target_": "fedsweep.algorithms.Scaffold", "local_epochs": 1, "lr": 0.1, "batch_size": 8, "global_lr": 0},
-         "method.global_lr must be > 0, got method.global_lr=0"),
+         "method.global_lr must be a finite number > 0, got method.global_lr=0"),
         ({"_target_": "fedsweep.algorithms.Adam"}, "'fedsweep.algorithms.Adam' cannot be imported"),
         ({"theta": 0.1}, "method._target_"),
     ],

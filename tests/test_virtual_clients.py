@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -11,13 +12,17 @@ import torch.nn.functional as F
 
 from fedsweep.task import Dataset
 from fedsweep.federation.client_data import ClientData
-from fedsweep.algorithms.aggregation import group_weights, participation_weights, sample_clients, sampled_weights
+from fedsweep.algorithms.aggregation import group_weights, sample_clients, sampled_weights, self_normalized
 from fedsweep.task.models import build_model
 from fedsweep.federation.batches import epoch_order, minibatches
 from fedsweep.federation.runtime.ray_runtime import split
 from fedsweep.federation.requests import GradRequest, HvpRequest, TrainRequest
 from fedsweep.federation.virtual_clients import VirtualClients
 from fedsweep.core.weights import Weights
+from fedsweep.algorithms.aggregation import unbiased
+from fedsweep.algorithms.fedavg import ProxProgram
+from fedsweep.algorithms.programs import ClientProgram, Clients, LocalSGD, Step
+from fedsweep.algorithms.scaffold import ScaffoldProgram
 
 SIZES = [5, 1, 12, 3, 9, 2, 7]  # unequal shards, one of a single example
 
@@ -25,7 +30,7 @@ SIZES = [5, 1, 12, 3, 9, 2, 7]  # unequal shards, one of a single example
 def federation(sizes=SIZES, seed=0) -> ClientData:
     gen = torch.Generator().manual_seed(seed)
     shards = [Dataset(torch.randn(n, 1, 3, 3, generator=gen), torch.randint(0, 4, (n,), generator=gen)) for n in sizes]
-    return ClientData.from_shards(shards[:3], shards[3:])
+    return ClientData.from_groups({"f": shards[:3], "g": shards[3:]})
 
 
 def model_fn():
@@ -55,27 +60,44 @@ def by_hand_grad(data: ClientData, x: Weights, client: int, rows=None) -> Weight
     return Weights.from_grads(model)
 
 
-def by_hand_sgd(data: ClientData, x: Weights, client: int, *, epochs, lr, batch, seed, prox=0.0, drift=None, mean=False):
-    """The client's model after local SGD (with ``mean``: and its mean data gradient)."""
+def by_hand_sgd(data: ClientData, x: Weights, client: int, program, *, seed, rows=None):
+    """The client's reply to ``program`` by hand: plain autograd on its minibatches, the direction
+    applied by ``torch.optim.SGD`` (momentum, weight decay) and the out-of-momentum part after it."""
     model = model_fn()
     x.to_model(model)
-    start = [t.clone() for t in x.tensors]
-    drift = drift.tensors if drift is not None else [torch.zeros_like(t) for t in start]
-    total, steps = [torch.zeros_like(t) for t in start], 0
-    for epoch in range(epochs):
-        n = data.sizes[client]
+    opt = program.optimizer
+    sgd = torch.optim.SGD(model.parameters(), lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay,
+                          nesterov=opt.nesterov)
+    params = list(model.parameters())
+    rows = {k: [t.unsqueeze(0) for t in w.tensors] for k, w in (rows or {}).items()}
+    steps = torch.zeros(1)
+
+    def ctx():
+        return Clients(x=x.tensors, shared={}, rows=rows, steps=steps.clone())
+
+    state = program.init(ctx(), [p.detach().unsqueeze(0) for p in params])
+    n = int(data.sizes[client])
+    batch = n if program.batch_size is None else min(n, program.batch_size)
+    for epoch in range(program.epochs):
         order = epoch_order(data.starts, np.array([client]), seed, epoch)[0, :n]
         for lo in range(0, n, batch):
-            rows = order[lo : lo + batch]
+            r = order[lo : lo + batch]
             model.zero_grad()
-            F.cross_entropy(model(torch.from_numpy(data.x[rows])), torch.from_numpy(data.y[rows])).backward()
-            steps += 1
+            loss = F.cross_entropy(model(torch.from_numpy(data.x[r])), torch.from_numpy(data.y[r]))
+            grads = torch.autograd.grad(loss, params)
             with torch.no_grad():
-                for p, p0, d, t in zip(model.parameters(), start, drift, total):
-                    t += p.grad
-                    p -= lr * (p.grad + prox * (p - p0) + d)
-    model_weights = Weights.from_model(model).clone()
-    return (model_weights, Weights(dict(zip(x.names, [t / steps for t in total])))) if mean else model_weights
+                step = program.step(ctx(), [p.detach().unsqueeze(0) for p in params], [g.unsqueeze(0) for g in grads], state)
+                for p, d in zip(params, step.direction):
+                    p.grad = d[0].clone()
+                sgd.step()
+                if step.outside is not None:
+                    for p, o in zip(params, step.outside):
+                        p -= opt.lr * o[0]
+                state = step.state or state
+                steps += 1
+    reply = program.reply(ctx(), [p.detach().unsqueeze(0) for p in params], state)
+    return {k: (Weights({"value": v[0].clone()}) if isinstance(v, torch.Tensor) else Weights(dict(zip(x.names, [t[0].clone() for t in v]))))
+            for k, v in reply.items()}  # fmt: skip
 
 
 def weighted(replies, weights) -> Weights:
@@ -99,8 +121,8 @@ def test_gradients_are_the_weighted_sum_of_client_gradients(vectorize, batch_siz
     sel = minibatches(data.starts, CLIENTS, batch_size, 11)
     for k, x in enumerate(points):
         replies = [by_hand_grad(data, x, c, rows=sel.rows[sel.owner == i]) for i, c in enumerate(CLIENTS)]
-        assert got[k].dtype == torch.float64
-        assert_weights_close(got[k], weighted(replies, WEIGHTS))
+        assert got[str(k)].dtype == torch.float64
+        assert_weights_close(got[str(k)], weighted(replies, WEIGHTS))
 
 
 def test_minibatches_do_not_depend_on_the_other_clients_of_a_request():
@@ -120,7 +142,7 @@ def test_minibatches_do_not_depend_on_the_other_clients_of_a_request():
 def test_hvp_is_the_weighted_sum_of_client_hvps(vectorize):
     data = federation()
     x, v = point(2), point(4)
-    got = VirtualClients(data, model_fn, vectorize=vectorize).serve(HvpRequest(x, v, None, None), CLIENTS, WEIGHTS)[0]
+    got = VirtualClients(data, model_fn, vectorize=vectorize).serve(HvpRequest(x, v, None, None), CLIENTS, WEIGHTS)["hvp"]
     replies = []
     for c in CLIENTS:  # by hand: the Hessian of the shard's mean loss, times v
         model = model_fn()
@@ -133,70 +155,133 @@ def test_hvp_is_the_weighted_sum_of_client_hvps(vectorize):
     assert_weights_close(got, weighted(replies, WEIGHTS))
 
 
+def sgd(**kwargs) -> LocalSGD:
+    return LocalSGD(**{"lr": 0.3, **kwargs})
+
+
+def assert_replies_close(got, want, rtol=1e-5, atol=1e-6):
+    assert set(got) == set(want)
+    for name in want:
+        assert_weights_close(got[name], want[name], rtol=rtol, atol=atol)
+
+
+def weighted_replies(replies, weights):
+    return {name: weighted([r[name] for r in replies], weights) for name in replies[0]}
+
+
 @pytest.mark.parametrize("vectorize", [True, False])
-@pytest.mark.parametrize("epochs, batch", [(1, 4), (2, 3), (1, 64), (3, None)])
-def test_local_training_is_the_weighted_sum_of_client_models(vectorize, epochs, batch):
-    """Mixed shards: some clients take one step (folded into one union gradient when
-    vectorised), others several under vmap with padding."""
-    data = federation()
-    x = point(2)
-    request = TrainRequest(x, epochs=epochs, lr=0.3, batch_size=batch, seed=9)
-    got = VirtualClients(data, model_fn, vectorize=vectorize).serve(request, CLIENTS, WEIGHTS)[0]
-    replies = [
-        by_hand_sgd(data, x, int(c), epochs=epochs, lr=0.3, batch=batch or int(data.sizes[c]), seed=9) for c in CLIENTS
-    ]
-    assert_weights_close(got, weighted(replies, WEIGHTS))
+@pytest.mark.parametrize(
+    "epochs, batch, optimizer",
+    [(1, 4, sgd()), (2, 3, sgd()), (1, 64, sgd()), (3, None, sgd()), (2, 3, sgd(momentum=0.9, weight_decay=0.01)),
+     (1, 64, sgd(momentum=0.5, nesterov=True))],
+)  # fmt: skip
+def test_local_training_is_the_weighted_sum_of_client_models(vectorize, epochs, batch, optimizer):
+    """Mixed shards: some clients take one step (folded into one union gradient when vectorised),
+    others several under vmap with padding; momentum and weight decay as torch.optim.SGD's."""
+    data, x = federation(), point(2)
+    program = ProxProgram(epochs=epochs, batch_size=batch, optimizer=optimizer)
+    got = VirtualClients(data, model_fn, vectorize=vectorize).serve(TrainRequest(program, x, 9), CLIENTS, WEIGHTS)
+    replies = [by_hand_sgd(data, x, int(c), program, seed=9) for c in CLIENTS]
+    assert_replies_close(got, weighted_replies(replies, WEIGHTS))
 
 
 @pytest.mark.parametrize("vectorize", [True, False])
 def test_fedprox_local_training_adds_the_proximal_gradient(vectorize):
-    data = federation()
-    x = point(2)
-    request = TrainRequest(x, epochs=2, lr=0.3, batch_size=3, seed=9, prox=0.7)
-    got = VirtualClients(data, model_fn, vectorize=vectorize).serve(request, CLIENTS, WEIGHTS)[0]
-    replies = [by_hand_sgd(data, x, int(c), epochs=2, lr=0.3, batch=3, seed=9, prox=0.7) for c in CLIENTS]
-    assert_weights_close(got, weighted(replies, WEIGHTS))
+    data, x = federation(), point(2)
+    program = ProxProgram(epochs=2, batch_size=3, optimizer=sgd(momentum=0.9), mu=0.7)
+    got = VirtualClients(data, model_fn, vectorize=vectorize).serve(TrainRequest(program, x, 9), CLIENTS, WEIGHTS)
+    replies = [by_hand_sgd(data, x, int(c), program, seed=9) for c in CLIENTS]
+    assert_replies_close(got, weighted_replies(replies, WEIGHTS))
 
 
-def drifts(clients, seed=5) -> Weights:
+def controls(clients, seed=5) -> Weights:
     gen = torch.Generator().manual_seed(seed)
     return Weights({n: 0.5 * torch.randn(len(clients), *t.shape, generator=gen) for n, t in point(2).items()})
 
 
 @pytest.mark.parametrize("vectorize", [True, False])
-@pytest.mark.parametrize("epochs, batch", [(1, 4), (2, 3), (1, 64)])
-def test_scaffold_local_training_adds_each_clients_drift_and_returns_its_mean_gradient(vectorize, epochs, batch):
-    """Per-client drift rows, looked up by client id (one client unlisted: no drift), for
-    every engine: the one-step fold (batch 64), vmap blocks and the loop."""
-    data = federation()
-    x = point(2)
+@pytest.mark.parametrize("epochs, batch, momentum", [(1, 4, 0.0), (2, 3, 0.9), (1, 64, 0.0)])
+def test_scaffold_clients_correct_by_their_own_row_and_return_their_mean_gradient(vectorize, epochs, batch, momentum):
+    """Per-client rows looked up by client id (one client unlisted: zeros), a shared vector, the
+    correction kept out of the momentum buffer, for every engine: the one-step fold (batch 64),
+    vmap blocks and the loop."""
+    data, x = federation(), point(2)
     listed = CLIENTS[:-1][::-1]  # any order; CLIENTS[-1] has no row
-    d = drifts(listed)
-    request = TrainRequest(x, epochs=epochs, lr=0.3, batch_size=batch, seed=9, prox=0.2, drift=d,
-                           drift_clients=tuple(int(c) for c in listed))  # fmt: skip
-    models, means = VirtualClients(data, model_fn, vectorize=vectorize).serve(request, CLIENTS, WEIGHTS)
+    rows, c = controls(listed), controls([0], seed=8)
+    c = Weights({n: t[0] for n, t in c.items()})
+    program = ScaffoldProgram(epochs=epochs, batch_size=batch, optimizer=sgd(momentum=momentum))
+    request = TrainRequest(program, x, 9, shared={"c": c}, rows={"c_i": rows}, row_clients=tuple(int(i) for i in listed))
+    got = VirtualClients(data, model_fn, vectorize=vectorize).serve(request, CLIENTS, WEIGHTS)
     replies = []
-    for c in CLIENTS:
-        row = Weights({n: t[list(listed).index(c)] for n, t in d.items()}) if c in listed else None
-        replies.append(by_hand_sgd(data, x, int(c), epochs=epochs, lr=0.3, batch=batch, seed=9, prox=0.2, drift=row, mean=True))
-    assert_weights_close(models, weighted([m for m, _ in replies], WEIGHTS))
-    assert_weights_close(means, weighted([g for _, g in replies], WEIGHTS))
-    assert request.nbytes == 2 * TrainRequest(x, epochs, 0.3, batch, 9).nbytes  # x and c in, y_i and c_i⁺ out
+    for i in CLIENTS:
+        row = {n: t[list(listed).index(i)] for n, t in rows.items()} if i in listed else {n: 0 * t for n, t in c.items()}
+        replies.append(by_hand_sgd(data, x, int(i), ScaffoldByHand(program, c), seed=9, rows={"c_i": Weights(row)}))
+    assert_replies_close(got, weighted_replies(replies, WEIGHTS))
+    assert request.nbytes == 2 * x.numel * 4  # x and c in; the client holds c_i
+
+
+@dataclass(frozen=True)
+class ScaffoldByHand(ScaffoldProgram):
+    """The same program with the shared c carried inside (``by_hand_sgd`` passes no shared vectors)."""
+
+    c: Weights | None = None
+
+    def __init__(self, program: ScaffoldProgram, c: Weights) -> None:
+        object.__setattr__(self, "epochs", program.epochs)
+        object.__setattr__(self, "batch_size", program.batch_size)
+        object.__setattr__(self, "optimizer", program.optimizer)
+        object.__setattr__(self, "affine", program.affine)
+        object.__setattr__(self, "c", c)
+
+    def step(self, clients, params, grads, state):
+        return super().step(Clients(clients.x, {"c": self.c.tensors}, clients.rows, clients.steps), params, grads, state)
+
+
+@dataclass(frozen=True)
+class LinearTermProgram(ClientProgram):
+    """A plug-in rule no engine knows: FedDyn-like direction ∇F_i(w) − r_i + α(w − x), replying with
+    the model and a number per client (its steps, scaled): any program runs on every engine."""
+
+    alpha: float = 0.0
+
+    def step(self, clients, params, grads, state):
+        return Step(direction=[g - r + self.alpha * (w - x) for g, r, w, x in zip(grads, clients.rows["r"], params, clients.x)])
+
+    def reply(self, clients, params, state):
+        return {"model": params, "work": 2.0 * clients.steps}
+
+
+@pytest.mark.parametrize("vectorize", [True, False])
+@pytest.mark.parametrize("batch", [3, 64])
+def test_a_new_local_rule_runs_on_every_engine_unchanged(vectorize, batch):
+    data, x = federation(), point(2)
+    rows = controls(CLIENTS, seed=3)
+    program = LinearTermProgram(epochs=2 if batch == 3 else 1, batch_size=batch, optimizer=sgd(momentum=0.5), alpha=0.4)
+    request = TrainRequest(program, x, 9, rows={"r": rows}, row_clients=tuple(int(i) for i in CLIENTS))
+    got = VirtualClients(data, model_fn, vectorize=vectorize).serve(request, CLIENTS, WEIGHTS)
+    replies = [by_hand_sgd(data, x, int(c), program, seed=9, rows={"r": Weights({n: t[k] for n, t in rows.items()})})
+               for k, c in enumerate(CLIENTS)]  # fmt: skip
+    assert_replies_close(got, weighted_replies(replies, WEIGHTS))
+    each = VirtualClients(data, model_fn, vectorize=vectorize).serve_each(request, CLIENTS)
+    for k in range(len(CLIENTS)):
+        assert_weights_close(Weights({n: t[k] for n, t in each["model"].items()}), replies[k]["model"])
+        assert float(each["work"]["value"][k]) == float(replies[k]["work"]["value"])
 
 
 @pytest.mark.parametrize("vectorize", [True, False])
 def test_each_client_gets_its_own_reply(vectorize):
     """serve_each: every client's model and mean gradient, in order, as by hand (vmap blocks or the loop)."""
-    data = federation()
-    x = point(2)
-    d = drifts(CLIENTS)
-    request = TrainRequest(x, epochs=2, lr=0.3, batch_size=4, seed=9, drift=d, drift_clients=tuple(int(c) for c in CLIENTS))
-    models, means = VirtualClients(data, model_fn, vectorize=vectorize).serve_each(request, CLIENTS)
-    for i, c in enumerate(CLIENTS):
-        row = Weights({n: t[i] for n, t in d.items()})
-        model, mean = by_hand_sgd(data, x, int(c), epochs=2, lr=0.3, batch=4, seed=9, drift=row, mean=True)
-        assert_weights_close(Weights({n: t[i] for n, t in models.items()}), model)
-        assert_weights_close(Weights({n: t[i] for n, t in means.items()}), mean)
+    data, x = federation(), point(2)
+    rows = controls(CLIENTS)
+    c = Weights({n: 0 * t for n, t in x.items()})
+    program = ScaffoldProgram(epochs=2, batch_size=4, optimizer=sgd())
+    request = TrainRequest(program, x, 9, shared={"c": c}, rows={"c_i": rows}, row_clients=tuple(int(i) for i in CLIENTS))
+    got = VirtualClients(data, model_fn, vectorize=vectorize).serve_each(request, CLIENTS)
+    for k, i in enumerate(CLIENTS):
+        row = Weights({n: t[k] for n, t in rows.items()})
+        want = by_hand_sgd(data, x, int(i), ScaffoldByHand(program, c), seed=9, rows={"c_i": row})
+        for name in ("model", "control"):
+            assert_weights_close(Weights({n: t[k] for n, t in got[name].items()}), want[name])
 
 
 def test_a_block_of_many_clients_trains_like_one_client_at_a_time():
@@ -205,9 +290,10 @@ def test_a_block_of_many_clients_trains_like_one_client_at_a_time():
     data = federation(sizes=sizes)
     clients = np.arange(1000)
     weights = group_weights(data.sizes)
-    request = TrainRequest(point(2), epochs=2, lr=0.2, batch_size=2, seed=4)
-    fast = VirtualClients(data, model_fn, vectorize=True).serve(request, clients, weights)[0]
-    slow = VirtualClients(data, model_fn, vectorize=False).serve(request, clients, weights)[0]
+    program = ProxProgram(epochs=2, batch_size=2, optimizer=LocalSGD(lr=0.2, momentum=0.9))
+    request = TrainRequest(program, point(2), 4)
+    fast = VirtualClients(data, model_fn, vectorize=True).serve(request, clients, weights)["model"]
+    slow = VirtualClients(data, model_fn, vectorize=False).serve(request, clients, weights)["model"]
     assert_weights_close(fast, slow, rtol=1e-6, atol=1e-7)
 
 
@@ -232,11 +318,21 @@ def test_sampled_weights_are_unbiased_over_every_sample():
         np.testing.assert_allclose(mean, exact, rtol=1e-12)
 
 
-def test_participation_weights_average_the_sampled_models():
-    sizes = np.array([5, 1, 12, 3])
-    w = participation_weights(sizes, np.array([0, 2]))
+def test_self_normalized_weights_average_the_sampled_models():
+    pi = np.array([5, 1, 12, 3]) / 21
+    w = self_normalized(pi, np.array([0, 2]))
     np.testing.assert_allclose(w, [5 / 17, 12 / 17])
-    np.testing.assert_allclose(participation_weights(sizes, np.arange(4)), group_weights(sizes))
+    np.testing.assert_allclose(self_normalized(pi, np.arange(4)), pi)
+
+
+def test_unbiased_weights_average_the_full_update_over_every_sample():
+    """Over all C(K, M) samples, Σ_{i∈S} (K/M) π_i u_i averages to Σ_i π_i u_i."""
+    pi = np.array([5, 1, 12, 3, 9]) / 30
+    updates = np.random.default_rng(1).normal(size=(5, 3))
+    for m in (1, 2, 4):
+        samples = [np.array(s) for s in itertools.combinations(range(5), m)]
+        mean = np.mean([unbiased(pi, s) @ updates[s] for s in samples], axis=0)
+        np.testing.assert_allclose(mean, pi @ updates, rtol=1e-12)
 
 
 def test_sample_clients_fraction_count_and_everyone():
@@ -268,9 +364,9 @@ def test_a_snapshot_request_returns_the_change_since_the_snapshot(vectorize):
     data = federation()
     clients = VirtualClients(data, model_fn, vectorize=vectorize)
     x, x0 = point(2), point(5)
-    (change,) = clients.serve(GradRequest((x,), 4, 11, snapshot=x0), CLIENTS, WEIGHTS)
-    at_x, at_x0 = clients.serve(GradRequest((x, x0), 4, 11), CLIENTS, WEIGHTS)
-    assert_weights_close(change, at_x.sub_(at_x0))
+    change = clients.serve(GradRequest((x,), 4, 11, snapshot=x0), CLIENTS, WEIGHTS)["0"]
+    both = clients.serve(GradRequest((x, x0), 4, 11), CLIENTS, WEIGHTS)
+    assert_weights_close(change, both["0"].sub_(both["1"]))
 
 
 def test_a_local_step_with_a_snapshot_counts_one_vector_each_way():
@@ -281,9 +377,10 @@ def test_a_local_step_with_a_snapshot_counts_one_vector_each_way():
     data = federation()
     runtime = LocalRuntime(device="cpu")
     runtime.attach(data, model_fn, vectorize="auto")
-    oracle = FederatedOracle(runtime, data, server=None, batch_size=4, deterministic=False, device=torch.device("cpu"))
+    oracle = FederatedOracle(runtime, data, server=None, group_weights={"f": 0.5, "g": 0.5}, batch_size=4,
+                             deterministic=False, device=torch.device("cpu"))  # fmt: skip
     x, x0 = point(2), point(5)
-    oracle.clients("f", [x], 3, snapshot=x0)
+    oracle.group_gradients("f", [x], 3, snapshot=x0)
     nbytes = x.numel * 4
     assert oracle.comm.as_metrics()["comm/bytes_sent"] == 3 * nbytes  # three clients in group f
     assert oracle.comm.as_metrics()["comm/bytes_received"] == 3 * nbytes

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -35,7 +37,7 @@ def test_correction_expectation_is_exact():
     x, x0 = torch.randn(oracle.dim, dtype=torch.float64), torch.randn(oracle.dim, dtype=torch.float64)
     def diff(G, point):
         w = oracle.wrap(point)
-        return oracle.clients(G, [w], None)[0] - oracle.server(G, [w], None)[0]
+        return oracle.group_gradients(G, [w], None)[0] - oracle.server(G, [w], None)[0]
 
     snapshot = (diff("f", x0) + diff("g", x0)) / 2
     target = oracle.grad_h(x) - oracle.grad_h1(x)
@@ -67,10 +69,10 @@ def test_vrcs_correction_is_unbiased_monte_carlo(p):
     x_local = x_t + torch.randn(8, generator=gen, dtype=torch.float64)
     oracle = SpyOracle(x_local)
     method = VRCS(theta=0.5, p=p, q=0.05)
-    state = method.init(Weights({"x": x_t}), seed=3)
+    state = method.init(Weights({"x": x_t}), seed=3, oracle=oracle)
     estimates, f_calls, steps = [], 0, 0
     while len(estimates) < 6000:
-        state.x = Weights({"x": x_t.clone()})  # every round starts at the same x_t
+        state = replace(state, x=Weights({"x": x_t.clone()}))  # every round starts at the same x_t
         oracle.linear.clear()
         calls_before = dict(oracle.calls)
         state, stats = method.round(state, oracle)
@@ -89,7 +91,7 @@ def test_vrcs_solves_least_squares():
     oracle = QuadraticOracle()
     method = VRCS(theta=0.5, p=0.5, q=0.5)
     x0 = torch.zeros(oracle.dim, dtype=torch.float64)
-    state = method.init(Weights({"x": x0}), seed=0)
+    state = method.init(Weights({"x": x0}), seed=0, oracle=oracle)
     start = oracle.grad_h(x0).norm()
     for _ in range(200):
         state, _ = method.round(state, oracle)
@@ -132,15 +134,15 @@ class SampledClientsOracle(SpyOracle):
             self.members[group] = (sizes, shift, loss, scale)
         self.subsets: list[tuple[str, tuple[int, ...], int]] = []
 
-    def num_clients(self, group):
-        return len(self.members[group][0])
+    def clients(self, group=None):
+        return np.arange(len(self.members[group][0])) if group is not None else np.arange(10)
 
     def _client_grad(self, group, i, x):
         sizes, shift, loss, scale = self.members[group]
         offset = shift[i] - sum(s * w for s, w in zip(shift, sizes / sizes.sum()))
         return float(scale[i]) * loss.grad(x) + offset  # example-weighted mean over clients: ∇G
 
-    def clients(self, group, points, seed, *, subset=None, snapshot=None):
+    def group_gradients(self, group, points, seed, *, subset=None, snapshot=None):
         from fedsweep.algorithms.aggregation import group_weights, sampled_weights
 
         self.calls[group] += 1
@@ -164,10 +166,10 @@ def test_vrcs_with_sampled_clients_is_unbiased_monte_carlo():
     x_local = x_t + torch.randn(8, generator=gen, dtype=torch.float64)
     oracle = SampledClientsOracle(x_local)
     method = VRCS(theta=0.5, p=0.5, q=0.05, local_participation=2)
-    state = method.init(Weights({"x": x_t}), seed=5)
+    state = method.init(Weights({"x": x_t}), seed=5, oracle=oracle)
     estimates = []
     while len(estimates) < 6000:
-        state.x = Weights({"x": x_t.clone()})
+        state = replace(state, x=Weights({"x": x_t.clone()}))
         oracle.linear.clear()
         state, _ = method.round(state, oracle)
         estimates.extend(oracle.linear[1:])
@@ -199,14 +201,14 @@ class MinibatchOracle(SpyOracle):
         A, b = loss.A[rows], loss.b[rows]
         return A.T @ (A @ x - b) / len(rows)
 
-    def clients(self, group, points, seed, *, subset=None, snapshot=None):
+    def group_gradients(self, group, points, seed, *, subset=None, snapshot=None):
         self.calls[group] += 1
         loss = self.f if group == "f" else self.g
         base = self._grad(loss, snapshot["x"], seed) if snapshot is not None else 0.0
         return [self.wrap(self._grad(loss, p["x"], seed) - base) for p in points]
 
     def full_communication(self, points):
-        return {group: self.clients(group, points, None) for group in ("f", "g")}
+        return {group: self.group_gradients(group, points, None) for group in ("f", "g")}
 
     def server(self, group, points, seed):
         return [self.wrap(self._grad(self.f1 if group == "f" else self.g1, p["x"], seed)) for p in points]
@@ -220,11 +222,11 @@ def test_stochastic_vrcs_has_an_exact_snapshot_and_unbiased_corrections():
     x_local = x_t + torch.randn(8, generator=gen, dtype=torch.float64)
     oracle = MinibatchOracle(x_local)
     method = VRCS(theta=0.5, p=0.5, q=0.05)
-    state = method.init(Weights({"x": x_t}), seed=6)
+    state = method.init(Weights({"x": x_t}), seed=6, oracle=oracle)
     exact_snapshot = oracle.grad_h(x_t) - oracle.grad_h1(x_t)
     estimates = []
     while len(estimates) < 6000:
-        state.x = Weights({"x": x_t.clone()})
+        state = replace(state, x=Weights({"x": x_t.clone()}))
         oracle.linear.clear()
         state, _ = method.round(state, oracle)
         torch.testing.assert_close(oracle.linear[0], exact_snapshot, rtol=1e-12, atol=1e-12)

@@ -50,3 +50,19 @@ def sample_clients(rng: np.random.Generator, num_clients: int, share: float | in
     if m >= num_clients:
         return None
     return np.sort(rng.choice(num_clients, size=m, replace=False))
+
+
+def self_normalized(pi: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """McMahan et al.'s weights for the sampled clients S: w_i = π_i / Σ_{j∈S} π_j. They sum to
+    1, so the average of client models stays a model; with S everyone they are π."""
+    picked = np.asarray(pi, dtype=np.float64)[chosen]
+    return picked / picked.sum()
+
+
+def unbiased(pi: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """Weights for a uniform sample S of M of the K clients: w_i = (K/M) π_i, so that
+    E_S[Σ_{i∈S} w_i u_i] = Σ_i π_i u_i for any per-client u (the sampled average of updates is
+    unbiased; Li et al. 2020, "On the convergence of FedAvg on non-IID data", scheme I). They need
+    not sum to 1: apply them to updates y_i − x, not to models."""
+    pi = np.asarray(pi, dtype=np.float64)
+    return (len(pi) / len(chosen)) * pi[chosen]

@@ -1,42 +1,51 @@
-"""Pieces the methods share: shares of clients, seeds drawn from a method's generator, the
-sliding methods' full difference and their statistics."""
+"""Pieces the methods share: seeds drawn from a round's generator, what a method needs of the
+federation, the sliding methods' full difference and their statistics."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
+from fedsweep.algorithms.protocols import GradientOracle, Group, Solution
 from fedsweep.core.errors import ConfigError
-from fedsweep.algorithms.protocols import GROUPS, GradientOracle, Group, Solution
 from fedsweep.core.weights import Weights
 
 
-def check_share(key: str, share: object) -> None:
-    """A share of a group's clients: None (all), a fraction in (0, 1] or a count >= 1."""
-    if share is None:
-        return
-    if isinstance(share, bool) or not isinstance(share, (int, float)):
-        raise ConfigError(f"{key} must be null, a fraction in (0, 1] or a count >= 1, got {key}={share!r}")
-    if isinstance(share, float) and not 0 < share <= 1:
-        raise ConfigError(f"{key} as a fraction must be in (0, 1], got {key}={share}")
-    if isinstance(share, int) and share < 1:
-        raise ConfigError(f"{key} as a count must be >= 1, got {key}={share}")
-
-
 def draw_seed(rng: np.random.Generator) -> int:
-    """A minibatch/solver seed drawn from the method's generator."""
+    """A minibatch/solver seed drawn from the round's generator."""
     return int(rng.integers(2**31 - 1))
 
 
+def require(method: str, oracle: GradientOracle, *, groups: Sequence[Group] | None = None, server: bool = False) -> None:
+    """One line when the federation lacks what ``method`` needs: client groups with these names,
+    and (``server``) the server's own data for every group."""
+    if groups is not None and tuple(oracle.groups) != tuple(groups):
+        raise ConfigError(
+            f"method={method} needs the client groups {', '.join(groups)}; the partition gives "
+            f"{', '.join(oracle.groups)} (use partition=classes or partition=frequent_rare)"
+        )
+    missing = [g for g in oracle.groups if g not in oracle.server_groups]
+    if server and missing:
+        raise ConfigError(
+            f"method={method} needs the server's own data for every group; the partition gives none for "
+            f"{', '.join(missing)} (set partition.server_fraction > 0, or use partition=classes)"
+        )
+
+
 def full_difference(oracle: GradientOracle, x: Weights) -> tuple[Weights, dict[Group, Weights]]:
-    """One full communication at x: ``(∇h − ∇h1)(x)`` and the per-group ``(∇G − ∇G1)(x)``,
-    exact (whole shards, all the server's data), also when the corrections use minibatches:
-    a minibatch snapshot would persist through the round and bias every local step."""
+    """One full communication at x: ``(∇h − ∇h1)(x) = Σ_G λ_G (∇G − ∇G1)(x)`` and the per-group
+    ``(∇G − ∇G1)(x)``, exact (whole shards, all the server's data), also when the corrections use
+    minibatches: a minibatch snapshot would persist through the round and bias every local step."""
     clients = oracle.full_communication([x])
     diffs = {}
-    for group in GROUPS:
+    for group in oracle.groups:
         (server_grad,) = oracle.server(group, [x], None)
         diffs[group] = clients[group][0].sub_(server_grad)
-    return Weights.add(diffs["f"], diffs["g"]).mul_(0.5), diffs
+    total = Weights.zeros_like(x)
+    for group, diff in diffs.items():
+        total.axpy_(oracle.group_weight(group), diff)
+    return total, diffs
 
 
 def solver_stats(solutions: list[Solution]) -> dict[str, float]:
@@ -50,8 +59,4 @@ def solver_stats(solutions: list[Solution]) -> dict[str, float]:
 
 
 def difference_norms(extragrad: Weights, diffs: dict[Group, Weights]) -> dict[str, float]:
-    return {
-        "norm/extragrad/full": extragrad.norm().item(),
-        "norm/extragrad/f": diffs["f"].norm().item(),
-        "norm/extragrad/g": diffs["g"].norm().item(),
-    }
+    return {"norm/extragrad/full": extragrad.norm().item(), **{f"norm/extragrad/{g}": d.norm().item() for g, d in diffs.items()}}

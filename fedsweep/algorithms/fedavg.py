@@ -1,76 +1,104 @@
-"""FedAvg: every client runs local SGD from x_t, the server averages.
+"""FedAvg and FedProx: every participating client trains locally from x_t, the server averages.
 
-    x_{t+1} = ½ (x̄_f + x̄_g),   x̄_G = Σ_{i∈G} (n_i / n_G) · SGD_i^E(x_t)
+    x_{t+1} = x_t + Σ_{i∈S} w_i (y_i − x_t),   y_i = the client's model after its local epochs
 
-where SGD_i^E is E epochs of plain SGD (step ``lr``) on client i's shard. With
-``participation`` each group sends only a uniform sample S_G of its clients per round
-(drawn from the method's generator), averaged with weights n_i / Σ_{j∈S_G} n_j. The
-groups are averaged with equal weight so that the fixed point targets
-h = (f + g)/2 like the other methods. With E > 1 on heterogeneous groups the
-average drifts away from the optimum of h (client drift).
-McMahan et al., "Communication-Efficient Learning of Deep Networks from
-Decentralized Data" (AISTATS 2017), https://arxiv.org/abs/1602.05629.
+S is every client, or a uniform sample of the whole population (``participation``: a
+fraction or a count) drawn each round. ``aggregation`` picks the weights:
+``self_normalized`` (McMahan et al.): w_i = π_i / Σ_{j∈S} π_j, so x_{t+1} = Σ_S w_i y_i;
+``unbiased``: w_i = (K/M) π_i, whose expected update is the full-participation one
+(``fedsweep.algorithms.aggregation``). π_i = λ_G n_i / n_G is the client's weight in the
+objective (n_i / N in one population). Local training is SGD with momentum and weight decay
+(a fresh buffer each round). With many local steps on heterogeneous clients the average
+drifts away from the optimum of h (client drift).
+
+McMahan et al., "Communication-Efficient Learning of Deep Networks from Decentralized Data"
+(AISTATS 2017), https://arxiv.org/abs/1602.05629. FedProx: Li, Sahu, Zaheer, Sanjabi,
+Talwalkar, Smith, "Federated Optimization in Heterogeneous Networks" (MLSys 2020),
+https://arxiv.org/abs/1812.06127.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import numpy as np
 
+from fedsweep.algorithms.aggregation import sample_clients, self_normalized, unbiased
+from fedsweep.algorithms.common import draw_seed
+from fedsweep.algorithms.programs import ClientProgram, Clients, LocalSGD, Step, Vectors
+from fedsweep.algorithms.protocols import GradientOracle, MethodState
+from fedsweep.core.checks import check
 from fedsweep.core.errors import ConfigError
-from fedsweep.algorithms.aggregation import sample_clients
-from fedsweep.algorithms.protocols import MethodState
-from fedsweep.algorithms.common import check_share, draw_seed
-from fedsweep.algorithms.protocols import GROUPS, GradientOracle
 from fedsweep.core.weights import Weights
+
+AGGREGATIONS = ("self_normalized", "unbiased")
+
+
+@dataclass(frozen=True)
+class ProxProgram(ClientProgram):
+    """Local SGD on F_i(w) + (μ/2)‖w − x‖²: direction ∇F_i(w) + μ(w − x) (μ = 0: FedAvg's client)."""
+
+    mu: float = 0.0
+
+    def step(self, clients: Clients, params: Vectors, grads: Vectors, state) -> Step:
+        if not self.mu:
+            return Step(direction=grads)
+        return Step(direction=[g + self.mu * (w - x) for g, w, x in zip(grads, params, clients.x)])
 
 
 class FedAvg:
+    """FedAvg over a :class:`GradientOracle`; subclasses change the client program or the server step."""
+
     name = "fedavg"
-    prox = 0.0  # FedProx's μ
 
     def __init__(
-        self, *, local_epochs: int, lr: float, batch_size: int | None, participation: float | int | None = None
+        self,
+        *,
+        local_epochs: int,
+        lr: float,
+        batch_size: int | None,
+        participation: float | int | None = None,
+        aggregation: str = "self_normalized",
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
     ) -> None:
-        if not (isinstance(local_epochs, int) and local_epochs >= 1):
-            raise ConfigError(f"method.local_epochs must be a positive integer, got method.local_epochs={local_epochs}")
-        if not (isinstance(lr, (int, float)) and lr > 0):
-            raise ConfigError(f"method.lr must be > 0, got method.lr={lr}")
-        if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
-            raise ConfigError(f"method.batch_size must be a positive integer or null, got method.batch_size={batch_size}")
-        check_share("method.participation", participation)
-        self.local_epochs, self.lr, self.batch_size = local_epochs, lr, batch_size
-        self.participation = participation
+        check("method.participation", participation, "share")
+        if aggregation not in AGGREGATIONS:
+            raise ConfigError(f"unknown method.aggregation={aggregation!r}; known: {', '.join(AGGREGATIONS)}")
+        self.participation, self.aggregation = participation, aggregation
+        self.optimizer = LocalSGD(lr=lr, momentum=momentum, weight_decay=weight_decay)
+        self.program = self.client_program(epochs=local_epochs, batch_size=batch_size, optimizer=self.optimizer)
 
-    def init(self, x0: Weights, *, seed: int) -> MethodState:
-        return MethodState(x=x0.clone(), rng=np.random.default_rng(seed))
+    def client_program(self, **training) -> ClientProgram:
+        return ProxProgram(**training)
+
+    def init(self, x0: Weights, *, seed: int, oracle: GradientOracle) -> MethodState:
+        return MethodState(x=x0.clone(), seed=seed)
+
+    def participants(self, oracle: GradientOracle, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """This round's clients (ids) and their aggregation weights."""
+        everyone = oracle.clients()
+        chosen = sample_clients(rng, len(everyone), self.participation)
+        ids = everyone if chosen is None else everyone[chosen]
+        pi = oracle.objective_weights()
+        weights = unbiased(pi, ids) if self.aggregation == "unbiased" else self_normalized(pi, ids)
+        return ids, weights
 
     def round(self, state: MethodState, oracle: GradientOracle) -> tuple[MethodState, dict[str, float]]:
-        seed = draw_seed(state.rng)
-        subsets = {group: sample_clients(state.rng, oracle.num_clients(group), self.participation) for group in GROUPS}
-        means = oracle.local_updates(
-            state.x, epochs=self.local_epochs, lr=self.lr, batch_size=self.batch_size, seed=seed, subsets=subsets,
-            prox=self.prox,
-        )  # fmt: skip
-        stats = {
-            f"clients/{group}": float(oracle.num_clients(group) if subset is None else len(subset))
-            for group, subset in subsets.items()
+        rng = state.rng()
+        seed = draw_seed(rng)
+        ids, weights = self.participants(oracle, rng)
+        sums = oracle.train(self.program, state.x, clients=ids, weights=weights, seed=seed)
+        update = sums["model"].axpy_(-weights.sum(), state.x)  # Σ w_i (y_i − x)
+        return replace(state, x=state.x + update, round=state.round + 1), {
+            **participation_stats(oracle, ids),
+            "norm/update": update.norm().item(),
         }
-        x_next = (means["f"] + means["g"]) / 2
-        stats["norm/update"] = (x_next - state.x).norm().item()
-        state.x = x_next
-        state.round += 1
-        return state, stats
 
 
 class FedProx(FedAvg):
-    """FedProx: FedAvg whose clients minimise F_i(w) + (μ/2)‖w − x_t‖² locally,
-
-        w ← w − lr·(∇F_i(w) + μ (w − x_t)),
-
-    which holds each client near x_t and so limits client drift under heterogeneity
-    (μ = 0 is FedAvg). Li, Sahu, Zaheer, Sanjabi, Talwalkar, Smith: "Federated Optimization
-    in Heterogeneous Networks" (MLSys 2020), https://arxiv.org/abs/1812.06127.
-    """
+    """FedAvg whose clients minimise F_i(w) + (μ/2)‖w − x_t‖² locally, which holds each client near
+    x_t and so limits client drift under heterogeneity (μ = 0 is FedAvg)."""
 
     name = "fedprox"
 
@@ -82,8 +110,21 @@ class FedProx(FedAvg):
         lr: float,
         batch_size: int | None,
         participation: float | int | None = None,
+        aggregation: str = "self_normalized",
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
     ) -> None:
-        if not (isinstance(mu, (int, float)) and not isinstance(mu, bool) and mu >= 0):
-            raise ConfigError(f"method.mu must be a number >= 0, got method.mu={mu!r}")
-        super().__init__(local_epochs=local_epochs, lr=lr, batch_size=batch_size, participation=participation)
-        self.prox = float(mu)
+        check("method.mu", mu, ">= 0")
+        self.mu = float(mu)
+        super().__init__(
+            local_epochs=local_epochs, lr=lr, batch_size=batch_size, participation=participation,
+            aggregation=aggregation, momentum=momentum, weight_decay=weight_decay,
+        )  # fmt: skip
+
+    def client_program(self, **training) -> ClientProgram:
+        return ProxProgram(mu=self.mu, **training)
+
+
+def participation_stats(oracle: GradientOracle, ids: np.ndarray) -> dict[str, float]:
+    """How many clients of each group took part."""
+    return {f"clients/{g}": float(np.isin(oracle.clients(g), ids).sum()) for g in oracle.groups}

@@ -1,40 +1,62 @@
 """SCAFFOLD: local SGD with control variates that cancel client drift.
 
 The server holds x and a control c; client i holds its own control c_i (all 0 at first).
-A round with the contacted clients S_G of each group G:
+A round with the participating clients S:
 
-    client i ∈ S_G:  y ← x, then for each of its K_i local minibatch steps
-                         y ← y − lr · (∇F_i(y; batch) + c − c_i)
-                     c_i⁺ = (1/K_i) Σ_k ∇F_i(y_k; batch_k)           (option II: its mean gradient)
-    server:          x ← x + η_g · ½ Σ_G Σ_{i∈S_G} p_i (y_i − x),    p_i = n_i / Σ_{j∈S_G} n_j
-                     c ← c + ½ Σ_G Σ_{i∈S_G} (n_i / n_G) (c_i⁺ − c_i),   c_i ← c_i⁺
+    client i ∈ S:  y ← x, then for each of its K_i local minibatch steps
+                       y ← y − lr · (∇F_i(y; batch) + c − c_i)
+                   c_i⁺ = (1/K_i) Σ_k ∇F_i(y_k; batch_k)           (option II: its mean gradient)
+    server:        x ← x + η_g · Σ_{i∈S} p_i (y_i − x),    p_i = π_i / Σ_{j∈S} π_j
+                   c ← c + Σ_{i∈S} π_i (c_i⁺ − c_i),   c_i ← c_i⁺
 
-so c = ½ Σ_G Σ_{i∈G} (n_i/n_G) c_i holds at every round: the control of h = (f + g)/2,
-the same example weights as the other methods. The correction c − c_i replaces client
-i's gradient by an estimate of ∇h's, which is what removes the drift that heterogeneous
-groups cause in FedAvg (η_g = 1 and c = c_i = 0 is a FedAvg round). Each contacted
-client receives x and c and sends y_i and c_i⁺: two vectors each way. The controls are
-the method's state (``MethodState.extra``: one row per client), so they survive a
-checkpoint and any worker's restart.
+so c = Σ_i π_i c_i holds at every round: the control of h = Σ_i π_i F_i. The correction c − c_i
+replaces client i's gradient by an estimate of ∇h's, which removes the drift heterogeneous
+clients cause in FedAvg (η_g = 1 and c = c_i = 0 is a FedAvg round). With local momentum the
+correction stays out of the momentum buffer, as in the NIID-Bench code. Each participating
+client receives x and c and sends y_i and c_i⁺: two vectors each way. The controls are the
+method's state (one row per client), so they survive a checkpoint and any worker's restart.
 
 (c_i⁺ as the mean of the minibatch gradients is the paper's option II,
-c_i − c + (x − y_i)/(K_i lr), rewritten: the two agree in exact arithmetic.)
-Karimireddy, Kale, Mohri, Reddi, Stich, Suresh: "SCAFFOLD: Stochastic Controlled
-Averaging for Federated Learning" (ICML 2020), https://arxiv.org/abs/1910.06378.
+c_i − c + (x − y_i)/(K_i lr), rewritten: the two agree in exact arithmetic without momentum.)
+Karimireddy, Kale, Mohri, Reddi, Stich, Suresh: "SCAFFOLD: Stochastic Controlled Averaging for
+Federated Learning" (ICML 2020), https://arxiv.org/abs/1910.06378.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import dataclass, replace
+
 import torch
 
-from fedsweep.core.errors import ConfigError
-from fedsweep.algorithms.aggregation import group_weights, participation_weights, sample_clients
-from fedsweep.algorithms.protocols import MethodState
 from fedsweep.algorithms.common import draw_seed
-from fedsweep.algorithms.fedavg import FedAvg
-from fedsweep.algorithms.protocols import GROUPS, GradientOracle
+from fedsweep.algorithms.fedavg import FedAvg, participation_stats
+from fedsweep.algorithms.programs import ClientProgram, Clients, Step, Vectors, zeros_like
+from fedsweep.algorithms.protocols import GradientOracle, MethodState
+from fedsweep.core.checks import check
 from fedsweep.core.weights import Weights
+
+
+@dataclass(frozen=True)
+class ScaffoldState(MethodState):
+    c: Weights | None = None  # the server's control
+    controls: Weights | None = None  # c_i, stacked: row i is client i's
+
+
+@dataclass(frozen=True)
+class ScaffoldProgram(ClientProgram):
+    """Local SGD corrected by c − c_i (``shared["c"]``, ``rows["c_i"]``); replies with the model and
+    the mean of the minibatch gradients it took."""
+
+    def init(self, clients: Clients, params: Vectors) -> dict[str, Vectors]:
+        return {"grad_sum": zeros_like(params)}
+
+    def step(self, clients: Clients, params: Vectors, grads: Vectors, state) -> Step:
+        correction = [c - ci for c, ci in zip(clients.shared["c"], clients.rows["c_i"])]
+        return Step(direction=grads, outside=correction, state={"grad_sum": [s + g for s, g in zip(state["grad_sum"], grads)]})
+
+    def reply(self, clients: Clients, params: Vectors, state) -> dict[str, Vectors]:
+        steps = clients.steps.clamp(min=1)
+        return {"model": params, "control": [s / clients.per_client(steps, s) for s in state["grad_sum"]]}
 
 
 class Scaffold(FedAvg):
@@ -48,63 +70,42 @@ class Scaffold(FedAvg):
         batch_size: int | None,
         global_lr: float = 1.0,
         participation: float | int | None = None,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
     ) -> None:
-        if not (isinstance(global_lr, (int, float)) and not isinstance(global_lr, bool) and global_lr > 0):
-            raise ConfigError(f"method.global_lr must be > 0, got method.global_lr={global_lr!r}")
-        super().__init__(local_epochs=local_epochs, lr=lr, batch_size=batch_size, participation=participation)
+        check("method.global_lr", global_lr, "> 0")
+        super().__init__(local_epochs=local_epochs, lr=lr, batch_size=batch_size, participation=participation,
+                         momentum=momentum, weight_decay=weight_decay)  # fmt: skip
         self.global_lr = float(global_lr)
 
-    def round(self, state: MethodState, oracle: GradientOracle) -> tuple[MethodState, dict[str, float]]:
-        x = state.x
-        if not state.extra:  # c = c_i = 0
-            state.extra["c"] = Weights.zeros_like(x)
-            for group in GROUPS:
-                state.extra[f"c_{group}"] = _stack_zeros(x, oracle.num_clients(group))
-        c = state.extra["c"]
-        seed = draw_seed(state.rng)
-        subsets = {group: sample_clients(state.rng, oracle.num_clients(group), self.participation) for group in GROUPS}
-        chosen = {group: _positions(subset, oracle.num_clients(group)) for group, subset in subsets.items()}
-        drift = {  # d_i = c − c_i, one row per contacted client
-            group: Weights({n: c[n] - _picked(state.extra[f"c_{group}"][n], subsets[group]) for n in x.names})
-            for group in GROUPS
+    def client_program(self, **training) -> ClientProgram:
+        return ScaffoldProgram(**training)
+
+    def init(self, x0: Weights, *, seed: int, oracle: GradientOracle) -> ScaffoldState:
+        rows = len(oracle.clients())
+        controls = Weights({n: torch.zeros((rows, *t.shape), dtype=t.dtype, device=t.device) for n, t in x0.items()})
+        return ScaffoldState(x=x0.clone(), seed=seed, c=Weights.zeros_like(x0), controls=controls)
+
+    def round(self, state: ScaffoldState, oracle: GradientOracle) -> tuple[ScaffoldState, dict[str, float]]:
+        """Consumes ``state``: the new state's controls are the old ones updated in place."""
+        x, c, controls = state.x, state.c, state.controls
+        rng = state.rng()
+        seed = draw_seed(rng)
+        ids, p = self.participants(oracle, rng)
+        index = torch.from_numpy(ids).to(x.device)
+        own = Weights({n: t[index] for n, t in controls.items()})
+        replies = oracle.train_each(self.program, x, clients=ids, seed=seed, shared={"c": c}, rows={"c_i": own})
+        models, new = replies["model"], replies["control"]
+        pi = torch.from_numpy(oracle.objective_weights()[ids]).to(x.device, x.dtype)
+        p = torch.from_numpy(p).to(x.device, x.dtype)
+        step = Weights({n: torch.tensordot(p, models[n] - x[n], dims=1) for n in x.names})
+        control_step = Weights({n: torch.tensordot(pi, new[n] - own[n], dims=1) for n in x.names})
+        for n in x.names:
+            controls[n].index_copy_(0, index, new[n])  # c_i ← c_i⁺
+        update = step * self.global_lr
+        next_state = replace(state, x=x + update, c=c + control_step, controls=controls, round=state.round + 1)
+        return next_state, {
+            **participation_stats(oracle, ids),
+            "norm/update": update.norm().item(),
+            "norm/control": next_state.c.norm().item(),
         }
-        runs = oracle.local_runs(
-            x, epochs=self.local_epochs, lr=self.lr, batch_size=self.batch_size, seed=seed, subsets=subsets, drift=drift
-        )  # fmt: skip
-        step, control_step = Weights.zeros_like(x), Weights.zeros_like(x)
-        for group in GROUPS:  # the stacked clients' rows, weighted
-            sizes, controls = oracle.client_sizes(group), state.extra[f"c_{group}"]
-            models, mean_grads = runs[group]
-            rows = torch.from_numpy(chosen[group]).to(x.device)
-            p = _on(0.5 * participation_weights(sizes, chosen[group]), x)
-            a = _on(0.5 * group_weights(sizes)[chosen[group]], x)
-            for n in x.names:
-                step[n].add_(torch.tensordot(p, models[n] - x[n], dims=1))
-                control_step[n].add_(torch.tensordot(a, mean_grads[n] - controls[n][rows], dims=1))
-                controls[n].index_copy_(0, rows, mean_grads[n])  # c_i ← c_i⁺
-        state.x = x + step * self.global_lr
-        c.add_(control_step)
-        state.round += 1
-        return state, {
-            **{f"clients/{group}": float(len(chosen[group])) for group in GROUPS},
-            "norm/update": (step * self.global_lr).norm().item(),
-            "norm/control": c.norm().item(),
-        }
-
-
-def _stack_zeros(x: Weights, rows: int) -> Weights:
-    return Weights({n: torch.zeros((rows, *t.shape), dtype=t.dtype, device=t.device) for n, t in x.items()})
-
-
-def _picked(rows: torch.Tensor, subset: np.ndarray | None) -> torch.Tensor:
-    """The rows of the contacted clients (all of them without a subset: no copy)."""
-    return rows if subset is None else rows[torch.from_numpy(subset).to(rows.device)]
-
-
-def _on(weights: np.ndarray, like: Weights) -> torch.Tensor:
-    return torch.from_numpy(weights).to(like.device, like.dtype)
-
-
-def _positions(subset: np.ndarray | None, num_clients: int) -> np.ndarray:
-    return np.arange(num_clients) if subset is None else subset
-

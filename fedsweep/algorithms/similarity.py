@@ -14,11 +14,14 @@ from typing import Protocol
 
 import torch
 
-from fedsweep.algorithms.protocols import GROUPS, Group
+from fedsweep.algorithms.protocols import Group
 from fedsweep.core.weights import Weights
 
 
 class HessianOracle(Protocol):
+    @property
+    def server_groups(self) -> tuple[Group, ...]: ...
+
     def client_hvp(self, group: Group, point: Weights, vector: Weights, *, batch_size: int | None, seed: int | None) -> Weights: ...
 
     def server_hvp(self, group: Group, point: Weights, vector: Weights, *, batch_size: int | None, seed: int | None) -> Weights: ...
@@ -54,11 +57,11 @@ def random_like(x: Weights, seed: int) -> Weights:
 def estimate_similarity(
     oracle: HessianOracle, x: Weights, *, iterations: int, seed: int, batch_size: int | None = None
 ) -> dict[str, float]:
-    """``{"similarity/delta_f": δ_f, "similarity/delta_g": δ_g}`` at x: from exact Hessians (whole
+    """``{"similarity/delta_<G>": δ_G}`` at x for every group the server holds data of: from exact Hessians (whole
     shards, all the server's data) when ``batch_size`` is None, else from minibatch Hessians, the
     same minibatch throughout (drawn by ``seed``), which overstate δ by their own noise."""
     out = {}
-    for group in GROUPS:
+    for group in oracle.server_groups:
 
         def matvec(v: Weights, group: Group = group) -> Weights:
             client = oracle.client_hvp(group, x, v, batch_size=batch_size, seed=seed)

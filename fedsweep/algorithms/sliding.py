@@ -2,40 +2,33 @@
 
     x_{t+1} = argmin_x ⟨∇h(x_t) − ∇h1(x_t), x⟩ + ‖x − x_t‖²/(2θ) + h1(x)
 
-One full communication (both groups) per round, no local steps: VRCS with q = 1.
-With δ the similarity of h and h1 (‖∇²h − ∇²h1‖ ≤ δ), θ of order 1/δ makes each
-round contract (the upper baseline in communications per round).
+One full communication (every group) per round, no local steps: VRCS with q = 1. With δ the
+similarity of h and h1 (‖∇²h − ∇²h1‖ ≤ δ), θ of order 1/δ makes each round contract (the upper
+baseline in communications per round). Any federation whose server holds data of every group.
 """
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import replace
 
-from fedsweep.core.errors import ConfigError
-from fedsweep.algorithms.protocols import MethodState
-from fedsweep.algorithms.common import difference_norms, draw_seed, full_difference, solver_stats
-from fedsweep.algorithms.protocols import GradientOracle
+from fedsweep.algorithms.common import difference_norms, draw_seed, full_difference, require, solver_stats
+from fedsweep.algorithms.protocols import GradientOracle, MethodState
+from fedsweep.core.checks import check
 from fedsweep.core.weights import Weights
-
-
-def check_theta(theta: float) -> None:
-    if not (isinstance(theta, (int, float)) and not isinstance(theta, bool) and theta > 0):
-        raise ConfigError(f"method.theta must be > 0, got method.theta={theta!r}")
 
 
 class Sliding:
     name = "sliding"
 
     def __init__(self, *, theta: float) -> None:
-        check_theta(theta)
+        check("method.theta", theta, "> 0")
         self.theta = theta
 
-    def init(self, x0: Weights, *, seed: int) -> MethodState:
-        return MethodState(x=x0.clone(), rng=np.random.default_rng(seed))
+    def init(self, x0: Weights, *, seed: int, oracle: GradientOracle) -> MethodState:
+        return MethodState(x=x0.clone(), seed=seed)
 
     def round(self, state: MethodState, oracle: GradientOracle) -> tuple[MethodState, dict[str, float]]:
+        require(self.name, oracle, server=True)
         extragrad, diffs = full_difference(oracle, state.x)
-        solve = oracle.argmin(extragrad, state.x, self.theta, draw_seed(state.rng))
-        state.x = solve.x
-        state.round += 1
-        return state, {**difference_norms(extragrad, diffs), **solver_stats([solve])}
+        solve = oracle.argmin(extragrad, state.x, self.theta, draw_seed(state.rng()))
+        return replace(state, x=solve.x, round=state.round + 1), {**difference_norms(extragrad, diffs), **solver_stats([solve])}

@@ -33,16 +33,14 @@ times per round and group g about (1 − p)/q times, plus one full communication
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from fedsweep.core.errors import ConfigError
 from fedsweep.algorithms.aggregation import sample_clients
-from fedsweep.algorithms.protocols import MethodState
-from fedsweep.algorithms.common import check_share, difference_norms, draw_seed, full_difference, solver_stats
-from fedsweep.algorithms.protocols import GradientOracle, Group
-from fedsweep.algorithms.sliding import check_theta
+from fedsweep.algorithms.common import difference_norms, draw_seed, full_difference, require, solver_stats
+from fedsweep.algorithms.protocols import GradientOracle, Group, MethodState
+from fedsweep.core.checks import check_keys
 from fedsweep.core.weights import Weights
 
 
@@ -51,26 +49,19 @@ class VRCSConfig:
     """Hyperparameters of VRCS."""
 
     theta: float  # θ > 0: proximal step size; ≈ 1/δ for server–client similarity δ
-    p: float  # probability of drawing group f in a local step, in (0, 1)
+    p: float  # probability of drawing group f in a local step, in (0, 1); ≈ δ_f/(δ_f + δ_g)
     q: float  # parameter of the Geometric number of local steps, in (0, 1]
     local_participation: float | int | None = None  # clients per local step: all, a fraction or a count
 
     def __post_init__(self) -> None:
-        check_theta(self.theta)
-        check_share("method.local_participation", self.local_participation)
-        if not (_is_number(self.p) and 0 < self.p < 1):
-            raise ConfigError(f"method.p must be in (0, 1), got method.p={self.p!r}")
-        if not (_is_number(self.q) and 0 < self.q <= 1):
-            raise ConfigError(f"method.q must be in (0, 1], got method.q={self.q!r}")
+        check_keys("method", theta=(self.theta, "> 0"), p=(self.p, "(0, 1)"), q=(self.q, "(0, 1]"),
+                   local_participation=(self.local_participation, "share"))  # fmt: skip
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def group_weight(group: Group, p: float) -> float:
-    """w_f = 1/(2p), w_g = 1/(2(1 − p)): the importance weights that make ĝ unbiased."""
-    return 1.0 / (2.0 * p) if group == "f" else 1.0 / (2.0 * (1.0 - p))
+def group_weight(group: Group, p: float, weight: float = 0.5) -> float:
+    """w_f = λ_f/p, w_g = λ_g/(1 − p) (λ = ½ each in VRCS's federation): the importance weights
+    that make ĝ unbiased."""
+    return weight / p if group == "f" else weight / (1.0 - p)
 
 
 def sample_local_steps(rng: np.random.Generator, q: float) -> int:
@@ -84,11 +75,11 @@ def sample_group(rng: np.random.Generator, p: float) -> Group:
 
 
 def corrected_difference(
-    snapshot_diff: Weights, group: Group, change: Weights, p: float, *, out: Weights | None = None
+    snapshot_diff: Weights, group: Group, change: Weights, p: float, *, weight: float = 0.5, out: Weights | None = None
 ) -> Weights:
     """ĝ = e + w_G·(d_G(x) − d_G(x_0)), with ``change`` = d_G(x) − d_G(x_0) and d_G = ∇G − ∇G1,
     into ``out`` when given."""
-    return Weights.axpy(group_weight(group, p), change, snapshot_diff, out=out)
+    return Weights.axpy(group_weight(group, p, weight), change, snapshot_diff, out=out)
 
 
 class VRCS:
@@ -103,11 +94,12 @@ class VRCS:
     def theta(self) -> float:
         return self.config.theta
 
-    def init(self, x0: Weights, *, seed: int) -> MethodState:
-        return MethodState(x=x0.clone(), rng=np.random.default_rng(seed))
+    def init(self, x0: Weights, *, seed: int, oracle: GradientOracle) -> MethodState:
+        return MethodState(x=x0.clone(), seed=seed)
 
     def round(self, state: MethodState, oracle: GradientOracle) -> tuple[MethodState, dict[str, float]]:
-        cfg, rng, x_t = self.config, state.rng, state.x
+        require(self.name, oracle, groups=("f", "g"), server=True)
+        cfg, rng, x_t = self.config, state.rng(), state.x
 
         # 1. full communication at x_t: d_G(x_t) = ∇G(x_t) − ∇G1(x_t) for both groups
         extragrad, snapshot_diffs = full_difference(oracle, x_t)
@@ -122,27 +114,27 @@ class VRCS:
         sampled = 0
         for _ in range(local_steps):
             group = sample_group(rng, cfg.p)
-            subset = sample_clients(rng, oracle.num_clients(group), cfg.local_participation)
+            size = len(oracle.clients(group))
+            subset = sample_clients(rng, size, cfg.local_participation)
             seed = draw_seed(rng)
             if oracle.deterministic and subset is None:  # d_G(x_0) is exactly the (exact) snapshot's
-                (client_x,) = oracle.clients(group, [x], seed)
+                (client_x,) = oracle.group_gradients(group, [x], seed)
                 (server_x,) = oracle.server(group, [x], seed)
                 change = client_x.sub_(server_x).sub_(snapshot_diffs[group])
             else:  # the same minibatch (and sampled clients) at x and x_0; clients hold x_0
-                (change,) = oracle.clients(group, [x], seed, subset=subset, snapshot=x_t)
+                (change,) = oracle.group_gradients(group, [x], seed, subset=subset, snapshot=x_t)
                 server_x, server_0 = oracle.server(group, [x, x_t], seed)
                 change.sub_(server_x).add_(server_0)
-            sampled += oracle.num_clients(group) if subset is None else len(subset)
-            estimate = corrected_difference(extragrad, group, change, cfg.p, out=estimate)
+            sampled += size if subset is None else len(subset)
+            weight = oracle.group_weight(group)
+            estimate = corrected_difference(extragrad, group, change, cfg.p, weight=weight, out=estimate)
             solves.append(oracle.argmin(estimate, x, cfg.theta, draw_seed(rng)))
             x = solves[-1].x
 
-        state.x = x
-        state.round += 1
         stats = {
             **difference_norms(extragrad, snapshot_diffs),
             **solver_stats(solves),
             "local_steps": float(local_steps),
             "clients/local": float(sampled),
         }
-        return state, stats
+        return replace(state, x=x, round=state.round + 1), stats

@@ -1,5 +1,6 @@
-"""Save and restore a run between rounds: the method's state (the iterate and what else it
-carries, such as SCAFFOLD's controls), RNG states, counters and the config.
+"""Save and restore a run between rounds: the method's state (a value: the iterate and whatever
+else the method carries, such as SCAFFOLD's controls or a server optimizer's moments, saved
+field by field without this module knowing the fields), the torch RNG, counters and the config.
 
 A run restarted from a checkpoint continues with identical metrics. The server
 optimizer is rebuilt for every argmin solve and clients keep no state between
@@ -15,13 +16,14 @@ that differs, except for keys that do not change the numbers (``SAFE_TO_CHANGE``
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -32,15 +34,17 @@ if TYPE_CHECKING:  # imported lazily: validation reads checkpoints before anythi
     from fedsweep.experiment.metrics import TargetTracker
     from fedsweep.federation.oracle import CommStats
 
+S = TypeVar("S")
+
 FILENAME = "checkpoint.pt"
 DIRNAME = "checkpoints"  # log_dir/checkpoints/round_000010/checkpoint.pt:
 ROUND_DIR = "round_{:06d}"  # one directory per checkpoint, which Ray Tune can persist as is
-FORMAT = 2  # the payload's layout; 1 was a pickled Weights (not loadable safely)
+FORMAT = 3  # the payload's layout; 2 held a numpy generator's stream, 1 a pickled Weights
 SAFE_TO_CHANGE = ("rounds", "log_dir", "checkpoint", "runtime", "target_accuracy")
 """Top-level config keys a resumed run may change: how long it runs, where it writes, how
 its clients are served (the pool agrees with in-process to 1e-6) and what it reports."""
 
-_KEYS = ("format", "round", "config", "x", "rng", "comm", "target", "torch_rng")
+_KEYS = ("format", "round", "config", "state", "comm", "target", "torch_rng")
 
 
 def checkpoint_path(log_dir: str | Path, rnd: int) -> Path:
@@ -74,9 +78,7 @@ def save_checkpoint(
         "format": FORMAT,
         "round": rnd,
         "config": dict(config),
-        "x": {name: t.detach().cpu().clone() for name, t in state.x.items()},
-        "extra": {key: {name: t.detach().cpu().clone() for name, t in w.items()} for key, w in state.extra.items()},
-        "rng": state.rng.bit_generator.state,
+        "state": to_tree(state),
         "comm": {
             "rounds": dict(comm.rounds),
             "messages": comm.messages,
@@ -109,6 +111,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"checkpoint {path} holds more than tensors and plain data; refused ({first[:160]})") from None
     except Exception as err:  # noqa: BLE001 - torch raises many kinds for damaged files
         raise ConfigError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__})") from None
+    if isinstance(payload, dict) and isinstance(payload.get("format"), int) and payload["format"] < FORMAT:
+        raise ConfigError(f"checkpoint {path} was made by an earlier fedsweep (format {payload['format']}, now {FORMAT}); start the run anew")
     if not isinstance(payload, dict) or any(key not in payload for key in _KEYS) or payload["format"] != FORMAT:
         raise ConfigError(f"{path} is not a fedsweep checkpoint (format {FORMAT})")
     return payload
@@ -138,23 +142,52 @@ def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def restore(
-    payload: dict[str, Any], comm: CommStats, tracker: TargetTracker, device: torch.device
-) -> tuple[int, MethodState]:
-    """Put counters and RNGs back; return the checkpoint's round and method state (on ``device``)."""
-    import numpy as np
-
-    from fedsweep.algorithms.protocols import MethodState
-    from fedsweep.core.weights import Weights
-
+def restore(payload: dict[str, Any], template: S, comm: CommStats, tracker: TargetTracker) -> tuple[int, S]:
+    """Put counters and the torch RNG back; return the checkpoint's round and the method's state,
+    rebuilt on ``template`` (the method's ``init`` for this run: its structure, device and dtypes)."""
     comm.rounds = dict(payload["comm"]["rounds"])
     comm.messages = payload["comm"]["messages"]
     comm.bytes_sent = payload["comm"]["bytes_sent"]
     comm.bytes_received = payload["comm"]["bytes_received"]
     tracker.reached = dict(payload["target"])
     torch.set_rng_state(payload["torch_rng"])
-    rng = np.random.default_rng()
-    rng.bit_generator.state = payload["rng"]
-    x = Weights(payload["x"]).to(device).clone()
-    extra = {key: Weights(tensors).to(device).clone() for key, tensors in payload.get("extra", {}).items()}
-    return payload["round"], MethodState(x=x, rng=rng, round=payload["round"], extra=extra)
+    return payload["round"], from_tree(template, payload["state"])
+
+
+def to_tree(value: Any) -> Any:
+    """A state as tensors and plain data: dataclasses and mappings as dicts, ``Weights`` as
+    name → tensor (on the CPU), numbers and strings as they are."""
+    from fedsweep.core.weights import Weights
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_tree(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Weights):
+        return {name: t.detach().cpu().clone() for name, t in value.items()}
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, Mapping):
+        return {key: to_tree(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_tree(v) for v in value]
+    return value
+
+
+def from_tree(template: Any, tree: Any) -> Any:
+    """The inverse of :func:`to_tree`, shaped by ``template``: its dataclasses, ``Weights`` (on its
+    device and dtype) and tensors; a mapping's entries the template lacks come back as saved."""
+    from fedsweep.core.weights import Weights
+
+    if dataclasses.is_dataclass(template) and not isinstance(template, type):
+        return dataclasses.replace(
+            template, **{f.name: from_tree(getattr(template, f.name), tree[f.name]) for f in dataclasses.fields(template) if f.init}
+        )
+    if isinstance(template, Weights):
+        return Weights(tree).to(template.device, template.dtype).clone()
+    if isinstance(template, torch.Tensor):
+        return tree.to(template.device, template.dtype)
+    if isinstance(template, Mapping) or (template is None and isinstance(tree, Mapping)):
+        template = template or {}
+        return {key: from_tree(template.get(key), value) for key, value in tree.items()}
+    if isinstance(template, (list, tuple)):
+        return type(template)(from_tree(t, v) for t, v in zip(template, tree))
+    return tree

@@ -99,20 +99,23 @@ def build(cfg: Mapping[str, Any], setup: Setup, runtime: Runtime) -> Run:
     check_model(model, cfg)
     runtime.attach(clients, setup.model_fn, loss=setup.loss, vectorize=cfg["runtime"]["vectorize"])
     device = setup.device
-    server_data = {"f": _on(setup.partition.server_f, device), "g": _on(setup.partition.server_g, device)}
+    weights = setup.partition.group_weights()
+    server_data = {group: _on(data, device) for group, data in setup.partition.server.items()}
     server = Server(
         model.to(device),
         server_data,
+        group_weights=weights,
         config=ServerConfig(**cfg["server"]),
         make_optimizer=make_optimizer_factory(cfg["optimizer"]),
         loss=setup.loss,
     )
     deterministic = cfg["client"]["batch_size"] is None and cfg["server"]["grad_batch_size"] is None
     oracle = FederatedOracle(
-        runtime, clients, server, batch_size=cfg["client"]["batch_size"], deterministic=deterministic, device=device
-    )
+        runtime, clients, server, group_weights=weights, batch_size=cfg["client"]["batch_size"],
+        deterministic=deterministic, device=device,
+    )  # fmt: skip
     method = components.build("method", cfg["method"])
-    state = method.init(Weights.from_model(server.model), seed=seed_of(cfg, "method"))
+    state = method.init(Weights.from_model(server.model), seed=seed_of(cfg, "method"), oracle=oracle)
     return Run(method, state, oracle, server, server_data, _on(setup.bundle.test, device), setup.loss)
 
 
@@ -169,13 +172,13 @@ def run_experiment(
         stamp("data")
         runtime.wait_ready()
         stamp("workers")
-        tracker = TargetTracker(cfg["target_accuracy"])
+        tracker = TargetTracker(cfg["target_accuracy"], groups=run.oracle.groups)
         checkpoint_every, resume = cfg["checkpoint"]["every"], cfg["checkpoint"]["resume"]
         done, state, oracle = 0, run.state, run.oracle
         if resume:
-            done, state = restore(load_checkpoint(resume), oracle.comm, tracker, run.state.x.device)
+            done, state = restore(load_checkpoint(resume), run.state, oracle.comm, tracker)
         # a rerun into the same directory (a restarted trial) replaces what was logged after its start
-        logger = RunLogger(log_dir, resume_round=done, resume_comm=oracle.comm.as_metrics())
+        logger = RunLogger(log_dir, groups=oracle.groups, resume_round=done, resume_comm=oracle.comm.as_metrics())
         similarity = {}
         if cfg["similarity"]["estimate"]:
             batch_size = cfg["similarity"]["batch_size"]
@@ -194,7 +197,7 @@ def run_experiment(
             except SolverError as err:
                 raise DivergedError(_solver_message(err, rnd), round=rnd) from None
             state.x.to_model(run.server.model)
-            evaluation = _evaluate(run.server.model, run.server_data, run.test_data, run.loss)
+            evaluation = _evaluate(run.server.model, run.server, run.test_data, run.loss)
             metrics = {**stats, **evaluation, **oracle.comm.as_metrics()}
             metrics["round"] = float(rnd)
             metrics.update(similarity)
@@ -254,25 +257,32 @@ def _check_finite(metrics: dict[str, float], x: Weights, rnd: int, cfg: Mapping[
 
 
 def _print_similarity(similarity: dict[str, float], theta: float | None, batch_size: int | None) -> None:
-    """δ_f, δ_g and the settings they suggest: θ ≈ 1/δ, and p ≈ δ_f/(δ_f + δ_g), which minimises
-    the variance δ_f²/p + δ_g²/(1 − p) of VRCS's local estimate."""
-    df, dg = similarity["similarity/delta_f"], similarity["similarity/delta_g"]
-    delta = max(df, dg, 1e-12)
+    """δ_G per group and the settings they suggest: θ ≈ 1/δ, and in VRCS's federation
+    p ≈ δ_f/(δ_f + δ_g), which minimises the variance δ_f²/p + δ_g²/(1 − p) of VRCS's local estimate."""
+    deltas = {key.removeprefix("similarity/delta_"): value for key, value in similarity.items()}
+    if not deltas:
+        return
+    delta = max(max(deltas.values()), 1e-12)
     used = f" (method.theta={theta})" if theta is not None else ""
     kind = "exact Hessians" if batch_size is None else f"minibatch Hessians of {batch_size}, an overestimate"
-    p = df / (df + dg) if df + dg > 0 else 0.5
-    print(
-        f"similarity at x0 ({kind}): delta_f = {df:.4g}, delta_g = {dg:.4g}; theta ~ 1/delta = {1 / delta:.4g}{used}, "
-        f"p ~ delta_f/(delta_f + delta_g) = {p:.3g}"
-    )
+    line = ", ".join(f"delta_{g} = {d:.4g}" for g, d in deltas.items()) + f"; theta ~ 1/delta = {1 / delta:.4g}{used}"
+    if set(deltas) == {"f", "g"}:
+        df, dg = deltas["f"], deltas["g"]
+        line += f", p ~ delta_f/(delta_f + delta_g) = {df / (df + dg) if df + dg > 0 else 0.5:.3g}"
+    print(f"similarity at x0 ({kind}): {line}")
 
 
-def _evaluate(model: torch.nn.Module, server_data: dict[str, Dataset], test: Dataset, loss: Loss) -> dict[str, float]:
-    """Test loss/accuracy, and the server's h1 = (f1 + g1)/2 with accuracy averaged the same way
-    (no accuracy when the labels are not classes)."""
+def _evaluate(model: torch.nn.Module, server: Server, test: Dataset, loss: Loss) -> dict[str, float]:
+    """Test loss and accuracy, and, where the server holds data, h1 = Σ_G λ_G G1 with its accuracy
+    averaged the same way (no accuracy when the labels are not classes)."""
     test_loss, test_acc = evaluate(model, test, loss)
-    (f_loss, f_acc), (g_loss, g_acc) = evaluate(model, server_data["f"], loss), evaluate(model, server_data["g"], loss)
-    metrics = {"loss/test": test_loss, "loss/server": (f_loss + g_loss) / 2}
+    metrics = {"loss/test": test_loss}
     if test_acc is not None:
-        metrics.update({"accuracy/test": test_acc, "accuracy/server": (f_acc + g_acc) / 2})
+        metrics["accuracy/test"] = test_acc
+    if server.data:
+        parts = {group: evaluate(model, data, loss) for group, data in server.data.items()}
+        total = sum(server.group_weights.values())
+        metrics["loss/server"] = sum(server.group_weights[g] * ls for g, (ls, _) in parts.items()) / total
+        if test_acc is not None:
+            metrics["accuracy/server"] = sum(server.group_weights[g] * acc for g, (_, acc) in parts.items()) / total
     return metrics

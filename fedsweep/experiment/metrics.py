@@ -4,46 +4,59 @@ sweep trial's hyperparameters for TensorBoard's HParams dashboard."""
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 
-REPORTED = (  # every metric a run may report (tests/test_experiment.py checks the list)
+REPORTED = (  # every metric a run may report besides the per-group ones (tests/test_experiment.py checks)
     "round", "accuracy/test", "loss/test", "accuracy/server", "loss/server",
-    "comm/f", "comm/g", "comm/total", "comm/messages", "comm/bytes_sent", "comm/bytes_received",
-    "norm/extragrad/full", "norm/extragrad/f", "norm/extragrad/g", "norm/update", "norm/control", "loss/argmin", "argmin/steps", "argmin/residual", "argmin/unconverged", "local_steps",
-    "clients/f", "clients/g", "clients/local",
-    "target/round", "target/comm_f", "target/comm_g", "target/bytes",
-    "similarity/delta_f", "similarity/delta_g",
+    "comm/total", "comm/messages", "comm/bytes_sent", "comm/bytes_received",
+    "norm/extragrad/full", "norm/update", "norm/control", "norm/server_step", "loss/argmin", "argmin/steps",
+    "argmin/residual", "local_steps", "clients/local", "clients/total",
+    "target/round", "target/comm_total", "target/bytes",
 )  # fmt: skip
+PER_GROUP = ("comm/{}", "clients/{}", "norm/extragrad/{}", "target/comm_{}", "similarity/delta_{}")
+"""Metrics reported for every client group, e.g. ``comm/f`` and ``target/comm_g`` in VRCS's
+federation, ``comm/clients`` in one population."""
+
+
+def is_reported(metric: str) -> bool:
+    """Whether runs report ``metric`` (for some federation)."""
+    if metric in REPORTED:
+        return True
+    return any(re.fullmatch(re.escape(t).replace(r"\{\}", r"[A-Za-z0-9_]+"), metric) for t in PER_GROUP)
 
 EVERY_ROUND = ("accuracy/test", "loss/test", "accuracy/server", "loss/server")  # every run, every round
 HPARAMS_METRICS = ("accuracy/test", "loss/test", "accuracy/server", "loss/server", "comm/total")  # scalar tags
 HPARAMS_SUFFIX = ".hparams"  # the HParams event file beside a run's own, in the same run directory
 
-# curves re-indexed by cumulative communication: tag prefix → the counter used as step
-COMM_AXES = {"f": "comm/f", "g": "comm/g", "total": "comm/total"}
-COMM_CURVES = ("accuracy/test", "loss/test")
+COMM_CURVES = ("accuracy/test", "loss/test")  # curves re-indexed by each communication counter
+
+
+def comm_axes(groups: Sequence[str]) -> dict[str, str]:
+    """Tag suffix → the counter used as step: every group's contacts and their total."""
+    return {**{g: f"comm/{g}" for g in groups}, "total": "comm/total"}
 
 
 @dataclass
 class TargetTracker:
-    """Records the first round whose test accuracy reaches ``target`` and what it cost."""
+    """Records the first round whose test accuracy reaches ``target`` and what it cost: the
+    round, the contacts with each group and in all, and the bytes (NaN until then)."""
 
     target: float | None
+    groups: Sequence[str] = ()
     reached: dict[str, float] = field(default_factory=dict)
 
     def update(self, metrics: dict[str, float]) -> dict[str, float]:
+        keys = {"target/round": "round", **{f"target/comm_{a}": c for a, c in comm_axes(self.groups).items()}}
         if self.target is not None and not self.reached and metrics.get("accuracy/test", -math.inf) >= self.target:
-            self.reached = {
-                "target/round": metrics["round"],
-                "target/comm_f": metrics["comm/f"],
-                "target/comm_g": metrics["comm/g"],
-                "target/bytes": metrics["comm/bytes_sent"] + metrics["comm/bytes_received"],
-            }
+            self.reached = {key: metrics[source] for key, source in keys.items()}
+            self.reached["target/bytes"] = metrics["comm/bytes_sent"] + metrics["comm/bytes_received"]
         if self.target is None:
             return {}
-        return self.reached or dict.fromkeys(("target/round", "target/comm_f", "target/comm_g", "target/bytes"), math.nan)
+        return self.reached or dict.fromkeys([*keys, "target/bytes"], math.nan)
 
 
 class RunLogger:
@@ -57,24 +70,30 @@ class RunLogger:
     """
 
     def __init__(
-        self, log_dir: str | Path, *, resume_round: int = 0, resume_comm: dict[str, float] | None = None
+        self,
+        log_dir: str | Path,
+        *,
+        groups: Sequence[str],
+        resume_round: int = 0,
+        resume_comm: dict[str, float] | None = None,
     ) -> None:
         from torch.utils.tensorboard import SummaryWriter  # here: sweep-file checks import this module
 
         log_dir = Path(log_dir)
         resume_comm = resume_comm or {}
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=resume_round + 1 if resume_round else 0)
-        self._last_step = {axis: int(resume_comm.get(counter, 0)) for axis, counter in COMM_AXES.items()}
+        self.axes = comm_axes(groups)
+        self._last_step = {axis: int(resume_comm.get(counter, 0)) for axis, counter in self.axes.items()}
         self.comm_writers = {
             axis: SummaryWriter(log_dir=str(log_dir / f"vs_comm_{axis}"), purge_step=self._last_step[axis] + 1)
-            for axis in COMM_AXES
+            for axis in self.axes
         }
 
     def log(self, metrics: dict[str, float], rnd: int) -> None:
         for tag, value in metrics.items():
             if tag != "round" and not tag.startswith(("target/", "similarity/")):
                 self.writer.add_scalar(tag, value, rnd)
-        for axis, counter in COMM_AXES.items():
+        for axis, counter in self.axes.items():
             step = int(metrics.get(counter, 0))
             if step == self._last_step[axis]:
                 continue  # no communication since the last point (or none yet)

@@ -1,14 +1,14 @@
 """Every client's examples in one pair of arrays, client after client: clients are data.
 
-A federation of 10,000 clients is not 10,000 objects: it is ``x`` (N, C, H, W),
-``y`` (N,) and ``starts`` (K + 1,), client ``i`` holding rows ``starts[i]:starts[i+1]``.
-Group f is clients ``0 .. K_f − 1``, group g the rest. The arrays are numpy so that
-Ray's object store hands them to every worker of a node zero-copy (one copy per node).
+A federation of 10,000 clients is not 10,000 objects: it is ``x`` (N, C, H, W), ``y`` (N,)
+and ``starts`` (K + 1,), client ``i`` holding rows ``starts[i]:starts[i+1]``. Groups are
+contiguous runs of clients, in the partition's order. The arrays are numpy so that Ray's
+object store hands them to every worker of a node zero-copy (one copy per node).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,25 +20,29 @@ from fedsweep.task.partitions import Partition
 
 @dataclass(frozen=True, eq=False)
 class ClientData:
-    """The clients' examples, contiguous per client, f clients first."""
+    """The clients' examples, contiguous per client, groups one after another."""
 
     x: np.ndarray  # (N, ...) float32 inputs
-    y: np.ndarray  # (N,) int64 labels
+    y: np.ndarray  # (N,) labels
     starts: np.ndarray  # (K + 1,) int64: client i holds rows starts[i]:starts[i + 1]
-    clients_f: int  # K_f: clients 0 .. K_f − 1 form group f, the rest group g
+    groups: Mapping[str, tuple[int, int]]  # group name -> its clients' id range [first, last + 1)
 
     @classmethod
     def from_partition(cls, partition: Partition) -> ClientData:
-        return cls.from_shards(partition.clients_f, partition.clients_g)
+        return cls.from_groups(partition.clients)
 
     @classmethod
-    def from_shards(cls, clients_f: Sequence[Dataset], clients_g: Sequence[Dataset]) -> ClientData:
-        shards = [*clients_f, *clients_g]
+    def from_groups(cls, groups: Mapping[str, Sequence[Dataset]]) -> ClientData:
+        shards = [shard for clients in groups.values() for shard in clients]
         sizes = np.array([len(s) for s in shards], dtype=np.int64)
         starts = np.concatenate([[0], np.cumsum(sizes)])
         x = torch.cat([s.x for s in shards]).cpu().contiguous().numpy()
         y = torch.cat([s.y for s in shards]).cpu().contiguous().numpy()
-        return cls(x=x, y=y, starts=starts, clients_f=len(clients_f))
+        bounds, first = {}, 0
+        for name, clients in groups.items():
+            bounds[name] = (first, first + len(clients))
+            first += len(clients)
+        return cls(x=x, y=y, starts=starts, groups=bounds)
 
     @property
     def num_clients(self) -> int:
@@ -50,10 +54,14 @@ class ClientData:
         return np.diff(self.starts)
 
     def group(self, name: str) -> np.ndarray:
-        """The client ids of group ``name`` (f or g)."""
-        if name == "f":
-            return np.arange(self.clients_f)
-        return np.arange(self.clients_f, self.num_clients)
+        """The client ids of group ``name``."""
+        first, end = self.groups[name]
+        return np.arange(first, end)
+
+    def group_of(self, clients: np.ndarray) -> np.ndarray:
+        """The index (in ``groups``' order) of each client's group."""
+        ends = np.array([end for _, end in self.groups.values()])
+        return np.searchsorted(ends, clients, side="right")
 
     def shard(self, client: int) -> Dataset:
         """Client ``client``'s examples as tensors (views of the arrays)."""

@@ -1,13 +1,16 @@
-"""What a runtime carries to clients: requests for gradients, Hessian-vector products and local
-training. Plain, picklable values; the engines (``fedsweep.federation.virtual_clients``) answer them."""
+"""What a runtime carries to clients and back: requests for gradients, Hessian-vector products and
+local training under a client program, and their replies. Plain, picklable values; the engines
+(``fedsweep.federation.virtual_clients``, ``fedsweep.federation.local_training``) answer them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from fedsweep.algorithms.programs import ClientProgram, Vectors
 from fedsweep.core.weights import Weights
 
 
@@ -58,61 +61,54 @@ class HvpRequest(_Payload):
 
 
 @dataclass(frozen=True)
-class TrainRequest(_Payload):
-    """Each client's model after ``epochs`` of plain SGD (step ``lr``) from ``x`` on its shard,
-    on F_i(w) + (prox/2)·‖w − x‖² + ⟨d_i, w⟩: FedProx's proximal term (0 for FedAvg) and a
-    per-client drift correction d_i (SCAFFOLD's c − c_i; none without ``drift``).
+class TrainRequest:
+    """Each client runs ``program`` from ``x``; minibatches drawn by ``seed``. ``shared``: other
+    vectors every client receives; ``rows``: per-client vectors the method keeps for its
+    clients, stacked, row r being client ``row_clients[r]``'s (a client not listed gets zeros)."""
 
-    ``drift`` stacks the d_i of the clients ``drift_clients`` (row r is client
-    ``drift_clients[r]``'s); a client not listed has d_i = 0. With ``drift`` the reply is two
-    sums: the models, and the mean of each client's minibatch gradients ∇F_i over its local
-    steps (SCAFFOLD's new control variate c_i⁺, option II). The client receives x and the
-    server's control c (it holds its own c_i) and sends its model and c_i⁺: two vectors
-    each way (``nbytes``), whatever travels in this simulation."""
-
+    program: ClientProgram
     x: Weights
-    epochs: int
-    lr: float
-    batch_size: int | None
     seed: int
-    prox: float = 0.0
-    drift: Weights | None = None
-    drift_clients: tuple[int, ...] = ()
+    shared: Mapping[str, Weights] = field(default_factory=dict)
+    rows: Mapping[str, Weights] = field(default_factory=dict)
+    row_clients: tuple[int, ...] = ()
 
     @property
     def vectors(self) -> tuple[Weights, ...]:
-        return (self.x,) if self.drift is None else (self.x, self.x)
+        """What every client receives: x and the shared vectors (a client holds its own rows)."""
+        return (self.x, *self.shared.values())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(w.numel * w.dtype.itemsize for w in self.vectors)
 
     @property
     def transport_bytes(self) -> int:
-        drift = 0 if self.drift is None else self.drift.numel * self.drift.dtype.itemsize
-        return self.x.numel * self.x.dtype.itemsize + drift
+        """Bytes the request itself carries to a worker (rows included)."""
+        return self.nbytes + sum(w.numel * w.dtype.itemsize for w in self.rows.values())
 
-    def drift_rows(self, clients: np.ndarray, device: torch.device) -> Weights | None:
-        """The d_i of ``clients`` stacked in their order (zero rows for clients not listed)."""
-        if self.drift is None:
-            return None
-        listed = np.asarray(self.drift_clients, dtype=np.int64)
+    def rows_for(self, clients: np.ndarray, device: torch.device) -> dict[str, Vectors]:
+        """Each row of ``clients``, stacked in their order (zeros for clients not listed)."""
+        if not self.rows:
+            return {}
+        listed = np.asarray(self.row_clients, dtype=np.int64)
         order = np.argsort(listed, kind="stable")
         at = np.minimum(np.searchsorted(listed[order], clients), len(listed) - 1)
-        found, rows = listed[order][at] == clients, order[at]
-        if found.all():
-            return rows_of(self.drift, rows).to(device)
+        found, index = listed[order][at] == clients, torch.from_numpy(order[at])
         keep = torch.from_numpy(found)
-        return Weights(
-            {
-                name: (t[torch.from_numpy(rows)] * keep.view(-1, *([1] * (t.dim() - 1))).to(t.dtype)).to(device)
-                for name, t in self.drift.items()
-            }
-        )
+        out = {}
+        for key, stacked in self.rows.items():
+            picked = [t[index.to(t.device)] for t in stacked.tensors]
+            if not found.all():
+                picked = [t * keep.view(-1, *([1] * (t.dim() - 1))).to(t.device, t.dtype) for t in picked]
+            out[key] = [t.to(device) for t in picked]
+        return out
 
 
 Request = GradRequest | HvpRequest | TrainRequest
 
+SCALAR = "value"  # the one name of a reply field that is a number per client
 
-def rows_of(stacked: Weights, positions: np.ndarray) -> Weights:
-    """Rows ``positions`` of per-client stacked tensors (views when they are consecutive)."""
-    if len(positions) and np.array_equal(positions, np.arange(positions[0], positions[0] + len(positions))):
-        return Weights({name: t[int(positions[0]) : int(positions[0]) + len(positions)] for name, t in stacked.items()})
-    index = torch.from_numpy(positions)
-    return Weights({name: t[index.to(t.device)] for name, t in stacked.items()})
+Reply = dict[str, Weights]
+"""A reply field per name: ``Weights`` with the model's names (a vector per client, or their
+weighted sum), or with the one name ``value`` (a number per client, or their weighted sum)."""

@@ -1,4 +1,7 @@
-"""The server: its model, its f-like and g-like data, its gradients and its argmin solve."""
+"""The server: its model, its own data per client group (optional), its gradients and its argmin solve.
+
+h1 = Σ_G λ_G G1 over the groups it holds data of, with the groups' weights in the objective
+(½ each in VRCS's federation: h1 = (f1 + g1)/2)."""
 
 from __future__ import annotations
 
@@ -56,13 +59,14 @@ def _is_number(value: object) -> bool:
 
 
 class Server:
-    """Holds h1 = (f1 + g1)/2 on the server's own data."""
+    """Holds h1 = Σ_G λ_G G1 on the server's own data (``data``: group → its part; may be empty)."""
 
     def __init__(
         self,
         model: nn.Module,
         data: dict[Group, Dataset],
         *,
+        group_weights: dict[Group, float],
         config: ServerConfig,
         make_optimizer: OptimizerFactory,
         loss: Loss = cross_entropy,
@@ -70,6 +74,7 @@ class Server:
         self.model = model
         self.loss = loss
         self.data = data
+        self.group_weights = {g: group_weights[g] for g in data}
         self.config = config
         self.make_optimizer = make_optimizer
         self._model64: nn.Module | None = None  # the float64 copy the solves run in
@@ -85,7 +90,7 @@ class Server:
 
     def steps_per_epoch(self) -> int:
         bs = self.config.batch_size
-        n = max(len(self.data["f"]), len(self.data["g"]))
+        n = max(len(part) for part in self.data.values())
         return 1 if bs is None or bs >= n else math.ceil(n / bs)
 
     def argmin(
@@ -121,17 +126,17 @@ class Server:
     def _full_loss(self, model: nn.Module, data: dict[Group, Dataset]) -> torch.Tensor:
         """h1 = ½(f1 + g1) of ``model`` on all of ``data``."""
         model.train()
-        total = torch.zeros((), device=data["f"].x.device, dtype=data["f"].x.dtype)
-        for part in data.values():
+        first = next(iter(data.values()))
+        total = torch.zeros((), device=first.x.device, dtype=first.x.dtype)
+        for group, part in data.items():
             for start in range(0, len(part), CHUNK):
                 xs, ys = part.x[start : start + CHUNK], part.y[start : start + CHUNK]
-                total = total + 0.5 * loss_fn(model, xs, ys, self.loss) * (len(ys) / len(part))
+                total = total + self.group_weights[group] * loss_fn(model, xs, ys, self.loss) * (len(ys) / len(part))
         return total
 
     def _argmin_optimizer(self, linear: Weights, center: Weights, theta: float, seed: int) -> Weights:
-        """``epochs`` passes of the configured torch optimizer. Each step takes a minibatch from f1
-        and one from g1 (each part reshuffled every epoch, cycling the smaller one) and uses
-        ½(f1_batch + g1_batch)."""
+        """``epochs`` passes of the configured torch optimizer. Each step takes a minibatch of every
+        part (each reshuffled every epoch, the smaller ones cycling) and uses Σ_G λ_G G1_batch."""
         per_epoch = self.steps_per_epoch()
         bs = self.config.batch_size
         gen = torch.Generator().manual_seed(seed)
@@ -141,9 +146,9 @@ class Server:
             i = step % per_epoch
             if bs is not None and i == 0:
                 perms.update({g: torch.randperm(len(d), generator=gen) for g, d in self.data.items()})
-            bf, bg = (_minibatch(self.data[g], perms.get(g), i, bs) for g in ("f", "g"))
             self.model.train()
-            return 0.5 * (loss_fn(self.model, bf.x, bf.y, self.loss) + loss_fn(self.model, bg.x, bg.y, self.loss))
+            batches = {g: _minibatch(part, perms.get(g), i, bs) for g, part in self.data.items()}
+            return sum(self.group_weights[g] * loss_fn(self.model, b.x, b.y, self.loss) for g, b in batches.items())
 
         return solve_steps(
             self.model,

@@ -39,11 +39,11 @@ All parts are disjoint and non-empty; together they cover the training set (less
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from fedsweep.task.datasets import Dataset
 from fedsweep.core.errors import ConfigError
@@ -54,37 +54,20 @@ CLIENT_SPLITS: tuple[str, ...] = ("iid", "dirichlet")
 
 @dataclass(frozen=True, eq=False)
 class Partition:
-    """The server's two local datasets and the two client groups."""
+    """A federation's data: named client groups (each a tuple of client shards), each group's
+    weight in the objective, and the server's own data for some groups (optional)."""
 
-    server_f: Dataset  # server's f-like data (loss f1)
-    server_g: Dataset  # server's g-like data (loss g1)
-    clients_f: tuple[Dataset, ...]  # clients of group f
-    clients_g: tuple[Dataset, ...]  # clients of group g
+    clients: Mapping[str, tuple[Dataset, ...]]  # group name -> its clients' shards; groups in order
+    server: Mapping[str, Dataset] = field(default_factory=dict)  # server data per group (keys ⊆ clients')
+    weights: Mapping[str, float] | None = None  # λ_G > 0 summing to 1; None = by examples, n_G / N
 
-    def describe(self) -> str:
-        """A short summary: sizes and class counts of every part."""
-        parts = [self.server_f, self.server_g, *self.clients_f, *self.clients_g]
-        n_labels = 1 + max(int(p.y.max()) for p in parts)
-
-        def counts(ds: Sequence[Dataset]) -> str:
-            y = torch.cat([d.y for d in ds])
-            return str(torch.bincount(y, minlength=n_labels).tolist())
-
-        def group(name: str, clients: tuple[Dataset, ...]) -> str:
-            sizes = [len(c) for c in clients]
-            return (
-                f"clients {name}: {len(clients)} clients, sizes {min(sizes)}-{max(sizes)}, "
-                f"total {sum(sizes)}, class counts {counts(clients)}"
-            )
-
-        return "\n".join(
-            [
-                f"server f1: {len(self.server_f)} examples, class counts {counts([self.server_f])}",
-                f"server g1: {len(self.server_g)} examples, class counts {counts([self.server_g])}",
-                group("f", self.clients_f),
-                group("g", self.clients_g),
-            ]
-        )
+    def group_weights(self) -> dict[str, float]:
+        """λ_G of every group."""
+        if self.weights is not None:
+            return dict(self.weights)
+        sizes = {g: sum(len(c) for c in clients) for g, clients in self.clients.items()}
+        total = sum(sizes.values())
+        return {g: n / total for g, n in sizes.items()}
 
 
 def make_partition(
@@ -152,10 +135,9 @@ def make_partition(
     parts_f = split(rest_f, y, clients_f, dirichlet_alpha, rng)
     parts_g = split(rest_g, y, clients_g, dirichlet_alpha, rng)
     return Partition(
-        server_f=train.subset(server_f_idx),
-        server_g=train.subset(server_g_idx),
-        clients_f=tuple(train.subset(p) for p in parts_f),
-        clients_g=tuple(train.subset(p) for p in parts_g),
+        clients={"f": tuple(train.subset(p) for p in parts_f), "g": tuple(train.subset(p) for p in parts_g)},
+        server={"f": train.subset(server_f_idx), "g": train.subset(server_g_idx)},
+        weights={"f": 0.5, "g": 0.5},
     )
 
 

@@ -17,9 +17,8 @@ import numpy as np
 from torch import nn
 
 from fedsweep.federation.client_data import ClientData
-from fedsweep.federation.requests import Request, TrainRequest
+from fedsweep.federation.requests import Reply, Request, TrainRequest
 from fedsweep.task.losses import Loss, cross_entropy
-from fedsweep.core.weights import Weights
 
 
 Part = tuple[np.ndarray, np.ndarray]
@@ -36,14 +35,13 @@ class Runtime(ABC):
         """The run's clients (their data), the model they compute with and its per-example loss."""
 
     @abstractmethod
-    def map_reduce(self, request: Request, parts: Sequence[Part]) -> list[list[Weights]]:
+    def map_reduce(self, request: Request, parts: Sequence[Part]) -> list[Reply]:
         """For each part ``(clients, weights)``: Σ_i weights[i] · (client ``clients[i]``'s reply
-        to ``request``), summed in float64 (a pool's workers send their partial sums in the
-        model's dtype), as one ``Weights`` per point of a gradient
-        request, models and mean gradients for a ``TrainRequest`` with a drift, one otherwise."""
+        to ``request``) for every reply field, summed in float64 (a pool's workers send their
+        partial sums in the model's dtype); ``VirtualClients.serve`` names the fields."""
 
     @abstractmethod
-    def each(self, request: TrainRequest, clients: np.ndarray) -> list[Weights]:
+    def each(self, request: TrainRequest, clients: np.ndarray) -> Reply:
         """Each client's own reply to a training request, stacked (row r: ``clients[r]``'s), in
         one round trip (``VirtualClients.serve_each``): for methods that keep state per client."""
 

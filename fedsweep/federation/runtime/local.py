@@ -9,10 +9,9 @@ from torch import nn
 
 from fedsweep.federation.client_data import ClientData
 from fedsweep.federation.runtime.base import Part, Runtime
-from fedsweep.federation.requests import Request, TrainRequest
+from fedsweep.federation.requests import Reply, Request, TrainRequest
 from fedsweep.federation.virtual_clients import VirtualClients
 from fedsweep.task.losses import Loss, cross_entropy
-from fedsweep.core.weights import Weights
 
 
 class LocalRuntime(Runtime):
@@ -25,12 +24,12 @@ class LocalRuntime(Runtime):
     ) -> None:
         self.clients = VirtualClients(data, model_fn, loss=loss, device=self.device, vectorize=vectorize)
 
-    def map_reduce(self, request: Request, parts: Sequence[Part]) -> list[list[Weights]]:
+    def map_reduce(self, request: Request, parts: Sequence[Part]) -> list[Reply]:
         if self.clients is None:
             raise RuntimeError("attach() the clients' data before the first request")
         return [self.clients.serve(request, clients, weights) for clients, weights in parts]
 
-    def each(self, request: TrainRequest, clients: np.ndarray) -> list[Weights]:
+    def each(self, request: TrainRequest, clients: np.ndarray) -> Reply:
         if self.clients is None:
             raise RuntimeError("attach() the clients' data before the first request")
         return self.clients.serve_each(request, clients)

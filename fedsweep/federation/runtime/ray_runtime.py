@@ -42,7 +42,7 @@ from fedsweep.federation.client_data import ClientData
 from fedsweep.core.errors import RunError
 from fedsweep.federation.runtime.base import Part, Runtime
 from fedsweep.federation.runtime.ray_start import INLINE_BYTES
-from fedsweep.federation.requests import Request, TrainRequest
+from fedsweep.federation.requests import Reply, Request, TrainRequest
 from fedsweep.task.losses import Loss, cross_entropy
 from fedsweep.core.weights import Weights
 
@@ -96,15 +96,18 @@ class Worker:
         self._clients = VirtualClients(s.data, s.model_fn, loss=s.loss, device="auto", vectorize=s.vectorize)
         self._setup_id = setup_id
 
-    def serve(self, setup_id: str, request: Request, parts: list[Part]) -> list[list[Weights] | None]:
+    def serve(self, setup_id: str, request: Request, parts: list[Part]) -> list[Reply | None]:
         """Per part, Σ_i weights[i] · reply_i (None for a part with no client here). A worker
         that does not hold the run's setup (a restarted one) says so and is sent it again."""
         if setup_id != self._setup_id:
             raise SetupMissing(setup_id)
-        wire = request.vectors[0].dtype  # the model's: a float64 partial in float32 halves the reply
-        return [[p.to(p.device, wire) for p in self._clients.serve(request, c, w)] if len(c) else None for c, w in parts]
+        wire = next(self._clients.model.parameters()).dtype  # a float64 partial in float32 halves the reply
+        return [
+            {k: v.to(v.device, wire) for k, v in self._clients.serve(request, c, w).items()} if len(c) else None
+            for c, w in parts
+        ]
 
-    def serve_each(self, setup_id: str, request: TrainRequest, clients: np.ndarray) -> list[Weights]:
+    def serve_each(self, setup_id: str, request: TrainRequest, clients: np.ndarray) -> Reply:
         """Each of ``clients``' own reply, stacked (``VirtualClients.serve_each``)."""
         if setup_id != self._setup_id:
             raise SetupMissing(setup_id)
@@ -172,7 +175,7 @@ class RayRuntime(Runtime):
             self._last = (request, ray.put(request))
         return self._last[1]
 
-    def map_reduce(self, request: Request, parts: Sequence[Part]) -> list[list[Weights]]:
+    def map_reduce(self, request: Request, parts: Sequence[Part]) -> list[Reply]:
         self._check_attached()
         argument, setup_id = self._argument(request), self._setup[1]
         clients = [np.asarray(c, dtype=np.int64) for c, _ in parts]
@@ -183,25 +186,26 @@ class RayRuntime(Runtime):
             [(every[share][owner[share] == k], every_weight[share][owner[share] == k]) for k in range(len(parts))]
             for share in split(self._sizes[every], len(self.workers))
         ]
-        totals: list[list[Weights] | None] = [None] * len(parts)
+        totals: list[Reply] = [{} for _ in parts]
         for reply in self._scatter(lambda worker, local: worker.serve.remote(setup_id, argument, local), shares):
             for k, partial in enumerate(reply):  # in worker order: the same sums whatever finishes first
-                if partial is None:
-                    continue
-                if totals[k] is None:  # a fresh float64 copy: replies are read-only views of the object store
-                    totals[k] = [Weights.zeros_like(p, dtype=torch.float64).add_(p) for p in partial]
-                else:
-                    for t, p in zip(totals[k], partial):
-                        t.add_(p)
-        return [t if t is not None else [] for t in totals]
+                for name, value in (partial or {}).items():
+                    if name in totals[k]:
+                        totals[k][name].add_(value)
+                    else:  # a fresh float64 copy: replies are read-only views of the object store
+                        totals[k][name] = Weights.zeros_like(value, dtype=torch.float64).add_(value)
+        return totals
 
-    def each(self, request: TrainRequest, clients: np.ndarray) -> list[Weights]:
+    def each(self, request: TrainRequest, clients: np.ndarray) -> Reply:
         self._check_attached()
         argument, setup_id = self._argument(request), self._setup[1]
         clients = np.asarray(clients, dtype=np.int64)
         shares = [clients[share] for share in split(self._sizes[clients], len(self.workers))]
         replies = self._scatter(lambda worker, share: worker.serve_each.remote(setup_id, argument, share), shares)
-        return [Weights({n: torch.cat([r[k][n] for r in replies]) for n in replies[0][k].names}) for k in range(len(replies[0]))]
+        return {
+            field: Weights({n: torch.cat([r[field][n] for r in replies]) for n in replies[0][field].names})
+            for field in replies[0]
+        }
 
     def _check_attached(self) -> None:
         if self._setup is None or self._sizes is None:

@@ -1,5 +1,5 @@
 """The sweep report's arithmetic: each option's best configuration, ranking by seeds that
-reached the target, and seeds averaged at equal communication."""
+reached the target, and seeds averaged at equal communication (more in test_summary.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import math
 import pandas as pd
 import pytest
 
-from fedsweep.sweep.report import _aligned, best_per_option, summarize
+from fedsweep.sweep.report import _aligned
+from fedsweep.sweep.summary import best_per_option, summarize
 from fedsweep.sweep.sweep_file import load_sweep
 
 
@@ -28,17 +29,19 @@ def test_each_option_gets_its_best_configuration_and_reaching_the_target_ranks_f
         "method.lr": [None] * 4 + [0.1, 0.1],
         "seed": [0, 1] * 3,
         "target/comm_g": [3.0, nan, 9.0, 11.0, 20.0, 30.0],  # theta=0.1: fastest, but one seed never got there
+        "budget/comm_g": [40.0] * 6,
         "target/round": [2.0, nan, 4.0, 5.0, 6.0, 7.0],
+        "budget/round": [10.0] * 6,
         "status": ["done"] * 6,
     })  # fmt: skip
     summary = summarize(table, sweep)
-    assert summary["reached target"].tolist() == [2, 2, 1]
+    assert summary["reached"].tolist() == ["2/2", "2/2", "1/2"]
     assert summary["method.theta"].tolist()[:1] == [0.5]  # both seeds reached it: ranked above theta=0.1
-    assert summary["target/comm_g mean"].tolist()[:2] == [10.0, 25.0]
-    best = best_per_option(summary, sweep)
+    assert summary["target/comm_g mean_at_budget"].tolist() == [10.0, 25.0, 21.5]  # (3 + 40) / 2: not 3
+    best = best_per_option(table, sweep)
     assert best["method"].tolist() == ["vrcs", "fedavg"] and best["method.theta"].tolist()[0] == 0.5
     plain = sweep_of(tmp_path, "grid:\n  method.theta: [0.1, 0.5]\nrepeats: 2\n")
-    assert best_per_option(summary, plain) is None  # no config group in the grid: no per-option table
+    assert best_per_option(table[table["method"] == "vrcs"], plain) is None  # no config group, no select_seeds: no best table
 
 
 def test_seeds_are_averaged_at_equal_communication():

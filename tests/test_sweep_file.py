@@ -359,7 +359,7 @@ def test_the_summary_gives_mean_std_and_a_student_t_interval(tmp_path):
     import pandas as pd
     from scipy.stats import t as student_t
 
-    from fedsweep.sweep.report import summarize
+    from fedsweep.sweep.summary import summarize
 
     sweep = load_sweep(write(tmp_path, "grid:\n  method.theta: [0.1, 0.5]\nrepeats: 3\n"))
     table = pd.DataFrame({

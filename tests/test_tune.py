@@ -64,7 +64,7 @@ def test_sweep_end_to_end_and_resume(ray_session, tmp_path):
 def test_a_failing_trial_makes_the_sweep_exit_non_zero(ray_session, tmp_path, capsys):
     """A value only the trial's node can refute (a CUDA device on a machine without one: the
     driver may lack the GPUs a cluster's nodes have) fails its trial, not the sweep's start."""
-    from fedsweep.sweep.driver import main
+    from fedsweep.cli import tune_main as main
 
     path = tmp_path / "bad.yaml"
     path.write_text("name: bad\noverrides: [runtime=ray, rounds=1, device=cuda]\ngrid:\n  method.theta: [0.5]\n")
@@ -77,7 +77,7 @@ def test_a_value_the_data_refutes_stops_the_sweep_before_ray(tmp_path, monkeypat
     """The data, partition and model are built once on the driver (cheaply) before Ray starts."""
     import ray
 
-    from fedsweep.sweep.driver import main
+    from fedsweep.cli import tune_main as main
 
     monkeypatch.setattr(ray, "init", lambda *a, **k: (_ for _ in ()).throw(AssertionError("Ray must not start")))
     path = tmp_path / "bad.yaml"
@@ -110,7 +110,8 @@ def test_a_second_driver_of_the_same_sweep_stops_in_one_line(tmp_path, capsys):
     import fcntl
     import os
 
-    from fedsweep.sweep.driver import LOCKFILE, main
+    from fedsweep.cli import tune_main as main
+    from fedsweep.sweep.driver import LOCKFILE
 
     path = tmp_path / "e2e.yaml"
     path.write_text(SWEEP)
@@ -128,7 +129,7 @@ def test_a_second_driver_of_the_same_sweep_stops_in_one_line(tmp_path, capsys):
 
 def test_a_sweep_never_writes_outside_its_results_folder(tmp_path, capsys):
     """A link planted under the sweep's name, pointing elsewhere, is refused before anything is written."""
-    from fedsweep.sweep.driver import main
+    from fedsweep.cli import tune_main as main
 
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -143,7 +144,7 @@ def test_a_sweep_never_writes_outside_its_results_folder(tmp_path, capsys):
 
 def test_a_sweep_does_not_resume_from_pickles_others_could_write(tmp_path, capsys):
     """Resuming unpickles Tune's tuner.pkl: a group- or world-writable one is refused, untouched."""
-    from fedsweep.sweep.driver import main
+    from fedsweep.cli import tune_main as main
 
     folder = tmp_path / "results" / "e2e"
     folder.mkdir(parents=True)

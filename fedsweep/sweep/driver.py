@@ -7,7 +7,8 @@ TensorBoard tree (Tune's own TensorBoard logger is off; each ended trial's
 hyperparameters join its run for the HParams dashboard). The sweep file picks
 Tune's search (grid, random or Optuna) and scheduler (ASHA); trials' output
 reaches the terminal behind their short names. The sweep ends with a table
-(``results/<name>/results.csv``) and plots. Running the same command again
+(``results/<name>/results.csv``) and plots, and with ``repeats`` the statistics over seeds
+(``summary.csv``, ``best.csv``: ``fedsweep.sweep.summary``). Running the same command again
 resumes a stopped sweep without redoing finished trials.
 """
 
@@ -233,17 +234,22 @@ def _run_sweep(sweep: Sweep, base, grid, points, exp_dir: Path, *, results_dir: 
             ray.shutdown()
 
     from fedsweep.sweep.report import write_report
+    from fedsweep.sweep.summary import printable, seed_text
 
     table = write_report(results, sweep, exp_dir)
     print(f"\nTensorBoard logs: {tensorboard_root}   (tensorboard --logdir {tensorboard_root})")
     print(f"Results: {exp_dir / 'results.csv'}, plots: {exp_dir / 'accuracy.png'}, {exp_dir / 'accuracy_vs_comm.png'}\n")
-    print(table.to_string(index=False))
+    print(table.drop(columns=[c for c in table if c.startswith("budget/")]).to_string(index=False))
+    select, report = (seed_text(seeds) for seeds in sweep.seed_split)
+    censored = "; target/*: seeds that reached it, median (never-reached seeds as never), mean at budget"
     if "summary" in table.attrs:
-        print(f"\nOver {sweep.repeats} seeds (mean, std, 95% CI half-width; {exp_dir / 'summary.csv'}):")
-        print(table.attrs["summary"].to_string(index=False))
+        print(f"\nPer configuration over seeds {select} (mean ± 95% CI{censored}; {exp_dir / 'summary.csv'}):")
+        print(printable(table.attrs["summary"]).to_string(index=False))
     if "best" in table.attrs:
-        print(f"\nEach option's best configuration, the tuned comparison ({exp_dir / 'best.csv'}):")
-        print(table.attrs["best"].to_string(index=False))
+        chosen = (f"chosen on seeds {select}, reported on seeds {report}" if sweep.select_seeds else
+                  f"chosen and reported on the same seeds {select}, so optimistic (select_seeds reports on fresh ones)")  # fmt: skip
+        print(f"\nThe best configurations, {chosen} ({exp_dir / 'best.csv'}):")
+        print(printable(table.attrs["best"]).to_string(index=False))
     ended = table["status"].str.startswith(ENDED) if len(table) else []
     table.attrs["unfinished"] = unfinished = trials - int(sum(ended))  # those that never started included
     if unfinished:

@@ -160,6 +160,8 @@ def expand(sweep: Sweep) -> tuple[dict[str, Any], dict[str, list[Any]], list[dic
                 check_setup(cfg)
                 built.add(fixed)
             points.append(cfg)
+    if sweep.metric.startswith("target/") and any(p["target_accuracy"] is None for p in points):
+        raise ConfigError(f"metric={sweep.metric!r} is what it took to reach target_accuracy, which is null; set target_accuracy")
     if sweep.scheduler is not None:
         rounds = max(p["rounds"] for p in points)
         if sweep.scheduler.grace_period > rounds:

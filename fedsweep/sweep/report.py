@@ -1,10 +1,18 @@
 """The sweep's table and plots, from Ray Tune's ``ResultGrid``.
 
-With ``repeats`` (seeds as an axis) the sweep also writes ``summary.csv``: per
-configuration, the seeds that finished and, for the metric and the communication counts,
-the mean, the standard deviation and the half-width of a 95% confidence interval for the
-mean (Student's t with n − 1 degrees of freedom); the round plot draws each
-configuration's mean curve with that interval as a band.
+``results.csv`` has a row per trial, best first by the sweep's metric (blank, e.g. a target
+never reached, last). With ``target_accuracy`` a row has what it took to first reach it,
+``target/round``, ``target/comm_f``, ``target/comm_g`` and ``target/comm_total`` (f + g), blank
+when the trial never did, and the budget such a trial counts as in the censored statistics:
+``budget/round`` (the run's ``rounds``), ``budget/comm_f``, ``budget/comm_g`` and
+``budget/comm_total`` (its final communication counts).
+
+With ``repeats`` (seeds as an axis) the sweep also writes ``summary.csv`` and ``best.csv``
+(:mod:`fedsweep.sweep.summary`: censored statistics for the ``target/*`` metrics, mean and
+95% CI for the others, ``select_seeds``/``report_seeds``); the round plot draws each
+configuration's mean curve with its 95% CI as a band, labelled with its seed count and the
+seeds that reached the target, and, when ``best.csv`` exists, only its configurations over
+its report seeds.
 """
 
 from __future__ import annotations
@@ -14,12 +22,20 @@ from pathlib import Path
 
 import pandas as pd
 
+from fedsweep.sweep.grid import label
+from fedsweep.sweep.summary import (TARGETS, best_per_option, config_keys, configuration, is_target, readable,
+                                    seed_text, summarize)  # fmt: skip
 from fedsweep.sweep.sweep_file import Sweep
-from fedsweep.sweep.grid import folded_keys, label
 
 FINAL = ("accuracy/test", "loss/test", "accuracy/server", "comm/f", "comm/g", "round")
-TARGET = ("target/round", "target/comm_f", "target/comm_g")
+TARGET = ("target/round", "target/comm_f", "target/comm_g", "target/comm_total")
 SIMILARITY = ("similarity/delta_f", "similarity/delta_g")
+BUDGET_COUNTERS = {  # a budget column → the counters whose final values it adds (budget/round: the run's rounds)
+    "budget/comm_f": ("comm/f",),
+    "budget/comm_g": ("comm/g",),
+    "budget/comm_total": ("comm/total",),
+    "budget/bytes": ("comm/bytes_sent", "comm/bytes_received"),
+}
 
 
 def status(metrics: dict, rounds: int, *, error: bool = False) -> str:
@@ -41,7 +57,7 @@ def status(metrics: dict, rounds: int, *, error: bool = False) -> str:
 def trial_rows(results, sweep: Sweep) -> dict[str, dict]:
     """Each trial's row of Tune's own table (``ResultGrid.get_dataframe``), by trial id: its last
     result, or with ``rank: best`` the result of its best round by the sweep's metric."""
-    if sweep.rank == "best":
+    if sweep.rank == "best" and not is_target(sweep.metric):  # a target/* value is the same at every round once reached
         try:
             frame = results.get_dataframe(filter_metric=sweep.metric, filter_mode=sweep.mode)
         except ValueError:  # pandas 3's idxmax raises for a trial whose metric is all NaN (diverged at 1)
@@ -67,129 +83,120 @@ def _best_rows(results, sweep: Sweep) -> dict[str, dict]:
     return rows
 
 
+def target_columns(history: pd.DataFrame | None, last: dict, rounds: int, names: tuple[str, ...]) -> dict[str, float]:
+    """A trial's ``target/*`` values as its tracker recorded them at the first round that reached
+    the target (NaN: never reached; ``target/comm_total`` is f + g), then each one's budget:
+    ``budget/round`` is ``rounds``, ``budget/comm_*`` the last count the trial reported (NaN if none)."""
+    frame = history if history is not None and len(history) else pd.DataFrame([last])
+    reached = frame[frame["target/round"].notna()] if "target/round" in frame else frame.iloc[:0]
+    record = reached.iloc[0].to_dict() if len(reached) else {}
+    out = {}
+    for name in names:
+        parts = ("target/comm_f", "target/comm_g") if name == "target/comm_total" else (name,)
+        out[name] = float(sum(record.get(part, math.nan) for part in parts))
+    for name in names:
+        budget = TARGETS[name]
+        counters = BUDGET_COUNTERS.get(budget, ())
+        out[budget] = float(rounds) if name == "target/round" else float(sum(_last(frame, c) for c in counters))
+    return out
+
+
+def _last(frame: pd.DataFrame, column: str) -> float:
+    values = frame[column].dropna() if column in frame else ()
+    return float(values.iloc[-1]) if len(values) else math.nan
+
+
 def write_report(results, sweep: Sweep, out_dir: Path) -> pd.DataFrame:
-    """Write ``results.csv``, ``accuracy.png`` and ``accuracy_vs_comm.png`` to ``out_dir``.
+    """Write ``results.csv``, ``accuracy.png`` and ``accuracy_vs_comm.png`` to ``out_dir`` (and
+    with ``repeats`` ``summary.csv``, ``best.csv`` and the per-group communication plots).
 
     Returns the table, best first by the sweep's metric (at each trial's last round, or its
-    best with ``rank: best``; the ``round`` column says which). Trials that never started (a
-    stopped sweep) are left out; a resumed sweep runs them.
+    best with ``rank: best``; the ``round`` column says which), the summary and best tables in
+    its ``attrs``. Trials that never started (a stopped sweep) are left out; a resumed sweep
+    runs them.
     """
-    rows, curves = [], {}
+    rows, histories, targets = [], [], set()
     chosen_rows = trial_rows(results, sweep)
+    wanted = TARGET + ((sweep.metric,) if is_target(sweep.metric) and sweep.metric not in TARGET else ())
     for result in results:
         if not result.config:
             continue
         row = {key: label(result.config, key) for key in sweep.columns}
         metrics = result.metrics or {}
         chosen = chosen_rows.get(metrics.get("trial_id"), metrics)
-        columns = FINAL + (TARGET if result.config.get("target_accuracy") is not None else ())
-        columns += SIMILARITY if result.config.get("similarity", {}).get("estimate") else ()
-        row.update({name: chosen.get(name) for name in columns})
+        row.update({name: chosen.get(name) for name in FINAL})
+        history = result.metrics_dataframe
+        if result.config.get("target_accuracy") is not None:
+            targets.add(result.config["target_accuracy"])
+            row.update(target_columns(history, metrics, result.config["rounds"], wanted))
+        if result.config.get("similarity", {}).get("estimate"):
+            row.update({name: chosen.get(name) for name in SIMILARITY})
         row["status"] = status(metrics, result.config["rounds"], error=result.error is not None)
         rows.append(row)
-        history = result.metrics_dataframe
         if history is not None and "accuracy/test" in history:
-            legend = ", ".join(f"{k.split('.')[-1]}={row[k]}" for k in sweep.columns if row[k] is not None)
-            curves[legend] = history
+            histories.append((row, history))
     table = pd.DataFrame(rows)
     if sweep.metric in table:  # diverged trials are listed, not ranked: last, whatever they reached before
         ranked = table["status"].str.startswith("diverged")
         table = table.assign(_last=ranked).sort_values(
-            ["_last", sweep.metric], ascending=[True, sweep.mode == "min"], na_position="last"
+            ["_last", sweep.metric], ascending=[True, sweep.mode == "min"], na_position="last", kind="stable"
         ).drop(columns="_last")
     table.to_csv(out_dir / "results.csv", index=False)
     summary = summarize(table, sweep)
     if summary is not None:
-        summary.to_csv(out_dir / "summary.csv", index=False)
+        readable(summary).to_csv(out_dir / "summary.csv", index=False)
         table.attrs["summary"] = summary
-        best = best_per_option(summary, sweep)
+        best = best_per_option(table, sweep)
         if best is not None:
-            best.to_csv(out_dir / "best.csv", index=False)
+            readable(best).to_csv(out_dir / "best.csv", index=False)
             table.attrs["best"] = best
-    if curves:
-        by_config = _by_configuration(curves) if sweep.repeats > 1 else None
-        if by_config and "best" in table.attrs:  # a tuned comparison: each option at its best
-            chosen = _legends_of(table.attrs["best"], rows, sweep)
-            by_config = {legend: by_config[legend] for legend in chosen if legend in by_config}
-        _plot(curves, "round", "round", out_dir / "accuracy.png", bands=by_config)
-        _plot(curves, "comm/total", "communications (f + g)", out_dir / "accuracy_vs_comm.png")
-        if by_config:  # per communication of each group, the mean over seeds with its band
-            for axis in ("f", "g"):
-                _plot(curves, f"comm/{axis}", f"communications with group {axis}", out_dir / f"accuracy_vs_comm_{axis}.png",
-                      bands=by_config)  # fmt: skip
+    if histories:
+        _plots(histories, table.attrs.get("best"), sweep, out_dir, target=next(iter(targets)) if len(targets) == 1 else None)
     return table
 
 
-SUMMARIZED = ("comm/f", "comm/g", "target/round", "target/comm_f", "target/comm_g")
-
-
-def summarize(table: pd.DataFrame, sweep: Sweep) -> pd.DataFrame | None:
-    """Per configuration (the grid without its seed): the seeds run and finished, and the mean,
-    standard deviation and 95% CI half-width of the metric and the communication counts over
-    the finished ones. None without ``repeats``."""
-    if sweep.repeats <= 1 or table.empty:
-        return None
-    from scipy.stats import t as student_t
-
-    keys = [k for k in sweep.columns if k != "seed"]
-    columns = [c for c in (sweep.metric, *SUMMARIZED) if c in table and c != "round"]
-    grouped = table.groupby(keys, sort=False, dropna=False) if keys else [((), table)]
-    rows = []
-    for key, frame in grouped:
-        row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
-        done = frame[frame["status"] == "done"]
-        row.update({"seeds": len(frame), "finished": len(done)})
-        if "target/round" in done:  # the seeds that reached the target: the target/* means are over them
-            row["reached target"] = int(done["target/round"].notna().sum())
-        for column in columns:
-            values = done[column].dropna().astype(float)
-            n = len(values)
-            std = float(values.std(ddof=1)) if n > 1 else math.nan
-            row[f"{column} mean"] = float(values.mean()) if n else math.nan
-            row[f"{column} std"] = std
-            row[f"{column} ci95"] = float(student_t.ppf(0.975, n - 1)) * std / math.sqrt(n) if n > 1 else math.nan
-        rows.append(row)
-    summary = pd.DataFrame(rows)
-    order, ascending = [f"{sweep.metric} mean"], [sweep.mode == "min"]
-    if sweep.metric.startswith("target/") and "reached target" in summary:  # more seeds reaching it first
-        order, ascending = ["reached target", *order], [False, *ascending]
-    return summary.sort_values(order, ascending=ascending, na_position="last").reset_index(drop=True)
-
-
-def best_per_option(summary: pd.DataFrame | None, sweep: Sweep) -> pd.DataFrame | None:
-    """With a grid over a config group (``method``): each option's best configuration, the
-    summary's first row for it (a tuned comparison: every method at its best settings)."""
-    if summary is None or summary.empty:
-        return None
-    group = next(iter(folded_keys(sweep.grid)), None)  # the grid's first config group
-    if group is None or group not in summary:
-        return None
-    return summary.groupby(group, sort=False, dropna=False).head(1).reset_index(drop=True)
-
-
-def _legends_of(chosen: pd.DataFrame, rows: list[dict], sweep: Sweep) -> list[str]:
-    """The plot legends (keys that apply, seed left out) of the summary rows ``chosen``, written
-    as the trials' own rows write them (pandas turns a column of ints with blanks into floats)."""
-    keys = [k for k in sweep.columns if k != "seed"]
-    legends = []
-    for _, summary_row in chosen.iterrows():
-        trial = next((r for r in rows if all(_same(r[k], summary_row[k]) for k in keys)), None)
-        if trial is not None:
-            legends.append(", ".join(f"{k.split('.')[-1]}={trial[k]}" for k in keys if not _missing(trial[k])))
-    return legends
+def _legend(row: dict, keys: list[str]) -> str:
+    return ", ".join(f"{k.split('.')[-1]}={row[k]}" for k in keys if not _missing(row[k]))
 
 
 def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _same(a, b) -> bool:
-    if _missing(a) or _missing(b):
-        return _missing(a) and _missing(b)
-    try:
-        return float(a) == float(b)
-    except (TypeError, ValueError):
-        return a == b
+def _plots(histories: list[tuple[dict, pd.DataFrame]], best: pd.DataFrame | None, sweep: Sweep, out_dir: Path, *,
+           target: float | None) -> None:  # fmt: skip
+    """Every trial's curve against rounds and total communications; with ``repeats`` the round
+    and per-group plots draw a band per configuration instead: ``best.csv``'s over its report
+    seeds when there is one, else every configuration's over the select seeds."""
+    curves = {_legend(row, sweep.columns): history for row, history in histories}
+    bands, title = None, None
+    if sweep.repeats > 1:
+        keys = config_keys(sweep)
+        select, report = sweep.seed_split
+        chosen = [configuration(r, keys) for _, r in best.iterrows()] if best is not None else None
+        seeds = report if best is not None else select
+        grouped: dict[tuple, tuple[dict, list[dict], list[pd.DataFrame]]] = {}
+        for row, history in histories:
+            config = configuration(row, keys)
+            if row["seed"] in seeds and (chosen is None or config in chosen):
+                grouped.setdefault(config, (row, [], []))[1].append(row)
+                grouped[config][2].append(history)
+        order = chosen if chosen is not None else list(grouped)
+        bands = {}
+        for config in (c for c in order if c in grouped):
+            row, members, frames = grouped[config]
+            reached = [m for m in members if not _missing(m.get("target/round", math.nan))]
+            extra = f", reached {len(reached)}/{len(members)}" if "target/round" in row else ""
+            bands[f"{_legend(row, keys)} (n={len(frames)}{extra})"] = frames
+        if best is not None:
+            shown = f"shown on seeds {seed_text(report)}" if sweep.select_seeds else "and shown on the same seeds"
+            title = f"each option's best: chosen on seeds {seed_text(select)}, {shown}"
+    _plot(curves, "round", "round", out_dir / "accuracy.png", bands=bands, target=target, title=title)
+    _plot(curves, "comm/total", "communications (f + g)", out_dir / "accuracy_vs_comm.png", target=target)
+    if bands:  # per communication of each group, the mean over seeds with its band
+        for axis in ("f", "g"):
+            _plot(curves, f"comm/{axis}", f"communications with group {axis}", out_dir / f"accuracy_vs_comm_{axis}.png",
+                  bands=bands, target=target, title=title)  # fmt: skip
 
 
 def _aligned(frames: list[pd.DataFrame], x: str) -> pd.DataFrame:
@@ -207,25 +214,17 @@ def _aligned(frames: list[pd.DataFrame], x: str) -> pd.DataFrame:
     return pd.concat(columns, axis=1)
 
 
-def _by_configuration(curves: dict[str, pd.DataFrame]) -> dict[str, list[pd.DataFrame]]:
-    """Curves grouped by their legend without the seed."""
-    out: dict[str, list[pd.DataFrame]] = {}
-    for legend, df in curves.items():
-        config = ", ".join(part for part in legend.split(", ") if not part.startswith("seed="))
-        out.setdefault(config, []).append(df)
-    return out
-
-
-def _plot(
-    curves: dict[str, pd.DataFrame], x: str, xlabel: str, path: Path, *, bands: dict[str, list[pd.DataFrame]] | None = None
-) -> None:
+def _plot(curves: dict[str, pd.DataFrame], x: str, xlabel: str, path: Path, *, bands: dict[str, list[pd.DataFrame]] | None = None,
+          target: float | None = None, title: str | None = None) -> None:  # fmt: skip
+    """Test accuracy against ``x``: each curve, or with ``bands`` each band's mean over its seeds
+    with its 95% CI (Student's t); a dotted line at the target accuracy."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    if bands:  # the mean over seeds per round, with its 95% confidence interval
+    if bands:
         from scipy.stats import t as student_t
 
         for legend, frames in bands.items():
@@ -233,12 +232,16 @@ def _plot(
             n = stacked.notna().sum(axis=1)
             mean, std = stacked.mean(axis=1), stacked.std(axis=1, ddof=1)
             half = student_t.ppf(0.975, (n - 1).clip(lower=1)) * std / n.clip(lower=1) ** 0.5
-            ax.plot(mean.index, mean, label=f"{legend} (n={int(n.max())})", marker=".", markersize=3)
+            ax.plot(mean.index, mean, label=legend, marker=".", markersize=3)
             ax.fill_between(mean.index, (mean - half).clip(0, 1), (mean + half).clip(0, 1), alpha=0.2)
     else:
         for legend, df in curves.items():
             if x in df:
                 ax.plot(df[x], df["accuracy/test"], label=legend, marker=".", markersize=3)
+    if target is not None:
+        ax.axhline(target, linestyle=":", color="grey", label=f"target {target:g}")
+    if title:
+        ax.set_title(title, fontsize=9)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy")
     ax.legend(fontsize=7)

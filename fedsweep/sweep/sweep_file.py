@@ -18,13 +18,24 @@ A sweep file is YAML:
     rank: last                       # last | best: rank trials by their last round or their best one
     max_concurrent_trials: 2         # optional
     max_trials: 1000                 # optional: a larger sweep stops before it starts
-    repeats: 5                       # optional, grid search only: every grid point with seeds 0..4; mean ± 95% CI
+    repeats: 10                      # optional, grid search only: every grid point with seeds 0..9; mean ± 95% CI
+    select_seeds: 5                  # optional, with repeats: choose the best configurations on seeds 0..4
+    report_seeds: [5, 6, 7, 8, 9]    # optional: and report them on these (default: the repeats' other seeds)
 
 ``search: grid`` runs every combination of the lists (Tune's grid search), each ``num_samples``
 times, sampling the domains anew each time. ``search: random`` samples every key (a list is a
 choice) for ``num_samples`` trials with Tune's BasicVariantGenerator, ``search: optuna`` lets
 Optuna's TPE propose them (``OptunaSearch`` on ``metric``/``mode``). ``repeats`` is for grids
 only: a sampled configuration runs once (put ``seed`` in the space to vary it).
+
+``select_seeds`` (a list of the repeats' seeds, or ``n`` for the first ``n``) splits the seeds:
+configurations are ranked, and each option's best chosen, on the select seeds only, and
+``best.csv`` reports the chosen ones on ``report_seeds`` only (a list; by default the repeats'
+other seeds), fresh seeds that took no part in the choice. Every configuration still runs
+every seed (one Tune grid, no second phase): ``results.csv`` lists them all. The two lists
+are disjoint and together the repeats' seeds. ``target/*`` metrics (what it took to first
+reach ``target_accuracy``; ``target/comm_total`` is ``target/comm_f + target/comm_g``) rank
+with ``mode: min`` (``fedsweep.sweep.summary``).
 
 Everything here runs before Ray starts, so a bad file costs nothing.
 """
@@ -44,9 +55,10 @@ from fedsweep.core.errors import ConfigError
 from fedsweep.experiment.metrics import EVERY_ROUND, REPORTED
 from fedsweep.sweep.grid import config_groups, trial_count
 from fedsweep.sweep.search_space import KINDS, SCALARS, Domain, is_sampled, parse_value
+from fedsweep.sweep.summary import DERIVED, is_target
 
-SWEEP_KEYS = ("name", "overrides", "grid", "search", "num_samples", "scheduler", "repeats", "metric", "mode",
-              "rank", "max_concurrent_trials", "max_trials")  # fmt: skip
+SWEEP_KEYS = ("name", "overrides", "grid", "search", "num_samples", "scheduler", "repeats", "select_seeds",
+              "report_seeds", "metric", "mode", "rank", "max_concurrent_trials", "max_trials")  # fmt: skip
 SEARCHES = ("grid", "random", "optuna")
 SCHEDULERS = ("asha",)
 MAX_TRIALS = 1000  # a larger sweep must say so with max_trials
@@ -75,6 +87,8 @@ class Sweep:
     max_concurrent_trials: int | None = None
     max_trials: int = MAX_TRIALS
     repeats: int = 1  # seeds 0 .. repeats - 1 for every grid point; the table reports their mean and CI
+    select_seeds: tuple[int, ...] = ()  # the seeds that choose the best configurations (empty: every seed)
+    report_seeds: tuple[int, ...] = ()  # the seeds best.csv reports them on (empty: every seed)
     source: str = field(default="", compare=False)  # the file's text, kept beside the results
 
     @property
@@ -88,6 +102,12 @@ class Sweep:
                 for inner in values.values():
                     out += [f"{key}.{k}" for k in (inner or {}) if f"{key}.{k}" not in out]
         return out
+
+    @property
+    def seed_split(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The seeds that select and the seeds that report: both every seed without ``select_seeds``."""
+        every = tuple(range(self.repeats))
+        return (self.select_seeds, self.report_seeds) if self.select_seeds else (every, every)
 
 
 def load_sweep(path: str | Path, *, overrides: Sequence[str] = (), name: str | None = None) -> Sweep:
@@ -151,8 +171,11 @@ def load_sweep(path: str | Path, *, overrides: Sequence[str] = (), name: str | N
     if mode not in ("max", "min"):
         raise ConfigError(f"{path}: mode must be max or min, got mode={mode!r}")
     metric = raw.get("metric", "accuracy/test")
-    if metric not in REPORTED:
-        raise ConfigError(f"{path}: metric={metric!r} is not a metric runs report; known: {', '.join(REPORTED)}")
+    if metric not in REPORTED + DERIVED:
+        raise ConfigError(f"{path}: metric={metric!r} is not a metric runs report; known: {', '.join(REPORTED + DERIVED)}")
+    if is_target(metric) and mode != "min":
+        raise ConfigError(f"{path}: metric={metric!r} counts what it took to reach the target (less is better); "
+                          f"use mode: min, got mode={mode!r}")  # fmt: skip
     rank = raw.get("rank", "last")
     if rank not in ("last", "best"):
         raise ConfigError(f"{path}: rank must be last or best, got rank={rank!r}")
@@ -182,6 +205,7 @@ def load_sweep(path: str | Path, *, overrides: Sequence[str] = (), name: str | N
         if "seed" in grid:
             raise ConfigError(f"{path}: repeats={repeats} sets the seeds; drop seed from the grid or use repeats: 1")
         grid = {**grid, "seed": list(range(repeats))}
+    select_seeds, report_seeds = _seed_split(path, raw, grid, search=search, repeats=repeats)
     sweep = Sweep(
         name=name,
         overrides=tuple(overrides),
@@ -195,6 +219,8 @@ def load_sweep(path: str | Path, *, overrides: Sequence[str] = (), name: str | N
         max_concurrent_trials=mct,
         max_trials=max_trials,
         repeats=repeats,
+        select_seeds=select_seeds,
+        report_seeds=report_seeds,
         source=text,
     )
     trials = trial_count(sweep)
@@ -205,6 +231,59 @@ def load_sweep(path: str | Path, *, overrides: Sequence[str] = (), name: str | N
             f"set max_trials: {trials} in the file to run them all"
         )
     return sweep
+
+
+def _seed_split(path: Path, raw: Mapping[str, Any], grid: Mapping[str, Any], *, search: str,
+                repeats: int) -> tuple[tuple[int, ...], tuple[int, ...]]:  # fmt: skip
+    """``select_seeds`` (a list of seeds, or ``n``: the first ``n``) and ``report_seeds`` (a list;
+    default: the other seeds) as two disjoint tuples that together are the repeats' seeds."""
+    select, report = raw.get("select_seeds"), raw.get("report_seeds")
+    if select is None:
+        if report is not None:
+            raise ConfigError(f"{path}: report_seeds={report!r} needs select_seeds, the seeds that choose what is reported")
+        return (), ()
+    if search != "grid":
+        raise ConfigError(f"{path}: select_seeds={select!r} needs search: grid (the repeats' seeds), got search: {search}")
+    if repeats <= 1:
+        raise ConfigError(f"{path}: select_seeds={select!r} needs repeats: N, whose seeds 0..N-1 it splits")
+    sampled = next((key for key, value in grid.items() if is_sampled(value)), None)
+    if sampled is not None:
+        raise ConfigError(f"{path}: select_seeds needs a grid of lists: grid.{sampled} is sampled anew for every seed, "
+                          "so no configuration runs on more than one")  # fmt: skip
+    if _positive_int(select):
+        if select >= repeats:
+            raise ConfigError(f"{path}: select_seeds={select} leaves no seed of repeats={repeats} to report on")
+        select = list(range(select))
+    every = range(repeats)
+    for key, seeds in (("select_seeds", select), ("report_seeds", report)):
+        if seeds is None:
+            continue
+        if not (isinstance(seeds, list) and seeds and all(_seed(s) for s in seeds)):
+            what = "a non-empty list of seeds" + (", or a number n (the first n)" if key == "select_seeds" else "")
+            raise ConfigError(f"{path}: {key} must be {what}, got {key}={seeds!r}")
+        outside = next((s for s in seeds if s not in every), None)
+        if outside is not None:
+            raise ConfigError(f"{path}: {key} has seed {outside}, outside the repeats' seeds 0..{repeats - 1} "
+                              f"(repeats={repeats})")  # fmt: skip
+        twice = next((s for s in seeds if seeds.count(s) > 1), None)
+        if twice is not None:
+            raise ConfigError(f"{path}: {key} lists seed {twice} twice, got {key}={seeds!r}")
+    if report is None:
+        report = [s for s in every if s not in select]
+        if not report:
+            raise ConfigError(f"{path}: select_seeds={select!r} leaves no seed of repeats={repeats} to report on")
+    shared = next((s for s in select if s in report), None)
+    if shared is not None:
+        raise ConfigError(f"{path}: seed {shared} is in both select_seeds and report_seeds; a seed selects or reports, not both")
+    unused = [s for s in every if s not in select and s not in report]
+    if unused:
+        raise ConfigError(f"{path}: seed {unused[0]} of repeats={repeats} is in neither select_seeds nor report_seeds; "
+                          "every seed run must select or report (list it, or lower repeats)")  # fmt: skip
+    return tuple(sorted(select)), tuple(sorted(report))
+
+
+def _seed(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _names_a_domain(value: Mapping[str, Any]) -> bool:

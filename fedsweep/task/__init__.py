@@ -11,7 +11,8 @@ from fedsweep.task.datasets import (
     load_fashion_mnist,
     load_mnist,
 )
-from fedsweep.task.partitions import SCHEMES, Partition, make_partition
+from fedsweep.task.partitions import Partition
+from fedsweep.task.vrcs_partitions import SCHEMES, make_partition
 
 __all__ = [
     "DATASETS", "DataBundle", "Dataset", "load_dataset", "load_digits", "load_fashion_mnist", "load_mnist",

@@ -64,17 +64,32 @@ _CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """Images and labels held in memory.
+    """Images and labels held in memory, and optionally the client each example came from.
 
-    ``x`` is float32 ``(N, C, H, W)``, ``y`` is int64 ``(N,)``.
+    ``x`` is float32 ``(N, C, H, W)``, ``y`` is int64 ``(N,)``. ``client_ids`` is for data with
+    a natural federation (LEAF's FEMNIST writers, Shakespeare's speakers): one id per example,
+    integers or strings (strings are stored as int64 codes, their rank among the distinct ids),
+    kept with their examples by ``subset``; ``fedsweep.task.partitions.natural`` makes one
+    client per distinct id. A data plug-in sets it on its training set,
+    ``DataBundle(train=Dataset(x, y, client_ids=writers), ...)``.
     """
 
     x: torch.Tensor
     y: torch.Tensor
+    client_ids: torch.Tensor | None = None  # (N,) int64 (arrays and lists are converted); None: no natural clients
 
     def __post_init__(self) -> None:
         if self.x.shape[0] != self.y.shape[0]:
             raise ValueError(f"x and y disagree on length: {self.x.shape[0]} != {self.y.shape[0]}")
+        if self.client_ids is None:
+            return
+        ids = self.client_ids
+        if not isinstance(ids, torch.Tensor):
+            ids = np.asarray(ids)
+            ids = torch.from_numpy(np.unique(ids, return_inverse=True)[1] if ids.dtype.kind in "USO" else ids)
+        if ids.shape != self.y.shape[:1] or ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+            raise ValueError(f"client_ids must be one integer or string id per example, got {tuple(ids.shape)} {ids.dtype}")
+        object.__setattr__(self, "client_ids", ids.long())
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -85,7 +100,8 @@ class Dataset:
             idx = torch.as_tensor(np.asarray(idx) if not isinstance(idx, torch.Tensor) else idx)
             if idx.dtype != torch.bool:
                 idx = idx.long()
-        return Dataset(x=self.x[idx], y=self.y[idx])
+        ids = None if self.client_ids is None else self.client_ids[idx]
+        return Dataset(x=self.x[idx], y=self.y[idx], client_ids=ids)
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,6 +113,11 @@ class DataBundle:
     test: Dataset
     input_shape: tuple[int, ...]  # (C, H, W)
     num_classes: int
+
+    @property
+    def client_ids(self) -> torch.Tensor | None:
+        """Each training example's client id (``train.client_ids``), None without natural clients."""
+        return self.train.client_ids
 
 
 def load_dataset(

@@ -1,55 +1,49 @@
-"""Split a training set into the server's f1/g1 data and the f and g client groups.
+"""A federation's data (`Partition`) and the standard partitions of a training set into it.
 
-VRCS has two client groups, f ("frequent") and g ("rare"), and a server holding a
-small local dataset split into an f-like part (loss f1) and a g-like part (loss g1).
-`make_partition` builds all of them from one training set in three steps:
+A `Partition` is named client groups, each a tuple of client shards; each group G's weight
+λ_G in the objective Σ_G λ_G f_G; and, optionally, the server's own data for some groups.
+The standard partitions below make one group, ``"clients"``, and reproduce NIID-Bench (Li,
+Diao, Chen, He, "Federated Learning on Non-IID Data Silos: An Experimental Study", ICDE 2022,
+arXiv:2102.02079; ``partition_data`` in its ``utils.py``). They draw from
+``numpy.random.default_rng(seed)`` in the order of Flower's port
+(``baselines/niid_bench/niid_bench/dataset_preparation.py``), so with ``server_fraction = 0``
+``iid``, ``dirichlet`` and ``labels_per_client`` give Flower's split for the same seed.
+With K classes and n clients:
 
-1. **Groups.** Every training example goes to group f or group g (``scheme``):
+=====================  ===================  ================================================
+component              NIID-Bench           rule
+=====================  ===================  ================================================
+``iid``                homo                 a random permutation cut into n near-equal shards
+``dirichlet``          noniid-labeldir      per class, client shares ~ Dir(α·1_n), see below
+``labels_per_client``  noniid-#label<C>     client i holds class i mod K and C − 1 random
+                                            others; each class split equally by its holders
+``quantity_skew``      iid-diff-quantity    shard sizes ~ Dir(β·1_n), examples IID
+``natural``            (LEAF-style)         one client per distinct ``train.client_ids``
+=====================  ===================  ================================================
 
-   - ``"iid"``: a seeded shuffle; the first ``round(f_fraction * N)`` examples are
-     group f, the rest group g (both groups distributed like the whole set).
-   - ``"classes"``: labels in ``f_classes`` are group f, all other labels group g.
-   - ``"frequent_rare"``: as ``"classes"`` (f = common classes, g = rare classes),
-     but the rare classes are subsampled so that group g holds a ``rare_fraction``
-     share of all kept examples: ``|g| = round(rare_fraction / (1 - rare_fraction) * |f|)``,
-     so ``|g| / (|f| + |g|) ≈ rare_fraction``. The subsample is stratified (each rare
-     class keeps its share of the rare examples); the other rare-class examples are
-     dropped. ConfigError if the rare classes have fewer examples than that.
+VRCS's two-group federation is `fedsweep.task.vrcs_partitions.make_partition`.
 
-   ``f_classes`` defaults to the first half of the classes, ``range(num_classes // 2)``.
-
-2. **Server.** The server's f1 has ``n_f1 = round(server_fraction * |f|)`` examples of
-   group f and its g1 ``n_g1 = round(server_fraction * |g|)`` of group g. Their class mix
-   is set by ``server_similarity`` s: f1 draws class c with share
-   ``s * π_c + (1 - s) * [c = c*]``, π the group's class mix and c* its most frequent
-   class (likewise g1 from g). So 1.0 means the server data is distributed exactly like
-   the groups, 0.0 means each part holds one class only, and h1 moves away from h as s
-   falls. Shares are apportioned by largest remainder; a class with too few examples
-   gives its excess to the others in proportion to π.
-
-3. **Clients.** What remains of each group is split among its clients
-   (``client_split``): ``"iid"`` is an even random split (sizes differ by at most one);
-   ``"dirichlet"`` gives label skew: for each class, proportions over the group's
-   clients are drawn from Dirichlet(``dirichlet_alpha``) (smaller alpha = more skew),
-   then any empty client takes one example from the largest client.
-
-All parts are disjoint and non-empty; together they cover the training set (less what
-``frequent_rare`` drops). Everything is drawn from ``numpy.random.default_rng(seed)``.
+Each partition is a plain function named by a config's ``_target_`` and called as
+``target(train, *, num_classes, seed, **keys)``; its ``check_config(**keys)`` checks the keys
+before any data loads. With ``server_fraction`` s > 0 the server first takes a random sample
+of round(s·N) examples (``natural``: of each client's), as ``server={"clients": ...}``, and
+the rule splits the rest. Every client is non-empty and all parts are disjoint.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
+import torch
 
-from fedsweep.task.datasets import Dataset
+from fedsweep.core.checks import check, check_keys, is_number
 from fedsweep.core.errors import ConfigError
+from fedsweep.task.datasets import Dataset
 
-SCHEMES: tuple[str, ...] = ("iid", "classes", "frequent_rare")
-CLIENT_SPLITS: tuple[str, ...] = ("iid", "dirichlet")
+GROUP = "clients"  # the one group of the standard partitions
+MAX_DRAWS = 1000  # Dirichlet draws tried for a min_size before giving up
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,237 +52,291 @@ class Partition:
     weight in the objective, and the server's own data for some groups (optional)."""
 
     clients: Mapping[str, tuple[Dataset, ...]]  # group name -> its clients' shards; groups in order
-    server: Mapping[str, Dataset] = field(default_factory=dict)  # server data per group (keys ⊆ clients')
-    weights: Mapping[str, float] | None = None  # λ_G > 0 summing to 1; None = by examples, n_G / N
+    server: Mapping[str, Dataset] = field(default_factory=dict)  # server data per group (keys ⊆ clients'); empty = none
+    weights: Mapping[str, float] | None = None  # λ_G > 0 summing to 1; None = by examples, λ_G = n_G / N
+
+    def __post_init__(self) -> None:
+        clients = {name: tuple(shards) for name, shards in self.clients.items()}
+        server, groups = dict(self.server), list(clients)
+        if not clients:
+            raise ConfigError("a Partition needs at least one client group, got clients={}")
+        for name, shards in clients.items():
+            if not (isinstance(name, str) and name):
+                raise ConfigError(f"group names must be non-empty strings, got {name!r}")
+            sizes = [len(s) for s in shards]
+            if not sizes or min(sizes) == 0:
+                raise ConfigError(f"group {name!r} needs clients with examples, got sizes {sizes}")
+        if unknown := set(server) - set(clients):
+            raise ConfigError(f"server data for {sorted(map(str, unknown))} names no client group; groups: {groups}")
+        if any(len(d) == 0 for d in server.values()):
+            raise ConfigError(f"server data must not be empty, got sizes { {g: len(d) for g, d in server.items()} }")
+        if self.weights is not None:
+            weights = dict(self.weights)
+            if set(weights) != set(clients):
+                raise ConfigError(f"weights must have one entry per group {groups}, got {sorted(map(str, weights))}")
+            if not all(is_number(w) and w > 0 for w in weights.values()) or abs(sum(weights.values()) - 1) > 1e-9:
+                raise ConfigError(f"weights must be finite, > 0 and sum to 1, got weights={weights}")
+            object.__setattr__(self, "weights", {name: weights[name] for name in groups})
+        object.__setattr__(self, "clients", clients)
+        object.__setattr__(self, "server", server)
 
     def group_weights(self) -> dict[str, float]:
-        """λ_G of every group."""
+        """λ_G per group: ``weights`` when given, else n_G / N with n_G the examples of G's
+        clients (the server's data does not count)."""
         if self.weights is not None:
             return dict(self.weights)
-        sizes = {g: sum(len(c) for c in clients) for g, clients in self.clients.items()}
+        sizes = {name: sum(len(s) for s in shards) for name, shards in self.clients.items()}
         total = sum(sizes.values())
-        return {g: n / total for g, n in sizes.items()}
+        return {name: n / total for name, n in sizes.items()}
 
+    def describe(self) -> str:
+        """Sizes and class counts of every group and server part, one line each."""
+        parts = [s for shards in self.clients.values() for s in shards] + list(self.server.values())
+        labelled = all(p.y.dim() == 1 and not torch.is_floating_point(p.y) for p in parts)
+        n_labels = 1 + max(int(p.y.max()) for p in parts) if labelled else 0
 
-def make_partition(
-    train: Dataset,
-    *,
-    scheme: str,
-    num_classes: int,
-    server_fraction: float,
-    clients_f: int,
-    clients_g: int,
-    f_classes: Sequence[int] | None = None,
-    rare_fraction: float = 0.1,
-    f_fraction: float = 0.5,
-    server_similarity: float = 1.0,
-    client_split: str = "iid",
-    dirichlet_alpha: float = 0.5,
-    seed: int = 0,
-) -> Partition:
-    """Partition ``train`` for VRCS; see the module docstring for the exact semantics.
+        def counts(ds: tuple[Dataset, ...]) -> str:
+            if not labelled:
+                return ""
+            return f", class counts {torch.bincount(torch.cat([d.y for d in ds]), minlength=n_labels).tolist()}"
 
-    ``f_classes`` is used by the ``classes`` and ``frequent_rare`` schemes,
-    ``rare_fraction`` by ``frequent_rare``, ``f_fraction`` by ``iid``; all are validated
-    whatever the scheme. Raises ConfigError (naming the value) for bad input or when a
-    part would be empty.
-    """
-    check_partition_config(
-        scheme=scheme, server_fraction=server_fraction, clients_f=clients_f, clients_g=clients_g,
-        f_classes=f_classes, rare_fraction=rare_fraction, f_fraction=f_fraction,
-        server_similarity=server_similarity, client_split=client_split, dirichlet_alpha=dirichlet_alpha,
-    )  # fmt: skip
-    f_set = _check_against_data(train, num_classes, f_classes)
-    rng = np.random.default_rng(seed)
-    y = train.y.numpy()
-
-    f_idx, g_idx = _assign_groups(y, scheme, f_set, rare_fraction, f_fraction, rng)
-    if len(f_idx) == 0 or len(g_idx) == 0:
-        raise ConfigError(
-            f"scheme={scheme!r} leaves a group empty (f: {len(f_idx)}, g: {len(g_idx)} examples); "
-            f"check f_classes={sorted(f_set)}"
-        )
-
-    # Server: n_f1 of group f and n_g1 of group g, their class mix skewed by server_similarity.
-    n_f1 = round(server_fraction * len(f_idx))
-    n_g1 = round(server_fraction * len(g_idx))
-    if n_f1 == 0 or n_g1 == 0:
-        raise ConfigError(
-            f"server_fraction={server_fraction} gives an empty server part "
-            f"(groups f/g have {len(f_idx)}/{len(g_idx)} examples)"
-        )
-    f_pool = rng.permutation(f_idx)
-    g_pool = rng.permutation(g_idx)
-    for grp, pool, taken, k in (("f", f_pool, n_f1, clients_f), ("g", g_pool, n_g1, clients_g)):
-        if len(pool) - taken < k:
-            raise ConfigError(
-                f"too few examples for clients_{grp}={k}: group {grp} has {len(pool)}, "
-                f"the server takes {taken} (server_fraction={server_fraction})"
+        lines, weights = [], self.group_weights()
+        for name, shards in self.clients.items():
+            sizes = [len(s) for s in shards]
+            lines.append(
+                f"group {name}: {len(shards)} clients, sizes {min(sizes)}-{max(sizes)}, total {sum(sizes)}, "
+                f"weight {weights[name]:.4g}{counts(shards)}"
             )
-    take_f = _skewed_sample(f_pool, y, n_f1, server_similarity)
-    take_g = _skewed_sample(g_pool, y, n_g1, server_similarity)
-    server_f_idx, server_g_idx = rng.permutation(f_pool[take_f]), rng.permutation(g_pool[take_g])
-    rest_f = np.delete(f_pool, take_f)
-    rest_g = np.delete(g_pool, take_g)
+        lines += [f"server {name}: {len(d)} examples{counts((d,))}" for name, d in self.server.items()]
+        return "\n".join(lines)
 
-    split = _split_iid if client_split == "iid" else _split_dirichlet
-    parts_f = split(rest_f, y, clients_f, dirichlet_alpha, rng)
-    parts_g = split(rest_g, y, clients_g, dirichlet_alpha, rng)
-    return Partition(
-        clients={"f": tuple(train.subset(p) for p in parts_f), "g": tuple(train.subset(p) for p in parts_g)},
-        server={"f": train.subset(server_f_idx), "g": train.subset(server_g_idx)},
-        weights={"f": 0.5, "g": 0.5},
+
+def iid(train: Dataset, *, num_classes: int, seed: int, clients: int, server_fraction: float = 0.0) -> Partition:
+    """NIID-Bench's "homo": a random permutation of the examples cut by ``np.array_split``
+    into ``clients`` shards (sizes differ by at most one). ``num_classes`` is unused."""
+    _check_iid(clients=clients, server_fraction=server_fraction)
+    rng = np.random.default_rng(seed)
+    server, pool = _server_sample(len(train), server_fraction, rng)
+    _check_room(len(pool), clients, 1, len(server))
+    shards = np.array_split(pool[rng.choice(len(pool), len(pool), replace=False)], clients)
+    return _federation(train, shards, server)
+
+
+def dirichlet(
+    train: Dataset, *, num_classes: int, seed: int, clients: int, alpha: float, min_size: int = 10,
+    server_fraction: float = 0.0,
+) -> Partition:  # fmt: skip
+    """NIID-Bench's "noniid-labeldir": label skew over all clients, smaller ``alpha`` = more.
+
+    For each class k in turn, its examples are shuffled and cut by shares p ~ Dir(α·1_n), except
+    that a client already holding N/n examples or more gets none (its share is zeroed and the
+    rest renormalised: the balance cap). The whole draw is repeated while the smallest client
+    has fewer than ``min_size`` examples; ConfigError after ``MAX_DRAWS`` draws. A draw whose
+    every share goes to capped clients (0/0 in NIID-Bench) counts as a failed draw.
+    """
+    _check_dirichlet(clients=clients, alpha=alpha, min_size=min_size, server_fraction=server_fraction)
+    labels = _class_labels(train, num_classes)
+    rng = np.random.default_rng(seed)
+    server, pool = _server_sample(len(train), server_fraction, rng)
+    _check_room(len(pool), clients, min_size, len(server))
+    y = labels[pool]
+    for _ in range(MAX_DRAWS):
+        shards = _label_dirichlet_draw(y, num_classes, clients, alpha, rng)
+        if shards is not None and min(len(s) for s in shards) >= min_size:
+            return _federation(train, [pool[s] for s in shards], server)
+    raise ConfigError(
+        f"partition.alpha={alpha} gave no client split with partition.min_size={min_size} examples per client "
+        f"in {MAX_DRAWS} draws ({len(pool)} examples, {clients} clients)"
     )
 
 
-def _assign_groups(
-    y: np.ndarray,
-    scheme: str,
-    f_set: set[int],
-    rare_fraction: float,
-    f_fraction: float,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of group f and group g (step 1 of the module docstring)."""
-    if scheme == "iid":
-        perm = rng.permutation(len(y))
-        n_f = round(f_fraction * len(y))
-        return np.sort(perm[:n_f]), np.sort(perm[n_f:])
-    in_f = np.isin(y, sorted(f_set))
-    f_idx, g_idx = np.flatnonzero(in_f), np.flatnonzero(~in_f)
-    if scheme == "classes":
-        return f_idx, g_idx
-    n_g = round(rare_fraction / (1.0 - rare_fraction) * len(f_idx))
-    if n_g > len(g_idx):
-        raise ConfigError(
-            f"rare_fraction={rare_fraction} needs {n_g} rare-class examples but the rare classes "
-            f"have only {len(g_idx)} (f classes have {len(f_idx)})"
-        )
-    return f_idx, _stratified_sample(g_idx, y, n_g, rng)
-
-
-def _skewed_sample(pool: np.ndarray, y: np.ndarray, n: int, similarity: float) -> np.ndarray:
-    """Positions in ``pool`` (already shuffled) of ``n`` examples whose class mix is
-    ``similarity * π + (1 - similarity) * one-hot(most frequent class)``."""
-    labels = y[pool]
-    classes, counts = np.unique(labels, return_counts=True)
-    share = similarity * counts / counts.sum()
-    share[np.argmax(counts)] += 1.0 - similarity
-    quota = _apportion(n, share)
-    while (quota > counts).any():  # a class too small for its share: the rest go by the group's mix
-        excess = int((quota - counts).clip(min=0).sum())
-        quota = np.minimum(quota, counts)
-        room = counts - quota
-        quota += _apportion(excess, np.where(room > 0, counts, 0) / counts[room > 0].sum())
-    return np.concatenate([np.flatnonzero(labels == c)[:q] for c, q in zip(classes, quota)])
-
-
-def _apportion(n: int, share: np.ndarray) -> np.ndarray:
-    """``n`` split in proportion to ``share`` (summing to 1) by largest remainder."""
-    exact = n * share
-    quota = np.floor(exact).astype(int)
-    quota[np.argsort(-(exact - quota), kind="stable")[: n - quota.sum()]] += 1
-    return quota
-
-
-def _stratified_sample(idx: np.ndarray, y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` of ``idx``, each class keeping its share (largest-remainder rounding)."""
-    classes, counts = np.unique(y[idx], return_counts=True)
-    exact = n * counts / counts.sum()
-    quota = np.floor(exact).astype(int)
-    order = np.argsort(-(exact - quota), kind="stable")
-    quota[order[: n - quota.sum()]] += 1
-    chosen = [rng.choice(idx[y[idx] == c], size=q, replace=False) for c, q in zip(classes, quota)]
-    return np.sort(np.concatenate(chosen))
-
-
-def _split_iid(
-    idx: np.ndarray, y: np.ndarray, k: int, alpha: float, rng: np.random.Generator
-) -> list[np.ndarray]:
-    """Even random split of ``idx`` into ``k`` parts (``y`` and ``alpha`` unused)."""
-    return np.array_split(rng.permutation(idx), k)
-
-
-def _split_dirichlet(
-    idx: np.ndarray, y: np.ndarray, k: int, alpha: float, rng: np.random.Generator
-) -> list[np.ndarray]:
-    """Label-skewed split: per class, proportions ~ Dirichlet(alpha * 1_k); no empty part."""
-    parts: list[list[np.ndarray]] = [[] for _ in range(k)]
-    for c in np.unique(y[idx]):
-        members = rng.permutation(idx[y[idx] == c])
-        cuts = (np.cumsum(rng.dirichlet(np.full(k, alpha)))[:-1] * len(members)).astype(int)
+def _label_dirichlet_draw(
+    y: np.ndarray, num_classes: int, clients: int, alpha: float, rng: np.random.Generator
+) -> list[np.ndarray] | None:
+    """One "noniid-labeldir" draw: positions in ``y`` per client; None if a class's every
+    share went to clients already at the cap."""
+    chunks: list[list[np.ndarray]] = [[] for _ in range(clients)]
+    sizes = np.zeros(clients, dtype=np.int64)
+    cap = len(y) / clients
+    for k in range(num_classes):
+        members = np.flatnonzero(y == k)
+        rng.shuffle(members)
+        shares = rng.dirichlet(np.full(clients, alpha)) * (sizes < cap)
+        if shares.sum() == 0:
+            return None
+        cuts = (np.cumsum(shares / shares.sum()) * len(members)).astype(int)[:-1]
         for i, chunk in enumerate(np.split(members, cuts)):
-            parts[i].append(chunk)
-    out = [np.concatenate(p) if p else np.empty(0, dtype=np.int64) for p in parts]
-    for i in range(k):  # len(idx) >= k is checked by the caller, so this terminates
-        if len(out[i]) == 0:
-            j = int(np.argmax([len(p) for p in out]))
-            out[i], out[j] = out[j][-1:], out[j][:-1]
-    return [rng.permutation(p) for p in out]
+            chunks[i].append(chunk)
+            sizes[i] += len(chunk)
+    return [np.concatenate(c) for c in chunks]
 
 
-def _check_against_data(train: Dataset, num_classes: int, f_classes: Sequence[int] | None) -> set[int]:
-    """The checks that need the data; returns the set of f classes."""
-    if not _is_int(num_classes) or num_classes < 2:
-        raise ConfigError(f"num_classes must be an integer >= 2, got num_classes={num_classes!r}")
-    lo, hi = (int(train.y.min()), int(train.y.max())) if len(train) else (0, 0)
-    if lo < 0 or hi >= num_classes:
-        raise ConfigError(f"labels {lo}..{hi} do not fit num_classes={num_classes}")
-    if f_classes is None:
-        return set(range(num_classes // 2))
-    f_list = [f_classes] if _is_int(f_classes) else list(f_classes)
-    if not all(c < num_classes for c in f_list) or len(f_list) >= num_classes:
+def labels_per_client(
+    train: Dataset, *, num_classes: int, seed: int, clients: int, labels: int, server_fraction: float = 0.0
+) -> Partition:
+    """NIID-Bench's "#C = labels" ("noniid-#label<C>"): each client holds ``labels`` classes.
+
+    Client i holds class i mod K and ``labels`` − 1 other distinct classes, drawn uniformly
+    (a rejection loop, client by client). Each class's examples are shuffled and split
+    equally (``np.array_split``) among the clients holding it, in client order; a class no
+    client holds is left out. ``labels = 1`` gives client i class i mod K only.
+    """
+    _check_labels(clients=clients, labels=labels, server_fraction=server_fraction)
+    if labels > num_classes:
+        raise ConfigError(f"partition.labels must be in [1, num_classes={num_classes}], got partition.labels={labels}")
+    y_all = _class_labels(train, num_classes)
+    rng = np.random.default_rng(seed)
+    server, pool = _server_sample(len(train), server_fraction, rng)
+    held: list[list[int]] = []
+    for i in range(clients):
+        classes = [i % num_classes]
+        while len(classes) < labels:
+            c = int(rng.choice(num_classes, 1)[0])
+            if c not in classes:
+                classes.append(c)
+        held.append(classes)
+    y = y_all[pool]
+    shards: list[list[np.ndarray]] = [[] for _ in range(clients)]
+    for c in range(num_classes):
+        members = np.flatnonzero(y == c)
+        rng.shuffle(members)
+        holders = [i for i in range(clients) if c in held[i]]
+        if not holders:  # no client holds class c: its examples are left out
+            continue
+        for i, part in zip(holders, np.array_split(members, len(holders))):
+            shards[i].append(pool[part])
+    out = [np.concatenate(s) if s else np.empty(0, dtype=np.int64) for s in shards]
+    for i, s in enumerate(out):
+        if len(s) == 0:
+            raise ConfigError(
+                f"partition.labels={labels} leaves client {i} (classes {sorted(held[i])}) without examples: "
+                f"partition.clients={clients} too many for the {len(pool)} examples"
+            )
+    return _federation(train, out, server)
+
+
+def quantity_skew(
+    train: Dataset, *, num_classes: int, seed: int, clients: int, beta: float, min_size: int = 10,
+    server_fraction: float = 0.0,
+) -> Partition:  # fmt: skip
+    """NIID-Bench's "iid-diff-quantity": the examples are IID but the shard sizes are skewed.
+
+    The examples are permuted; shares p ~ Dir(β·1_n) are drawn until min_i p_i·N ≥
+    ``min_size`` (ConfigError after ``MAX_DRAWS`` draws); the permutation is cut at
+    ``floor(cumsum(p)·N)``. Smaller ``beta`` = more unequal sizes. ``num_classes`` is unused.
+    """
+    _check_quantity(clients=clients, beta=beta, min_size=min_size, server_fraction=server_fraction)
+    rng = np.random.default_rng(seed)
+    server, pool = _server_sample(len(train), server_fraction, rng)
+    _check_room(len(pool), clients, min_size, len(server))
+    order = pool[rng.permutation(len(pool))]
+    for _ in range(MAX_DRAWS):
+        shares = rng.dirichlet(np.full(clients, beta))
+        shares = shares / shares.sum()
+        if np.min(shares * len(pool)) >= min_size:
+            cuts = (np.cumsum(shares) * len(pool)).astype(int)[:-1]
+            return _federation(train, np.split(order, cuts), server)
+    raise ConfigError(
+        f"partition.beta={beta} gave no client sizes with partition.min_size={min_size} examples per client "
+        f"in {MAX_DRAWS} draws ({len(pool)} examples, {clients} clients)"
+    )
+
+
+def natural(train: Dataset, *, num_classes: int, seed: int, server_fraction: float = 0.0) -> Partition:
+    """The data's own federation: one client per distinct ``train.client_ids`` (in sorted id
+    order), each holding its examples in data order.
+
+    The ids come from the data plug-in (``Dataset.client_ids`` of ``DataBundle.train``). With
+    ``server_fraction`` s > 0 the server takes a random round(s·n_c) of each client's n_c
+    examples, but never a client's last one. ``num_classes`` is unused; ``seed`` only draws
+    the server's sample.
+    """
+    _check_natural(server_fraction=server_fraction)
+    if train.client_ids is None:
         raise ConfigError(
-            f"f_classes must be distinct class ids in [0, {num_classes}) forming a non-empty "
-            f"proper subset, got f_classes={f_list}"
+            "partition=natural needs a dataset with client ids (DataBundle.client_ids, set as "
+            "Dataset(x, y, client_ids=...) on the training set); this training set has none"
         )
-    return {int(c) for c in f_list}
+    _, codes, counts = np.unique(train.client_ids.numpy(), return_inverse=True, return_counts=True)
+    members = np.split(np.argsort(codes, kind="stable"), np.cumsum(counts)[:-1])
+    rng = np.random.default_rng(seed)
+    server, shards = [], []
+    for m in members:
+        take = rng.choice(len(m), min(round(server_fraction * len(m)), len(m) - 1), replace=False)
+        server.append(m[take])
+        shards.append(np.delete(m, take))
+    server_idx = np.concatenate(server)
+    if server_fraction and len(server_idx) == 0:
+        raise ConfigError(f"partition.server_fraction={server_fraction} gives the server no example of {len(train)}")
+    return _federation(train, shards, server_idx)
 
 
-def check_partition_config(
-    *,
-    scheme: str,
-    server_fraction: float,
-    clients_f: int,
-    clients_g: int,
-    f_classes: Sequence[int] | None = None,
-    rare_fraction: float = 0.1,
-    f_fraction: float = 0.5,
-    server_similarity: float = 1.0,
-    client_split: str = "iid",
-    dirichlet_alpha: float = 0.5,
-) -> None:
-    """The checks that need no data (run on every sweep point before Ray starts)."""
-    if scheme not in SCHEMES:
-        raise ConfigError(f"unknown scheme={scheme!r}; known: {', '.join(SCHEMES)}")
-    if client_split not in CLIENT_SPLITS:
-        raise ConfigError(f"unknown client_split={client_split!r}; known: {', '.join(CLIENT_SPLITS)}")
-    for key, value in (("clients_f", clients_f), ("clients_g", clients_g)):
-        if not _is_int(value) or value < 1:
-            raise ConfigError(f"{key} must be an integer >= 1, got {key}={value!r}")
-    for key, value in (
-        ("server_fraction", server_fraction),
-        ("rare_fraction", rare_fraction),
-        ("f_fraction", f_fraction),
-    ):
-        if not (_is_real(value) and 0.0 < value < 1.0):
-            raise ConfigError(f"{key} must be in (0, 1), got {key}={value}")
-    if not (_is_real(server_similarity) and 0.0 <= server_similarity <= 1.0):
-        raise ConfigError(f"server_similarity must be in [0, 1], got server_similarity={server_similarity}")
-    if not (_is_real(dirichlet_alpha) and dirichlet_alpha > 0.0):
-        raise ConfigError(f"dirichlet_alpha must be > 0, got dirichlet_alpha={dirichlet_alpha}")
-    if f_classes is not None:
-        f_list = [f_classes] if _is_int(f_classes) or isinstance(f_classes, str) else list(f_classes)
-        if not f_list or not all(_is_int(c) and c >= 0 for c in f_list) or len(set(f_list)) != len(f_list):
-            raise ConfigError(f"f_classes must be distinct non-negative class ids, got f_classes={f_classes}")
+def _server_sample(n: int, server_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The server's random sample of round(server_fraction · n) of ``range(n)`` and the rest,
+    sorted (no draw when ``server_fraction`` is 0)."""
+    if server_fraction == 0:
+        return np.empty(0, dtype=np.int64), np.arange(n)
+    n_server = round(server_fraction * n)
+    if n_server == 0:
+        raise ConfigError(f"partition.server_fraction={server_fraction} gives the server no example of {n}")
+    server = rng.choice(n, n_server, replace=False)
+    return server, np.setdiff1d(np.arange(n), server)
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+def _federation(train: Dataset, shards: list[np.ndarray], server: np.ndarray) -> Partition:
+    """One group of ``shards`` (indices into ``train``), the server's part if non-empty."""
+    return Partition(
+        clients={GROUP: tuple(train.subset(s) for s in shards)},
+        server={GROUP: train.subset(server)} if len(server) else {},
+    )
 
 
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+def _class_labels(train: Dataset, num_classes: int) -> np.ndarray:
+    """``train.y`` as numpy class ids; ConfigError unless they are integers in [0, num_classes)."""
+    y = train.y.numpy()
+    if y.ndim != 1 or y.dtype.kind not in "iu":
+        raise ConfigError(f"this partition needs integer class labels, got labels of shape {y.shape} and dtype {y.dtype}")
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise ConfigError(f"labels {y.min()}..{y.max()} do not fit num_classes={num_classes}")
+    return y
 
 
-make_partition.check_config = check_partition_config  # what fedsweep.experiment.config.validate checks before any data loads
+def _check_room(n: int, clients: int, min_size: int, n_server: int) -> None:
+    """ConfigError unless ``n`` examples can give ``clients`` clients ``min_size`` each."""
+    if clients * min_size > n:
+        at_least = f" with partition.min_size={min_size} each" if min_size > 1 else ""
+        raise ConfigError(
+            f"partition.clients={clients}{at_least} needs {clients * min_size} examples; "
+            f"the clients have {n} (the server took {n_server})"
+        )
+
+
+def _check_iid(*, clients: int, server_fraction: float = 0.0) -> None:
+    check_keys("partition", clients=(clients, "int >= 1"), server_fraction=(server_fraction, "[0, 1)"))
+
+
+def _check_dirichlet(*, clients: int, alpha: float, min_size: int = 10, server_fraction: float = 0.0) -> None:
+    _check_iid(clients=clients, server_fraction=server_fraction)
+    check_keys("partition", alpha=(alpha, "> 0"), min_size=(min_size, "int >= 1"))
+
+
+def _check_labels(*, clients: int, labels: int, server_fraction: float = 0.0) -> None:
+    _check_iid(clients=clients, server_fraction=server_fraction)
+    check("partition.labels", labels, "int >= 1")
+
+
+def _check_quantity(*, clients: int, beta: float, min_size: int = 10, server_fraction: float = 0.0) -> None:
+    _check_iid(clients=clients, server_fraction=server_fraction)
+    check_keys("partition", beta=(beta, "> 0"), min_size=(min_size, "int >= 1"))
+
+
+def _check_natural(*, server_fraction: float = 0.0) -> None:
+    check("partition.server_fraction", server_fraction, "[0, 1)")
+
+
+# what fedsweep.experiment.config.validate runs on a partition's keys before any data loads
+iid.check_config = _check_iid
+dirichlet.check_config = _check_dirichlet
+labels_per_client.check_config = _check_labels
+quantity_skew.check_config = _check_quantity
+natural.check_config = _check_natural

@@ -4,7 +4,7 @@
     python bench/scale.py 4 256        # chosen K
 
 The workload: scikit-learn's digits, MLP 64-128-128-10 (``model=mlp model.hidden=128``),
-K IID clients in two groups of K/2, FedAvg with 1 local epoch of plain SGD (lr 0.1,
+K IID clients in one population, FedAvg with 1 local epoch of plain SGD (lr 0.1,
 batch 32), test evaluation every round. For each K, in the same run:
 
 * **plain loop**: one process doing the same arithmetic one client at a time with plain
@@ -44,8 +44,8 @@ KS = (4, 16, 64, 256, 1024)
 
 def workload(k: int, rounds: int) -> list[str]:
     return [
-        "data=digits", "model=mlp", "model.hidden=128", "partition=iid",
-        f"partition.clients_f={k // 2}", f"partition.clients_g={k - k // 2}",
+        "data=digits", "model=mlp", "model.hidden=128", "model.activation=relu", "partition=iid",
+        f"partition.clients={k}",
         "method=fedavg", "method.local_epochs=1", "method.lr=0.1", "method.batch_size=32",
         f"rounds={rounds}", "target_accuracy=null", "seed=0",
     ]  # fmt: skip
@@ -60,21 +60,20 @@ def plain_loop_seconds(k: int, rounds: int) -> float:
     import torch.nn.functional as F
 
     from fedsweep.experiment.config import compose, to_container
-    from fedsweep.experiment.loop import prepare
+    from fedsweep.experiment.build import prepare
 
     setup = prepare(to_container(compose(workload(k, rounds))))
     model = setup.model_fn()
     x = [p.detach().clone() for p in model.parameters()]
-    groups = [setup.partition.clients_f, setup.partition.clients_g]
+    groups = list(setup.partition.clients.values())
     test = setup.bundle.test
     gen = torch.Generator().manual_seed(0)
     times = []
     for _ in range(rounds):
         start = time.perf_counter()
-        group_means = []
+        total = sum(len(s) for shards in groups for s in shards)
+        mean = [torch.zeros_like(t) for t in x]
         for shards in groups:
-            total = sum(len(s) for s in shards)
-            mean = [torch.zeros_like(t) for t in x]
             for shard in shards:
                 with torch.no_grad():
                     for p, t in zip(model.parameters(), x):
@@ -90,8 +89,7 @@ def plain_loop_seconds(k: int, rounds: int) -> float:
                 with torch.no_grad():
                     for m, p in zip(mean, model.parameters()):
                         m.add_(p, alpha=len(shard) / total)
-            group_means.append(mean)
-        x = [(a + b) / 2 for a, b in zip(*group_means)]
+        x = mean
         with torch.no_grad():
             for p, t in zip(model.parameters(), x):
                 p.copy_(t)

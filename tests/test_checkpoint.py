@@ -61,7 +61,7 @@ def test_a_damaged_checkpoint_stops_in_one_line_naming_the_file(tmp_path, capsys
 
 @pytest.mark.parametrize(
     "override, key",
-    [("method=fedavg", "method._target_"), ("model.hidden=32", "model.hidden"), ("partition=iid", "partition.scheme"),
+    [("method=fedavg", "method._target_"), ("model.hidden=32", "model.hidden"), ("partition=groups_iid", "partition.scheme"),
      ("method.theta=0.7", "theta"), ("seed=2", "seed")],
 )  # fmt: skip
 def test_resuming_under_another_config_names_the_first_differing_key(tmp_path, capsys, checkpoint, override, key):

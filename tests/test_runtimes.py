@@ -12,7 +12,7 @@ from fedsweep.experiment.loop import run_experiment
 
 # The fixed-step solver: an adaptive stop (server.solver=lbfgs) turns the runtimes' 1e-7
 # differences into different step counts, so the comparison would test the solver, not the runtime.
-SHORT = ["rounds=2", "server.solver=optimizer", "server.tolerance=null", "server.epochs=2", "seed=7", "partition=iid"]
+SHORT = ["rounds=2", "server.solver=optimizer", "server.tolerance=null", "server.epochs=2", "seed=7", "partition=groups_iid"]
 METHODS = {  # every method, and every request path: HVPs, minibatches, sampled clients, participation
     "vrcs": ["method=vrcs", "method.q=0.5", "similarity.estimate=true", "similarity.iterations=2"],
     "vrcs-minibatch-sampled": [

@@ -93,7 +93,7 @@ def test_two_trials_of_a_thousand_clients_each_share_two_cpus(ray_session, tmp_p
     path = tmp_path / "many.yaml"
     path.write_text(
         "name: many\n"
-        "overrides: [runtime=ray, runtime.workers=1, rounds=2, server.epochs=1, partition=iid,"
+        "overrides: [runtime=ray, runtime.workers=1, rounds=2, server.epochs=1, partition=groups_iid,"
         " partition.clients_f=500, partition.clients_g=500]\n"
         "grid:\n  method.theta: [0.1, 1.0]\nmax_concurrent_trials: 2\n"
     )

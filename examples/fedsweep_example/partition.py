@@ -36,4 +36,4 @@ def by_feature(
         shards = torch.tensor_split(idx[n_server:], clients)
         groups.append((train.subset(idx[:n_server]), tuple(train.subset(s) for s in shards)))
     (server_f, shards_f), (server_g, shards_g) = groups
-    return Partition(server_f=server_f, server_g=server_g, clients_f=shards_f, clients_g=shards_g)
+    return Partition(clients={"f": shards_f, "g": shards_g}, server={"f": server_f, "g": server_g}, weights={"f": 0.5, "g": 0.5})

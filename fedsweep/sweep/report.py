@@ -2,10 +2,9 @@
 
 ``results.csv`` has a row per trial, best first by the sweep's metric (blank, e.g. a target
 never reached, last). With ``target_accuracy`` a row has what it took to first reach it,
-``target/round``, ``target/comm_f``, ``target/comm_g`` and ``target/comm_total`` (f + g), blank
-when the trial never did, and the budget such a trial counts as in the censored statistics:
-``budget/round`` (the run's ``rounds``), ``budget/comm_f``, ``budget/comm_g`` and
-``budget/comm_total`` (its final communication counts).
+``target/round``, ``target/comm_<group>`` and ``target/comm_total``, blank when the trial never
+did, and the budget such a trial counts as in the censored statistics: ``budget/round`` (the
+run's ``rounds``) and ``budget/comm_*`` (its final communication counts).
 
 With ``repeats`` (seeds as an axis) the sweep also writes ``summary.csv`` and ``best.csv``
 (:mod:`fedsweep.sweep.summary`: censored statistics for the ``target/*`` metrics, mean and
@@ -23,19 +22,27 @@ from pathlib import Path
 import pandas as pd
 
 from fedsweep.sweep.grid import label
-from fedsweep.sweep.summary import (TARGETS, best_per_option, config_keys, configuration, is_target, readable,
+from fedsweep.sweep.summary import (best_per_option, budget_of, config_keys, configuration, is_target, readable,
                                     seed_text, summarize)  # fmt: skip
 from fedsweep.sweep.sweep_file import Sweep
 
-FINAL = ("accuracy/test", "loss/test", "accuracy/server", "comm/f", "comm/g", "round")
-TARGET = ("target/round", "target/comm_f", "target/comm_g", "target/comm_total")
-SIMILARITY = ("similarity/delta_f", "similarity/delta_g")
-BUDGET_COUNTERS = {  # a budget column → the counters whose final values it adds (budget/round: the run's rounds)
-    "budget/comm_f": ("comm/f",),
-    "budget/comm_g": ("comm/g",),
-    "budget/comm_total": ("comm/total",),
-    "budget/bytes": ("comm/bytes_sent", "comm/bytes_received"),
-}
+FINAL = ("accuracy/test", "loss/test", "accuracy/server")  # then every comm/<group>, comm/total and the round
+
+
+def final_columns(metrics: dict) -> list[str]:
+    """The columns a trial's row shows from its chosen result."""
+    comm = sorted(k for k in metrics if k.startswith("comm/") and k.count("/") == 1 and k not in COUNTERS)
+    return [*FINAL, *comm, "round"]
+
+
+COUNTERS = ("comm/messages", "comm/bytes_sent", "comm/bytes_received")
+
+
+def budget_counters(budget: str) -> tuple[str, ...]:
+    """The counters whose final values a budget column adds (``budget/round``: the run's rounds)."""
+    if budget == "budget/bytes":
+        return ("comm/bytes_sent", "comm/bytes_received")
+    return ("comm/" + budget.removeprefix("budget/comm_"),)
 
 
 def status(metrics: dict, rounds: int, *, error: bool = False) -> str:
@@ -85,19 +92,17 @@ def _best_rows(results, sweep: Sweep) -> dict[str, dict]:
 
 def target_columns(history: pd.DataFrame | None, last: dict, rounds: int, names: tuple[str, ...]) -> dict[str, float]:
     """A trial's ``target/*`` values as its tracker recorded them at the first round that reached
-    the target (NaN: never reached; ``target/comm_total`` is f + g), then each one's budget:
-    ``budget/round`` is ``rounds``, ``budget/comm_*`` the last count the trial reported (NaN if none)."""
+    the target (NaN: never reached), then each one's budget: ``budget/round`` is ``rounds``,
+    ``budget/comm_*`` the last count the trial reported (NaN if none)."""
     frame = history if history is not None and len(history) else pd.DataFrame([last])
     reached = frame[frame["target/round"].notna()] if "target/round" in frame else frame.iloc[:0]
     record = reached.iloc[0].to_dict() if len(reached) else {}
     out = {}
     for name in names:
-        parts = ("target/comm_f", "target/comm_g") if name == "target/comm_total" else (name,)
-        out[name] = float(sum(record.get(part, math.nan) for part in parts))
+        out[name] = float(record.get(name, math.nan))
     for name in names:
-        budget = TARGETS[name]
-        counters = BUDGET_COUNTERS.get(budget, ())
-        out[budget] = float(rounds) if name == "target/round" else float(sum(_last(frame, c) for c in counters))
+        budget = budget_of(name)
+        out[budget] = float(rounds) if name == "target/round" else float(sum(_last(frame, c) for c in budget_counters(budget)))
     return out
 
 
@@ -117,20 +122,21 @@ def write_report(results, sweep: Sweep, out_dir: Path) -> pd.DataFrame:
     """
     rows, histories, targets = [], [], set()
     chosen_rows = trial_rows(results, sweep)
-    wanted = TARGET + ((sweep.metric,) if is_target(sweep.metric) and sweep.metric not in TARGET else ())
     for result in results:
         if not result.config:
             continue
         row = {key: label(result.config, key) for key in sweep.columns}
         metrics = result.metrics or {}
         chosen = chosen_rows.get(metrics.get("trial_id"), metrics)
-        row.update({name: chosen.get(name) for name in FINAL})
+        row.update({name: chosen.get(name) for name in final_columns(chosen)})
         history = result.metrics_dataframe
         if result.config.get("target_accuracy") is not None:
             targets.add(result.config["target_accuracy"])
-            row.update(target_columns(history, metrics, result.config["rounds"], wanted))
+            wanted = sorted(k for k in metrics if is_target(k) and k != "target/bytes")
+            wanted += [sweep.metric] if is_target(sweep.metric) and sweep.metric not in wanted else []
+            row.update(target_columns(history, metrics, result.config["rounds"], tuple(wanted)))
         if result.config.get("similarity", {}).get("estimate"):
-            row.update({name: chosen.get(name) for name in SIMILARITY})
+            row.update({name: chosen.get(name) for name in chosen if name.startswith("similarity/")})
         row["status"] = status(metrics, result.config["rounds"], error=result.error is not None)
         rows.append(row)
         if history is not None and "accuracy/test" in history:
@@ -192,9 +198,11 @@ def _plots(histories: list[tuple[dict, pd.DataFrame]], best: pd.DataFrame | None
             shown = f"shown on seeds {seed_text(report)}" if sweep.select_seeds else "and shown on the same seeds"
             title = f"each option's best: chosen on seeds {seed_text(select)}, {shown}"
     _plot(curves, "round", "round", out_dir / "accuracy.png", bands=bands, target=target, title=title)
-    _plot(curves, "comm/total", "communications (f + g)", out_dir / "accuracy_vs_comm.png", target=target)
-    if bands:  # per communication of each group, the mean over seeds with its band
-        for axis in ("f", "g"):
+    _plot(curves, "comm/total", "communications (all groups)", out_dir / "accuracy_vs_comm.png", target=target)
+    groups = sorted({c.removeprefix("comm/") for _, h in histories for c in h.columns
+                     if c.startswith("comm/") and c.count("/") == 1 and c not in (*COUNTERS, "comm/total")})  # fmt: skip
+    if bands and len(groups) > 1:  # per communication of each group, the mean over seeds with its band
+        for axis in groups:
             _plot(curves, f"comm/{axis}", f"communications with group {axis}", out_dir / f"accuracy_vs_comm_{axis}.png",
                   bands=bands, target=target, title=title)  # fmt: skip
 

@@ -5,11 +5,12 @@ row of ``summary.csv`` counts every seed it ran:
 
 - ``seeds``: the seeds run; ``finished``: those that ran all their rounds.
 - The metric (unless a ``target/*`` one), the final test accuracy and communication counts
-  ``accuracy/test``, ``comm/f``, ``comm/g``: ``<m> mean``, ``<m> std`` and ``<m> ci95`` (the
+  ``accuracy/test``, ``comm/<group>``, ``comm/total``: ``<m> mean``, ``<m> std`` and ``<m> ci95`` (the
   half-width of a 95% confidence interval for the mean, Student's t with n − 1 degrees of
   freedom) over the finished seeds.
-- With ``target_accuracy``, what it took to first reach it: ``target/round``, ``target/comm_f``,
-  ``target/comm_g`` and ``target/comm_total`` (f + g). A seed that never reached the target has
+- With ``target_accuracy``, what it took to first reach it: ``target/round``,
+  ``target/comm_<group>`` (``target/comm_f``, ``target/comm_g`` in VRCS's federation) and
+  ``target/comm_total``. A seed that never reached the target has
   no value: it is *censored* (it would have needed more than it was given), never dropped.
 
   ``reached``
@@ -21,7 +22,7 @@ row of ``summary.csv`` counts every seed it ran:
       the mean over all seeds with a never-reached seed counted at its budget, and the
       half-width of its 95% CI (Student's t). The budget is the trial's ``budget/*`` column of
       ``results.csv``: the run's ``rounds`` for ``target/round``; for ``target/comm_*`` the
-      run's final communication count (``comm/f``, ``comm/g``, ``comm/total`` at its last
+      run's final communication count (``comm/<group>``, ``comm/total`` at its last
       reported round), what it spent without reaching the target. So with any never-reached
       seed the mean is a lower bound of what reaching the target costs on average; blank
       when a never-reached seed reported no count (it diverged in its first round).
@@ -55,21 +56,31 @@ from fedsweep.sweep.grid import folded_keys
 if TYPE_CHECKING:
     from fedsweep.sweep.sweep_file import Sweep
 
-TARGETS = {  # a target metric → the trial table's column a seed that never reached it counts as
-    "target/round": "budget/round",
-    "target/comm_f": "budget/comm_f",
-    "target/comm_g": "budget/comm_g",
-    "target/comm_total": "budget/comm_total",
-    "target/bytes": "budget/bytes",
-}
-DERIVED = ("target/comm_total",)  # target/comm_f + target/comm_g, added by the sweep's table
-SUMMARIZED_TARGETS = ("target/round", "target/comm_f", "target/comm_g", "target/comm_total")
-MEANS = ("accuracy/test", "comm/f", "comm/g")  # beside the metric, mean ± CI over the finished seeds
 NEVER = "never"  # how an infinite median (at most half the seeds reached the target) is written
 
 
 def is_target(metric: str) -> bool:
-    return metric in TARGETS
+    """``target/*``: what it took to first reach ``target_accuracy`` (the round, the contacts with
+    each group and in all, the bytes)."""
+    return metric.startswith("target/")
+
+
+def budget_of(target: str) -> str:
+    """The trial table's column a seed that never reached the target counts as: ``budget/round``
+    for ``target/round``, ``budget/comm_<a>`` for ``target/comm_<a>``, ``budget/bytes``."""
+    return "budget/" + target.removeprefix("target/")
+
+
+def summarized_targets(table: pd.DataFrame) -> list[str]:
+    """The target metrics a table has, the round first, bytes left out."""
+    found = [c for c in table.columns if is_target(c) and c != "target/bytes"]
+    return sorted(found, key=lambda c: (c != "target/round", c))
+
+
+def means_of(table: pd.DataFrame) -> list[str]:
+    """Beside the metric, mean ± CI over the finished seeds: the final test accuracy and every
+    communication counter."""
+    return ["accuracy/test", *sorted(c for c in table.columns if c.startswith("comm/") and c != "comm/total"), "comm/total"]
 
 
 @dataclass(frozen=True)
@@ -136,8 +147,8 @@ def summarize(table: pd.DataFrame, sweep: Sweep, seeds: Iterable[int] | None = N
     seeds = sweep.seed_split[0] if seeds is None else tuple(seeds)
     table = table[table["seed"].isin(seeds)]
     keys = config_keys(sweep)
-    targets = [t for t in dict.fromkeys((*SUMMARIZED_TARGETS, sweep.metric)) if is_target(t) and t in table]
-    means = [m for m in dict.fromkeys((sweep.metric, *MEANS)) if not is_target(m) and m in table and m != "round"]
+    targets = [t for t in dict.fromkeys((*summarized_targets(table), sweep.metric)) if is_target(t) and t in table]
+    means = [m for m in dict.fromkeys((sweep.metric, *means_of(table))) if not is_target(m) and m in table and m != "round"]
     groups: dict[tuple, list[int]] = {}
     for position, (_, row) in enumerate(table.iterrows()):
         groups.setdefault(configuration(row, keys), []).append(position)
@@ -151,7 +162,8 @@ def summarize(table: pd.DataFrame, sweep: Sweep, seeds: Iterable[int] | None = N
             mean, std, half = mean_ci(done[metric].dropna())
             row.update({f"{metric} mean": mean, f"{metric} std": std, f"{metric} ci95": half})
         for metric in targets:
-            stats = censored(frame[metric], frame[TARGETS[metric]] if TARGETS[metric] in frame else [math.nan] * len(frame))
+            budget = budget_of(metric)
+            stats = censored(frame[metric], frame[budget] if budget in frame else [math.nan] * len(frame))
             row.setdefault("reached", f"{stats.reached}/{stats.seeds}")
             row.update({f"{metric} median": stats.median, f"{metric} mean_at_budget": stats.mean_at_budget,
                         f"{metric} ci95_at_budget": stats.ci95_at_budget})  # fmt: skip

@@ -34,7 +34,7 @@ configurations are ranked, and each option's best chosen, on the select seeds on
 other seeds), fresh seeds that took no part in the choice. Every configuration still runs
 every seed (one Tune grid, no second phase): ``results.csv`` lists them all. The two lists
 are disjoint and together the repeats' seeds. ``target/*`` metrics (what it took to first
-reach ``target_accuracy``; ``target/comm_total`` is ``target/comm_f + target/comm_g``) rank
+reach ``target_accuracy``: ``target/round``, ``target/comm_<group>``, ``target/comm_total``) rank
 with ``mode: min`` (``fedsweep.sweep.summary``).
 
 Everything here runs before Ray starts, so a bad file costs nothing.
@@ -52,10 +52,10 @@ from typing import Any
 import yaml
 
 from fedsweep.core.errors import ConfigError
-from fedsweep.experiment.metrics import EVERY_ROUND, REPORTED
+from fedsweep.experiment.metrics import EVERY_ROUND, REPORTED, PER_GROUP, is_reported
 from fedsweep.sweep.grid import config_groups, trial_count
 from fedsweep.sweep.search_space import KINDS, SCALARS, Domain, is_sampled, parse_value
-from fedsweep.sweep.summary import DERIVED, is_target
+from fedsweep.sweep.summary import is_target
 
 SWEEP_KEYS = ("name", "overrides", "grid", "search", "num_samples", "scheduler", "repeats", "select_seeds",
               "report_seeds", "metric", "mode", "rank", "max_concurrent_trials", "max_trials")  # fmt: skip
@@ -171,8 +171,9 @@ def load_sweep(path: str | Path, *, overrides: Sequence[str] = (), name: str | N
     if mode not in ("max", "min"):
         raise ConfigError(f"{path}: mode must be max or min, got mode={mode!r}")
     metric = raw.get("metric", "accuracy/test")
-    if metric not in REPORTED + DERIVED:
-        raise ConfigError(f"{path}: metric={metric!r} is not a metric runs report; known: {', '.join(REPORTED + DERIVED)}")
+    if not is_reported(metric):
+        known = ", ".join((*REPORTED, *(t.format("<group>") for t in PER_GROUP)))
+        raise ConfigError(f"{path}: metric={metric!r} is not a metric runs report; known: {known}")
     if is_target(metric) and mode != "min":
         raise ConfigError(f"{path}: metric={metric!r} counts what it took to reach the target (less is better); "
                           f"use mode: min, got mode={mode!r}")  # fmt: skip

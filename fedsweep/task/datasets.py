@@ -202,13 +202,14 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
 
 
 def load_fashion_mnist(
-    root: str | os.PathLike, *, debian_dir: str | os.PathLike | None = None
+    root: str | os.PathLike, *, debian_dir: str | os.PathLike | None = None, normalize: bool = True
 ) -> DataBundle:
     """Fashion-MNIST, from Debian's files if present, else downloaded by torchvision.
 
     ``debian_dir`` defaults to ``DEBIAN_FASHION_MNIST_DIR`` (read at call time). When it
     holds the four IDX ``.gz`` files they are unzipped into ``root/FashionMNIST/raw/``
-    and read with ``download=False``.
+    and read with ``download=False``. Pixels are in [0, 1], standardised unless ``normalize``
+    is false (NIID-Bench reads them with ``ToTensor()`` alone).
     """
     from torchvision.datasets import FashionMNIST
 
@@ -221,7 +222,7 @@ def load_fashion_mnist(
             if not (raw_dir / name).is_file():
                 _gunzip(debian / f"{name}.gz", raw_dir / name)
     parts = [FashionMNIST(str(root), train=t, download=not have_debian) for t in (True, False)]
-    return _idx_bundle("fashion_mnist", parts, _FASHION_MNIST_MEAN_STD)
+    return _idx_bundle("fashion_mnist", parts, _FASHION_MNIST_MEAN_STD if normalize else (0.0, 1.0))
 
 
 def load_mnist(root: str | os.PathLike) -> DataBundle:

@@ -81,6 +81,24 @@ def cnn(
     )
 
 
+def lenet(*, input_shape: Sequence[int], num_classes: int) -> nn.Module:
+    """NIID-Bench's CNN for (Fashion-)MNIST (``SimpleCNNMNIST``, Li et al. 2022, arXiv 2102.02079):
+    conv5(C→6) → ReLU → maxpool 2 → conv5(6→16) → ReLU → maxpool 2 → Linear(120) → ReLU →
+    Linear(84) → ReLU → Linear(num_classes); 44k parameters on 28×28 inputs."""
+    shape, num_classes = _check_sizes(input_shape, num_classes, 1, image=True)
+    height, width = (((side - 4) // 2 - 4) // 2 for side in shape[1:])
+    if min(height, width) < 1:
+        raise ConfigError(f"model=lenet needs inputs of at least 16x16, got input_shape={tuple(shape)}")
+    return nn.Sequential(
+        nn.Conv2d(shape[0], 6, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * height * width, 120), nn.ReLU(),
+        nn.Linear(120, 84), nn.ReLU(),
+        nn.Linear(84, num_classes),
+    )  # fmt: skip
+
+
 def resnet18(*, input_shape: Sequence[int], num_classes: int, norm: Norm = "group") -> nn.Module:
     from torchvision.models import resnet18 as torchvision_resnet18
 
@@ -92,7 +110,7 @@ def resnet18(*, input_shape: Sequence[int], num_classes: int, norm: Norm = "grou
     return model
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": cnn, "resnet18": resnet18}
+MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": cnn, "lenet": lenet, "resnet18": resnet18}
 
 
 def seeded(factory: Callable[..., nn.Module], seed: int | None, **kwargs: Any) -> nn.Module:

@@ -9,8 +9,15 @@ the shipped targets, and a user's own class plugs in the same way.
 from fedsweep.algorithms.protocols import GradientOracle, Method, MethodState, Solution
 from fedsweep.algorithms.fedavg import FedAvg, FedProx
 from fedsweep.algorithms.scaffold import Scaffold
+from fedsweep.algorithms.feddyn import FedDyn
+from fedsweep.algorithms.fednova import FedNova
+from fedsweep.algorithms.fedopt import FedOpt
+from fedsweep.algorithms.yogi import Yogi
 from fedsweep.algorithms.server_only import ServerOnly
 from fedsweep.algorithms.sliding import Sliding
 from fedsweep.algorithms.vrcs import VRCS
 
-__all__ = ["GradientOracle", "Method", "MethodState", "Solution", "VRCS", "Sliding", "FedAvg", "FedProx", "Scaffold", "ServerOnly"]
+__all__ = [
+    "GradientOracle", "Method", "MethodState", "Solution", "VRCS", "Sliding", "FedAvg", "FedProx", "Scaffold", "ServerOnly",
+    "FedDyn", "FedNova", "FedOpt", "Yogi",
+]  # fmt: skip

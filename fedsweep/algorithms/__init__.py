@@ -12,5 +12,7 @@ from fedsweep.algorithms.scaffold import Scaffold
 from fedsweep.algorithms.server_only import ServerOnly
 from fedsweep.algorithms.sliding import Sliding
 from fedsweep.algorithms.vrcs import VRCS
+from fedsweep.algorithms.accvrcs import AccVRCS
+from fedsweep.algorithms.c_acc_extragradient import CAccExtragradient
 
-__all__ = ["GradientOracle", "Method", "MethodState", "Solution", "VRCS", "Sliding", "FedAvg", "FedProx", "Scaffold", "ServerOnly"]
+__all__ = ["GradientOracle", "Method", "MethodState", "Solution", "VRCS", "AccVRCS", "CAccExtragradient", "Sliding", "FedAvg", "FedProx", "Scaffold", "ServerOnly"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+
 import numpy as np
 import pytest
 import torch
@@ -137,8 +138,8 @@ def test_c_acc_extragradient_two_rounds_by_hand():
 
     tau, eta, theta, alpha = aeg(mu, delta_f / 2)
     tau_in, eta_in, theta_in, alpha_in = aeg(1 / theta, delta_g / 2)
-    d_f = lambda x: oracle.f.grad(x) - oracle.f1.grad(x)  # noqa: E731
-    d_g = lambda x: oracle.g.grad(x) - oracle.g1.grad(x)  # noqa: E731
+    d_f = lambda x: oracle.f.grad(x) - oracle.f1.grad(x)
+    d_g = lambda x: oracle.g.grad(x) - oracle.g1.grad(x)
 
     x, x_f, contacts = x0, x0, list(oracle.contacted)
     for round_stats in stats:

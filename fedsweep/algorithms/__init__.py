@@ -1,6 +1,6 @@
 """Federated methods as plain code over ``Weights`` and a gradient oracle (no Ray here).
 
-A method is any object with ``init(x0, *, seed) -> MethodState`` and
+A method is any object with ``init(x0, *, seed, oracle) -> MethodState`` and
 ``round(state, oracle) -> (state, stats)`` (:class:`Method`), built from its config
 node ``method`` by ``method._target_`` (``fedsweep.experiment.components``): the classes below are
 the shipped targets, and a user's own class plugs in the same way.
@@ -16,8 +16,10 @@ from fedsweep.algorithms.yogi import Yogi
 from fedsweep.algorithms.server_only import ServerOnly
 from fedsweep.algorithms.sliding import Sliding
 from fedsweep.algorithms.vrcs import VRCS
+from fedsweep.algorithms.accvrcs import AccVRCS
+from fedsweep.algorithms.c_acc_extragradient import CAccExtragradient
 
 __all__ = [
-    "GradientOracle", "Method", "MethodState", "Solution", "VRCS", "Sliding", "FedAvg", "FedProx", "Scaffold", "ServerOnly",
-    "FedDyn", "FedNova", "FedOpt", "Yogi",
+    "GradientOracle", "Method", "MethodState", "Solution", "VRCS", "AccVRCS", "CAccExtragradient", "Sliding", "FedAvg",
+    "FedProx", "Scaffold", "ServerOnly", "FedDyn", "FedNova", "FedOpt", "Yogi",
 ]  # fmt: skip

@@ -74,7 +74,7 @@ class _Run:
 
     def blocks(self, positions: np.ndarray) -> Iterator[tuple[np.ndarray, callable]]:
         """Blocks of ``positions`` with the engine that trains each."""
-        if not self.vc.vectorized:
+        if not self.vc.stacked:
             for p in positions:
                 yield np.array([p]), self.one
             return

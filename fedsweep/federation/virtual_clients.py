@@ -11,7 +11,7 @@ Gradients and HVPs are one pass over the union of the clients' examples, each ex
 by ``w_i / n_i`` (chunks of ``CHUNK`` rows); local training runs on the engines of
 ``fedsweep.federation.local_training``. Models with BatchNorm are served one client at a time
 (``vectorized`` False), because batch statistics make a client's gradient depend on which
-examples share its batch. Which examples a client uses comes from
+examples share its batch (``engines``). Which examples a client uses comes from
 ``fedsweep.federation.batches``, so every engine, and any split of the clients over workers,
 sees the same minibatches.
 """
@@ -34,6 +34,17 @@ from fedsweep.core.device import resolve_device
 from fedsweep.core.weights import Weights
 from fedsweep.federation.requests import GradRequest, HvpRequest, Reply, Request, TrainRequest
 
+
+
+def engines(model: nn.Module, vectorize: bool | str, device: torch.device) -> tuple[bool, bool]:
+    """``(vectorized, stacked)``: whether many clients' gradients are one pass over the union of
+    their examples (and one-step clients are folded into one), and whether local training runs
+    blocks of clients under ``vmap``. ``auto``: both unless the model has BatchNorm (its batch
+    statistics mix examples); ``true``: both; ``false``: neither (one client at a time)."""
+    if vectorize != "auto":
+        return bool(vectorize), bool(vectorize)
+    union = not uses_batch_statistics(model)
+    return union, union
 
 
 def uses_batch_statistics(model: nn.Module) -> bool:
@@ -66,7 +77,7 @@ class VirtualClients:
         self.starts = data.starts
         self.loss = loss
         self.model = model_fn().to(self.device)
-        self.vectorized = not uses_batch_statistics(self.model) if vectorize == "auto" else bool(vectorize)
+        self.vectorized, self.stacked = engines(self.model, vectorize, self.device)
 
     def serve(self, request: Request, clients: np.ndarray, weights: np.ndarray) -> Reply:
         """Σ_i weights[i] · reply of client ``clients[i]``, a float64 ``Weights`` per reply field:

@@ -10,9 +10,9 @@ import pytest
 from fedsweep.experiment.config import compose
 from fedsweep.experiment.loop import run_experiment
 
-# The fixed-step solver: an adaptive stop (server.solver=lbfgs) turns the runtimes' 1e-7
+# The fixed-step solver: an adaptive stop (solver=lbfgs) turns the runtimes' 1e-7
 # differences into different step counts, so the comparison would test the solver, not the runtime.
-SHORT = ["rounds=2", "server.solver=optimizer", "server.tolerance=null", "server.epochs=2", "seed=7", "partition=groups_iid"]
+SHORT = ["rounds=2", "solver=steps", "solver.tolerance=null", "solver.epochs=2", "seed=7", "partition=groups_iid"]
 METHODS = {  # every method, and every request path: HVPs, minibatches, sampled clients, participation
     "vrcs": ["method=vrcs", "method.q=0.5", "similarity.estimate=true", "similarity.iterations=2"],
     "vrcs-minibatch-sampled": [
@@ -80,7 +80,7 @@ def test_communication_counts_the_logical_federation(tmp_path):
 
 
 def test_same_seed_same_run_different_seed_different_run(tmp_path):
-    base = ["rounds=3", "server.epochs=2", "method.q=0.5"]
+    base = ["rounds=3", "method.q=0.5"]
     a = history(base + ["seed=7"], tmp_path / "a")
     b = history(base + ["seed=7"], tmp_path / "b")
     c = history(base + ["seed=8"], tmp_path / "c")

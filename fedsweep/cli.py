@@ -14,6 +14,19 @@ from fedsweep.core.errors import ConfigError, RunError
 from fedsweep.experiment.config import compose, search_path, to_container, validate
 from fedsweep.experiment.run_dir import open_run_dir
 
+
+def resume_checkpoint(cfg: dict) -> dict | None:
+    """The checkpoint ``checkpoint.resume`` names, read once and checked against ``cfg`` (one line
+    otherwise), before anything is written."""
+    path = cfg["checkpoint"]["resume"]
+    if path is None:
+        return None
+    from fedsweep.experiment.checkpoint import check_config, load_checkpoint
+
+    payload = load_checkpoint(path)
+    check_config(payload, cfg, path)
+    return payload
+
 USAGE = "usage: fedsweep run [key=value ...] | fedsweep tune SWEEP_FILE [key=value ...] [--name NAME] [--results DIR]"
 
 
@@ -63,6 +76,7 @@ def run_main(argv: list[str] | None = None) -> int:
         overrides, config_dirs = split_config_dirs([arg for arg in overrides if arg != "--cfg"])
         cfg = to_container(compose(overrides, config_dirs=config_dirs))
         validate(cfg)
+        checkpoint = resume_checkpoint(cfg)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -73,7 +87,7 @@ def run_main(argv: list[str] | None = None) -> int:
 
     log_dir = open_run_dir(cfg)
     try:
-        final = run_experiment(cfg, log_dir=log_dir)
+        final = run_experiment(cfg, log_dir=log_dir, checked=True, checkpoint=checkpoint)
     except RunError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -85,12 +99,15 @@ def run_main(argv: list[str] | None = None) -> int:
         newest = checkpoint_path(log_dir, saved[-1])
         print(f"Checkpoints: rounds {', '.join(map(str, saved))} kept; continue with checkpoint.resume={newest}")
     accuracy = f"test accuracy {final['accuracy/test']:.4f}, " if "accuracy/test" in final else ""
-    summary = f"final {accuracy}test loss {final['loss/test']:.4f}, communications f={final['comm/f']:.0f} g={final['comm/g']:.0f}"
+    groups = [k.removeprefix("comm/") for k in final if k.startswith("comm/") and k.count("/") == 1
+              and k not in ("comm/total", "comm/messages", "comm/bytes_sent", "comm/bytes_received")]  # fmt: skip
+    counts = " ".join(f"{g}={final[f'comm/{g}']:.0f}" for g in groups)
+    summary = f"final {accuracy}test loss {final['loss/test']:.4f}, communications {counts}"
     if cfg["target_accuracy"] is not None:
         reached = final["target/round"] == final["target/round"]  # not NaN
+        spent = " ".join(f"{g}={final[f'target/comm_{g}']:.0f}" for g in groups)
         summary += (
-            f"; target {cfg['target_accuracy']} reached at round {final['target/round']:.0f} "
-            f"after f={final['target/comm_f']:.0f} g={final['target/comm_g']:.0f} communications"
+            f"; target {cfg['target_accuracy']} reached at round {final['target/round']:.0f} after {spent} communications"
             if reached
             else f"; target {cfg['target_accuracy']} not reached"
         )

@@ -4,6 +4,8 @@ against."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -12,7 +14,8 @@ from fedsweep.federation.client_data import ClientData
 from fedsweep.algorithms.protocols import Solution
 from fedsweep.federation.oracle import FederatedOracle
 from fedsweep.federation.runtime.local import LocalRuntime
-from fedsweep.federation.server import Server, ServerConfig
+from fedsweep.federation.server import Server
+from fedsweep.federation.solvers import LBFGS, OptimizerSteps
 from fedsweep.task.losses import squared_error
 from fedsweep.core.weights import Weights
 
@@ -23,7 +26,7 @@ class LeastSquaresFederation:
     """Groups f and g of two clients each, G(x) = mean_j (a_jᵀx − b_j)², and the server's f1, g1:
     perturbed copies of a third of each group's rows."""
 
-    def __init__(self, *, seed: int = 0, tolerance: float = 0.1, solver: str = "lbfgs") -> None:
+    def __init__(self, *, seed: int = 0, tolerance: float | None = 0.1, solver: str = "lbfgs", lr: float = 0.01) -> None:
         gen = torch.Generator().manual_seed(seed)
 
         def rand(*shape):
@@ -45,12 +48,13 @@ class LeastSquaresFederation:
 
         clients = ClientData.from_groups({g: [_data(A[g][i::2], b[g][i::2]) for i in range(2)] for g in "fg"})
         runtime = LocalRuntime(device="cpu")
-        runtime.attach(clients, _model, loss=squared_error, vectorize="auto")
-        config = ServerConfig(solver=solver, tolerance=tolerance, max_steps=300, epochs=1, batch_size=None,
-                              grad_batch_size=None)  # fmt: skip
+        runtime.attach(clients, _model, loss=squared_error)
+        solver = (LBFGS(tolerance=tolerance) if solver == "lbfgs" else
+                  OptimizerSteps(optimizer=functools.partial(torch.optim.SGD, lr=lr), epochs=1, batch_size=None,
+                                 tolerance=tolerance))  # fmt: skip
         halves = {"f": 0.5, "g": 0.5}
-        self.server = Server(_model(), {g: _data(A1[g], b1[g]) for g in "fg"}, group_weights=halves, config=config,
-                             make_optimizer=None, loss=squared_error)  # fmt: skip
+        self.server = Server(_model(), {g: _data(A1[g], b1[g]) for g in "fg"}, group_weights=halves, solver=solver,
+                             loss=squared_error)  # fmt: skip
         self.oracle = FederatedOracle(
             runtime, clients, self.server, group_weights=halves, batch_size=None, deterministic=True,
             device=torch.device("cpu"),

@@ -11,7 +11,7 @@ from fedsweep.experiment.checkpoint import checkpoint_path, saved_rounds
 from fedsweep.experiment.config import compose
 from fedsweep.experiment.loop import run_experiment
 
-BASE = ["rounds=2", "server.epochs=1", "checkpoint.every=2", "seed=1"]
+BASE = ["rounds=2", "checkpoint.every=2", "seed=1"]
 
 
 @pytest.fixture(scope="module")

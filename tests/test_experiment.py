@@ -12,7 +12,7 @@ from fedsweep.experiment.checkpoint import checkpoint_path
 from fedsweep.experiment.config import compose
 from fedsweep.experiment.loop import run_experiment
 
-BASE = ["rounds=4", "server.epochs=2", "seed=3", "client.batch_size=32", "server.grad_batch_size=16"]
+BASE = ["rounds=4", "seed=3", "client.batch_size=32", "server.grad_batch_size=16"]
 
 
 def scalars(log_dir, tag):
@@ -70,7 +70,7 @@ def test_curves_against_communication_and_target(tmp_path):
 
 
 def test_unreached_target_is_nan(tmp_path):
-    last = run(["rounds=1", "target_accuracy=1.0", "server.epochs=1"], tmp_path / "run")[-1]
+    last = run(["rounds=1", "target_accuracy=1.0"], tmp_path / "run")[-1]
     assert math.isnan(last["target/comm_f"])
 
 
@@ -85,8 +85,8 @@ def test_every_method_learns_digits(tmp_path, method):
 
 
 def test_a_rerun_into_the_same_directory_replaces_its_curves(tmp_path):
-    run(["rounds=2", "server.epochs=1"], tmp_path / "run")
-    run(["rounds=2", "server.epochs=1"], tmp_path / "run")
+    run(["rounds=2"], tmp_path / "run")
+    run(["rounds=2"], tmp_path / "run")
     acc = EventAccumulator(str(tmp_path / "run"))
     acc.Reload()
     assert [e.step for e in acc.Scalars("accuracy/test")] == [1, 2]
@@ -98,7 +98,7 @@ def test_every_reported_metric_is_known_to_sweep_files(tmp_path):
 
     seen = set()
     for method in ("vrcs", "sliding", "fedavg", "fedprox", "scaffold", "server_only"):
-        overrides = [f"method={method}", "rounds=1", "server.epochs=1", "similarity.estimate=true",
+        overrides = [f"method={method}", "rounds=1", "similarity.estimate=true",
                      "similarity.iterations=1"] + (["method.q=0.2"] if method == "vrcs" else [])  # fmt: skip
         seen |= set(run(overrides, tmp_path / method)[-1])
     assert all(is_reported(m) for m in seen), [m for m in seen if not is_reported(m)]

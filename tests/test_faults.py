@@ -18,7 +18,7 @@ from fedsweep.experiment.loop import run_experiment
 
 # long requests (one client at a time, many epochs), so that a kill lands in the middle of one
 LONG = [
-    "method=fedavg", "method.local_epochs=80", "rounds=3", "server.epochs=1", "seed=4",
+    "method=fedavg", "method.local_epochs=80", "rounds=3", "seed=4",
     "partition.clients_f=20", "partition.clients_g=20", "runtime=ray", "runtime.workers=2",
     "runtime.num_cpus=0.5", "runtime.vectorize=false",
 ]  # fmt: skip

@@ -28,7 +28,7 @@ from tests.ray_processes import descendants, free_port, is_descendant, name, sto
 ROUNDS, EVERY = 150, 2
 SWEEP = f"""\
 name: nodes
-overrides: [runtime=local, rounds={ROUNDS}, checkpoint.every={EVERY}, server.solver=optimizer, server.tolerance=null, server.epochs=1,
+overrides: [runtime=local, rounds={ROUNDS}, checkpoint.every={EVERY}, solver=steps, solver.tolerance=null, solver.epochs=1,
             target_accuracy=null]
 grid:
   method.theta: [0.3, 0.5]

@@ -97,7 +97,7 @@ def test_the_api_takes_a_mapping_of_dotted_keys(tmp_path):
     assert cfg["method"]["_target_"] == "fedsweep.algorithms.FedAvg" and cfg["method"]["lr"] == 0.2 and cfg["rounds"] == 2
     with pytest.raises(ConfigError, match="'method.theta' is not a config key"):
         make_config({"method": "fedavg", "method.theta": 0.2})
-    with pytest.raises(ConfigError, match="method.lr must be > 0"):
+    with pytest.raises(ConfigError, match="method.lr must be a finite number > 0"):
         make_config({"method": "fedavg", "method.lr": -1})
 
 

@@ -15,7 +15,7 @@ from fedsweep.experiment.loop import run_experiment
 from tests.ray_processes import is_loopback
 
 # two workers of 1 CPU on two 1-CPU nodes: one per node, each serving two of the four clients
-OVERRIDES = ["rounds=2", "server.solver=optimizer", "server.tolerance=null", "server.epochs=1", "seed=5", "partition.clients_f=2",
+OVERRIDES = ["rounds=2", "solver=steps", "solver.tolerance=null", "solver.epochs=1", "seed=5", "partition.clients_f=2",
              "partition.clients_g=2"]  # fmt: skip (the fixed-step solver: see test_runtimes.py)
 
 
@@ -43,7 +43,7 @@ def test_sweep_with_gpu_shares_schedules_on_one_gpu(tmp_path):
     server 1/2 of the GPU each: a trial fits on the GPU, and the trials finish."""
     sweep = tmp_path / "gpu.yaml"
     sweep.write_text(
-        "name: gpu\noverrides: [runtime=ray, runtime.workers=1, rounds=2, server.epochs=1]\ngrid:\n  method.theta: [0.1, 1.0]\n"
+        "name: gpu\noverrides: [runtime=ray, runtime.workers=1, rounds=2]\ngrid:\n  method.theta: [0.1, 1.0]\n"
     )
     script = Path(__file__).with_name("ray_cluster_run.py")
     done = subprocess.run(

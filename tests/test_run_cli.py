@@ -30,7 +30,7 @@ def test_bad_values_stop_in_one_line_and_write_nothing(tmp_path, capsys, args, n
 
 def test_a_run_writes_its_config_and_scalars(tmp_path, capsys):
     log_dir = tmp_path / "run"
-    assert run_main(["rounds=2", "server.epochs=1", "method.theta=0.01", "method.p=0.5", "method.q=0.5", f"log_dir={log_dir}"]) == 0
+    assert run_main(["rounds=2", "method.theta=0.01", "method.p=0.5", "method.q=0.5", f"log_dir={log_dir}"]) == 0
     saved = yaml.safe_load((log_dir / "config.yaml").read_text())
     assert (saved["method"]["theta"], saved["method"]["p"], saved["method"]["q"], saved["rounds"]) == (0.01, 0.5, 0.5, 2)
     assert list(log_dir.glob("events.out.tfevents.*"))
@@ -52,7 +52,7 @@ def test_a_diverging_run_stops_in_one_line_and_reports_no_nan(tmp_path, capsys):
     from fedsweep.core.errors import DivergedError
     from fedsweep.experiment.loop import run_experiment
 
-    sgd = ["server.solver=optimizer", "server.tolerance=null", "method.theta=0.01"]
+    sgd = ["solver=steps", "solver.tolerance=null", "method.theta=0.01"]
     assert run_main([*sgd, "method.p=0.5", "method.q=0.5", "rounds=3", f"log_dir={tmp_path / 'cli'}"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
     assert err.startswith("error: diverged at round ") and "method.theta=0.01" in err

@@ -65,7 +65,6 @@ def delta(tmp_path, server_similarity):
         compose(
             [
                 "rounds=1",
-                "server.epochs=1",
                 "similarity.estimate=true",
                 "similarity.iterations=10",
                 f"partition.server_similarity={server_similarity}",

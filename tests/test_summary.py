@@ -164,7 +164,7 @@ def test_a_sweep_selects_on_some_seeds_and_reports_on_fresh_ones_end_to_end(ray_
     """Digits, 2 rounds, sliding at two θ × 3 seeds: best.csv gives the θ chosen on seed 0, with
     censored statistics over seeds 1-2 only."""
     path = tmp_path / "split.yaml"
-    path.write_text("name: split\noverrides: [runtime=local, rounds=2, server.epochs=1, target_accuracy=0.3, checkpoint.every=0]\n"
+    path.write_text("name: split\noverrides: [runtime=local, rounds=2, target_accuracy=0.3, checkpoint.every=0]\n"
                     "grid:\n  method:\n    sliding: {theta: [0.05, 0.5]}\n"
                     "repeats: 3\nselect_seeds: [0]\nreport_seeds: [1, 2]\nmetric: target/comm_f\nmode: min\n")  # fmt: skip
     assert tune_main([str(path), "--results", str(tmp_path / "results")]) == 0

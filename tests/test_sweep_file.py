@@ -69,7 +69,7 @@ def test_good_sweep_expands_to_the_full_grid(tmp_path):
         ("grid:\n  method.theta: {uniform: [0.5]}\n", "uniform needs [lo, hi]"),
         ("grid:\n  method.theta: {loguniform: [0.0, 1.0]}\n", "loguniform needs 0 < lo, got loguniform=[0.0, 1.0]"),
         ("grid:\n  method.theta: {uniform: [nan, 1.0]}\n", "two finite numbers"),
-        ("grid:\n  server.epochs: {randint: [1.5, 4]}\n", "randint needs two integers"),
+        ("grid:\n  similarity.iterations: {randint: [1.5, 4]}\n", "randint needs two integers"),
         ("grid:\n  method.theta: {choice: []}\n", "choice needs a non-empty list"),
         ("grid:\n  method.theta: {uniform: [-1.0, 1.0]}\n", "method.theta=-1.0"),
         ("grid:\n  method.p: {uniform: [0.5, 1.5]}\n", "method.p=1.4999"),
@@ -116,7 +116,7 @@ overrides: [rounds=4]
 grid:
   method.theta: {loguniform: [0.01, 1.0]}
   method.p: {uniform: [0.2, 0.8]}
-  server.epochs: {randint: [1, 4]}
+  similarity.iterations: {randint: [1, 4]}
   method.q: [0.3, 0.6]
 """
 
@@ -136,7 +136,7 @@ def test_sampled_keys_become_tune_domains(tmp_path, search, trials):
     assert isinstance(space["method"]["theta"], Float) and isinstance(space["method"]["theta"].get_sampler(), LogUniform)
     assert (space["method"]["theta"].lower, space["method"]["theta"].upper) == (0.01, 1.0)
     assert isinstance(space["method"]["p"], Float) and isinstance(space["method"]["p"].get_sampler(), Uniform)
-    assert isinstance(space["server"]["epochs"], Integer) and (space["server"]["epochs"].lower, space["server"]["epochs"].upper) == (1, 4)
+    assert isinstance(space["similarity"]["iterations"], Integer) and (space["similarity"]["iterations"].lower, space["similarity"]["iterations"].upper) == (1, 4)
     if search == "grid":
         assert space["method"]["q"] == tune.grid_search([0.3, 0.6])
     else:
@@ -145,7 +145,7 @@ def test_sampled_keys_become_tune_domains(tmp_path, search, trials):
     # checked before Ray: both ends of every range and every option, against every grid point
     thetas = {c["method"]["theta"] for c in points}
     assert 0.01 in thetas and max(thetas) == pytest.approx(1.0) and max(thetas) < 1.0
-    assert {c["server"]["epochs"] for c in points} == {1, 3}
+    assert {c["similarity"]["iterations"] for c in points} == {1, 3}
     assert {c["method"]["q"] for c in points} == {0.3, 0.6}
 
 
@@ -197,15 +197,17 @@ def test_missing_sweep_file(capsys, tmp_path):
     "override, needle",
     [
         ("model=transformer", "model"),
-        ("optimizer.lr=-1", "optimizer.lr=-1"),
+        ("solver=steps solver.optimizer.lr=-1", "Invalid learning rate: -1"),
         ("rounds=0", "rounds=0"),
-        ("optimizer.name=Sgdx", "Sgdx"),
-        ("runtime.name=spark", "spark"),
+        ("solver=steps solver.optimizer._target_=torch.optim.Sgdx", "Sgdx"),
+        ("runtime._target_=spark.Runtime", "spark"),
+        ("solver.max_steps=0", "solver.max_steps=0"),
+        ("solver.tolerance=inf", "solver.tolerance=inf"),
     ],
 )
 def test_bad_config_values(override, needle):
     with pytest.raises(ConfigError, match=needle):
-        validate(compose([override]))
+        validate(compose(override.split()))
 
 
 @pytest.mark.parametrize(
@@ -222,11 +224,11 @@ def test_bad_config_values(override, needle):
         (["method=fedavg", "method.participation=0"], "method.participation=0"),
         (["method.local_participation=-3"], "method.local_participation=-3"),
         (["method.local_participation=all"], "method.local_participation='all'"),
-        (["optimizer.name=Optimizer"], "optimizer.name='Optimizer'"),
+        (["solver=steps", "solver.optimizer._target_=torch.optim.Optimizer"], "solver.optimizer.lr=0.05 is not an argument of torch.optim.Optimizer"),
         (["model=cnn", "model.norm=batch"], "model.norm='batch' is not supported"),
-        (["optimizer.momentum=abc"], "optimizer.momentum must be a number, got optimizer.momentum='abc'"),
-        (["+optimizer.colour=red"], "optimizer.colour='red' is not an argument of torch.optim.SGD"),
-        (["+optimizer.nesterov=maybe"], "optimizer.nesterov must be true or false"),
+        (["solver=steps", "solver.optimizer.momentum=abc"], "solver.optimizer.momentum must be a number, got solver.optimizer.momentum='abc'"),
+        (["solver=steps", "+solver.optimizer.colour=red"], "solver.optimizer.colour='red' is not an argument of torch.optim.SGD"),
+        (["solver=steps", "+solver.optimizer.nesterov=maybe"], "solver.optimizer.nesterov must be true or false"),
     ],
 )
 def test_bad_pool_and_participation_values_name_the_key(overrides, needle):
@@ -274,7 +276,7 @@ def test_unknown_group_option_is_named(tmp_path, capsys):
 )
 def test_gpu_share(setting, participants, gpus, share):
     """auto: the largest 1/2^k that fits a trial's workers and its server on one GPU."""
-    from fedsweep.experiment.config import gpu_share
+    from fedsweep.federation.runtime.resources import gpu_share
 
     assert gpu_share(setting, participants, gpus) == share
 
@@ -300,7 +302,7 @@ def test_shipped_sweep_files_expand(name):
 
     sweep = load_sweep(Path(__file__).resolve().parents[1] / "sweeps" / f"{name}.yaml")
     _, _, points = expand(sweep)
-    assert all(p["data"]["_target_"] == "fedsweep.task.load_digits" and p["runtime"]["name"] == "ray" for p in points)
+    assert all(p["data"]["_target_"] == "fedsweep.task.load_digits" and p["runtime"]["_target_"].endswith("ray_pool") for p in points)
     if name == "vrcs_grid":
         assert len(points) >= 8 and {(p["method"]["theta"], p["method"]["p"], p["method"]["q"]) for p in points}.__len__() == len(points)
     elif name == "vrcs_optuna":

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from fedsweep.cli import tune_main
 
-KEYS = ["method.theta", "method.p", "method.q", "theta", "rounds", "seed", "method", "model.hidden", "partition.clients_f", "server.epochs",
-        "optimizer.lr", "runtime.workers", "nope", "data", "method.participation", "../x"]  # fmt: skip
+KEYS = ["method.theta", "method.p", "method.q", "theta", "rounds", "seed", "method", "model.hidden", "partition.clients_f", "solver.max_steps",
+        "solver.tolerance", "runtime.workers", "nope", "data", "method.participation", "../x"]  # fmt: skip
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-3, 5), st.floats(-2, 2), st.just(float("nan")),
     st.sampled_from(["vrcs", "fedavg", "x", "..", "/tmp", "auto", "1e-3", ""]),

@@ -25,7 +25,7 @@ TAGS = {
 
 SWEEP = """\
 name: e2e
-overrides: [runtime=ray, rounds=3, server.epochs=1, checkpoint.every=1, checkpoint.keep=2]
+overrides: [runtime=ray, rounds=3, checkpoint.every=1, checkpoint.keep=2]
 grid:
   method.theta: [0.1, 1.0]
   method.q: [0.5]
@@ -93,7 +93,7 @@ def test_two_trials_of_a_thousand_clients_each_share_two_cpus(ray_session, tmp_p
     path = tmp_path / "many.yaml"
     path.write_text(
         "name: many\n"
-        "overrides: [runtime=ray, runtime.workers=1, rounds=2, server.epochs=1, partition=groups_iid,"
+        "overrides: [runtime=ray, runtime.workers=1, rounds=2, partition=groups_iid,"
         " partition.clients_f=500, partition.clients_g=500]\n"
         "grid:\n  method.theta: [0.1, 1.0]\nmax_concurrent_trials: 2\n"
     )
@@ -161,7 +161,7 @@ def test_a_sweep_does_not_resume_from_pickles_others_could_write(tmp_path, capsy
 
 def test_a_diverged_trial_is_listed_not_ranked(ray_session, tmp_path):
     path = tmp_path / "div.yaml"
-    path.write_text("name: div\noverrides: [rounds=2, server.solver=optimizer, server.tolerance=null]\ngrid:\n  method.theta: [0.01, 0.5]\n")
+    path.write_text("name: div\noverrides: [rounds=2, solver=steps, solver.tolerance=null]\ngrid:\n  method.theta: [0.01, 0.5]\n")
     _, table = run_sweep(load_sweep(path), results_dir=tmp_path / "results")
     assert table["method.theta"].tolist() == [0.5, 0.01]  # the finished trial first
     assert table["status"].tolist() == ["done", "diverged at 1"]
@@ -172,7 +172,7 @@ def test_repeats_give_a_summary_over_seeds(ray_session, tmp_path):
     import pandas as pd
 
     path = tmp_path / "seeds.yaml"
-    path.write_text("name: seeds\noverrides: [runtime=local, rounds=1, server.epochs=1]\n"
+    path.write_text("name: seeds\noverrides: [runtime=local, rounds=1]\n"
                     "grid:\n  method.theta: [0.5]\nrepeats: 2\n")  # fmt: skip
     out, table = run_sweep(load_sweep(path), results_dir=tmp_path / "results")
     assert sorted(table["seed"]) == [0, 1] and (table["status"] == "done").all()
@@ -276,7 +276,7 @@ def test_rank_best_ranks_each_trial_by_its_best_round(ray_session, tmp_path):
     from fedsweep.sweep.report import write_report
 
     path = tmp_path / "rank.yaml"
-    path.write_text("name: rank\noverrides: [runtime=local, rounds=4, server.solver=optimizer, server.tolerance=null]\n"
+    path.write_text("name: rank\noverrides: [runtime=local, rounds=4, solver=steps, solver.tolerance=null]\n"
                     "grid:\n  method.theta: [0.01, 0.5, 2.0]\nmetric: loss/test\nmode: min\n")  # fmt: skip
     out, last = run_sweep(load_sweep(path), results_dir=tmp_path / "results")
     assert last.attrs["unfinished"] == 0 and last["status"].tolist()[-1] == "diverged at 1"
@@ -306,7 +306,7 @@ def test_trial_output_reaches_the_terminal_behind_the_trial_name(tmp_path):
     import tempfile
 
     path = tmp_path / "out.yaml"
-    path.write_text("name: out\noverrides: [runtime=local, rounds=3, server.solver=optimizer, server.tolerance=null, similarity.estimate=true,"
+    path.write_text("name: out\noverrides: [runtime=local, rounds=3, solver=steps, solver.tolerance=null, similarity.estimate=true,"
                     " similarity.iterations=2]\ngrid:\n  method.theta: [0.5, 0.01]\n")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="fs-", dir="/tmp") as ray_tmp:  # short: Ray's socket paths
         done = subprocess.run(

@@ -20,7 +20,7 @@ from fedsweep.sweep.driver import run_sweep
 ROUNDS = 40
 SWEEP = f"""\
 name: stop
-overrides: [runtime=ray, rounds={ROUNDS}, checkpoint.every=2, server.epochs=3]
+overrides: [runtime=ray, rounds={ROUNDS}, checkpoint.every=2]
 grid:
   method.theta: [0.5]
 """
@@ -69,7 +69,7 @@ def test_stopped_sweep_resumes_mid_trial(ray_session, tmp_path):
     workers = json.loads(params.read_text())["runtime"]["workers"]
     straight = []
     run_experiment(
-        compose([f"rounds={ROUNDS}", "server.epochs=3", "method.theta=0.5", "runtime=ray", f"runtime.workers={workers}"]),
+        compose([f"rounds={ROUNDS}", "method.theta=0.5", "runtime=ray", f"runtime.workers={workers}"]),
         log_dir=tmp_path / "straight",
         report=straight.append,
         progress=False,

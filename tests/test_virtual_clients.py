@@ -376,7 +376,7 @@ def test_a_local_step_with_a_snapshot_counts_one_vector_each_way():
 
     data = federation()
     runtime = LocalRuntime(device="cpu")
-    runtime.attach(data, model_fn, vectorize="auto")
+    runtime.attach(data, model_fn)
     oracle = FederatedOracle(runtime, data, server=None, group_weights={"f": 0.5, "g": 0.5}, batch_size=4,
                              deterministic=False, device=torch.device("cpu"))  # fmt: skip
     x, x0 = point(2), point(5)

@@ -37,6 +37,7 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "int >= 0": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
     "int >= 1 or null": (lambda v: v is None or (is_int(v) and v >= 1), "a positive integer or null"),
     "> 0 or null": (lambda v: v is None or (is_number(v) and v > 0), "a finite number > 0 or null"),
+    "(0, 1] or null": (lambda v: v is None or (is_number(v) and 0 < v <= 1), "in (0, 1] or null"),
     "seed": (lambda v: is_int(v) and 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
     "seed or null": (lambda v: v is None or (is_int(v) and 0 <= v <= MAX_SEED), f"an integer in [0, {MAX_SEED}] or null"),
     "bool": (lambda v: isinstance(v, bool), "true or false"),

@@ -1,6 +1,7 @@
-"""A run's fixed parts built from its config's components: data, partition, model, loss.
+"""A run built from its config's components: data, partition, model and loss (:func:`prepare`),
+then the runtime, the server with its solver, the oracle and the method (:func:`build`).
 
-:func:`prepare` builds them for a run. :func:`check_setup` builds them once before any work
+:func:`prepare` builds the first for a run. :func:`check_setup` builds them once before any work
 starts (a forward pass and the loss on two examples included), so that a sweep stops in one
 line on a model that does not fit its data, or a loss that does not fit the model, before Ray
 starts.
@@ -16,12 +17,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedsweep.experiment import components
-from fedsweep.task import DataBundle, Partition
-from fedsweep.core.errors import ConfigError
-from fedsweep.task.models import seeded
-from fedsweep.task.losses import Loss
+from fedsweep.algorithms import Method, MethodState
 from fedsweep.core.device import resolve_device
+from fedsweep.core.errors import ConfigError
+from fedsweep.core.weights import Weights
+from fedsweep.experiment import components
+from fedsweep.federation.client_data import ClientData
+from fedsweep.federation.oracle import FederatedOracle
+from fedsweep.federation.runtime.base import Runtime
+from fedsweep.federation.server import Server
+from fedsweep.task import DataBundle, Dataset, Partition
+from fedsweep.task.losses import Loss
+from fedsweep.task.models import seeded
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,51 @@ def prepare(cfg: Mapping[str, Any]) -> Setup:
     )
     loss = components.build("loss", cfg["loss"])
     return Setup(bundle, partition, model_fn, loss, resolve_device(cfg["device"]))
+
+
+def make_runtime(cfg: Mapping[str, Any], *, label: str) -> Runtime:
+    """The run's runtime component (``runtime._target_``); a Ray pool starts its workers now, so
+    they boot while the driver loads data (Ray must be running)."""
+    return components.build("runtime", cfg["runtime"], device=cfg["device"], label=label)
+
+
+def _on(data: Dataset, device: torch.device) -> Dataset:
+    return Dataset(data.x.to(device), data.y.to(device))
+
+
+@dataclass
+class Run:
+    """A built run: what the round loop touches."""
+
+    method: Method
+    state: MethodState
+    oracle: FederatedOracle
+    server: Server
+    test_data: Dataset
+    loss: Loss
+
+
+def build(cfg: Mapping[str, Any], setup: Setup, runtime: Runtime) -> Run:
+    """The clients attached to ``runtime``, the server with its solver, the method and its start."""
+    clients = ClientData.from_partition(setup.partition)
+    model = setup.model_fn()
+    check_model(model, cfg)
+    runtime.attach(clients, setup.model_fn, loss=setup.loss)
+    device = setup.device
+    weights = setup.partition.group_weights()
+    server_data = {group: _on(data, device) for group, data in setup.partition.server.items()}
+    server = Server(
+        model.to(device), server_data, group_weights=weights, solver=components.build("solver", cfg["solver"]),
+        grad_batch_size=cfg["server"]["grad_batch_size"], loss=setup.loss,
+    )  # fmt: skip
+    deterministic = cfg["client"]["batch_size"] is None and cfg["server"]["grad_batch_size"] is None
+    oracle = FederatedOracle(
+        runtime, clients, server, group_weights=weights, batch_size=cfg["client"]["batch_size"],
+        deterministic=deterministic, device=device,
+    )  # fmt: skip
+    method = components.build("method", cfg["method"])
+    state = method.init(Weights.from_model(server.model), seed=seed_of(cfg, "method"), oracle=oracle)
+    return Run(method, state, oracle, server, _on(setup.bundle.test, device), setup.loss)
 
 
 def check_setup(cfg: Mapping[str, Any]) -> None:

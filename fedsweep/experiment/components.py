@@ -1,6 +1,6 @@
 """Components named by import path: Hydra's ``_target_`` convention, checked before any work.
 
-A run is assembled from five components. Each is a config group (``fedsweep/configs/<section>/``)
+A run is assembled from seven components. Each is a config group (``fedsweep/configs/<section>/``)
 whose node names a class or factory by ``_target_`` and holds its keyword arguments; the
 shipped ones are just the default targets, and a user's own class or function plugs in the
 same way (``model._target_=mypkg.models.Wide``):
@@ -14,7 +14,14 @@ section        the target is called as                                   fedswee
 ``model``      ``target(**args) -> nn.Module`` (torch seeded by fedsweep)  ``input_shape``, ``num_classes``
 ``loss``       ``target(outputs, y, **args) -> per-example losses (N,)``  (``_partial_: true``)
 ``method``     ``target(**args) -> Method`` (``init``/``round``)          —
+``solver``     ``target(**args) -> Solver`` (the server's argmin,         —
+               ``fedsweep.federation.solvers``)
+``runtime``    ``target(**args) -> Runtime`` (how clients are reached)    ``device``, ``label``
 =============  =======================================================  ==========================
+
+A key whose value is itself a node with a ``_target_`` is a component inside a component (the
+``steps`` solver's ``optimizer: {_target_: torch.optim.SGD, _partial_: true, lr: 0.05}``),
+checked the same way under its dotted name and built first (Hydra's recursive instantiate).
 
 "fedsweep passes" values go only to targets whose signature takes them. A component's
 signature is its schema: every key must be one of its keyword parameters, every required
@@ -38,14 +45,17 @@ from typing import Any
 
 from fedsweep.core.errors import ConfigError
 
-SECTIONS = ("data", "partition", "model", "loss", "method")
+SECTIONS = ("data", "partition", "model", "loss", "method", "solver", "runtime")
 SUPPLIED = {  # what fedsweep passes each section's target (when its signature takes it)
     "data": ("seed",),
     "partition": ("train", "num_classes", "seed"),
     "model": ("input_shape", "num_classes"),
     "loss": ("outputs", "y"),
     "method": (),
+    "solver": (),
+    "runtime": ("device", "label"),
 }
+NESTED_SUPPLIED = ("params",)  # a nested partial component's call arguments (a torch optimizer's parameters)
 HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
 
 
@@ -90,8 +100,11 @@ def check(section: str, node: Any) -> Callable[..., Any]:
         raise ConfigError(f"{section} must name its class or factory with {section}._target_")
     target = locate(node["_target_"], section)
     params, hints, var_kw = _signature(target)
-    supplied = SUPPLIED.get(section, ())
+    supplied = SUPPLIED.get(section, NESTED_SUPPLIED)
     for key, value in arguments(node).items():
+        if isinstance(value, Mapping) and "_target_" in value:
+            check(f"{section}.{key}", value)
+            continue
         if key in supplied:
             raise ConfigError(f"{section}.{key}={value!r} is set by fedsweep, not in the config")
         if key not in params and not var_kw:
@@ -131,14 +144,20 @@ def build(section: str, node: Mapping[str, Any], *args: Any, **offered: Any) -> 
         raise
 
 
+def target(section: str, node: Mapping[str, Any]) -> Callable[..., Any]:
+    """The class or factory a (checked) node names."""
+    return locate(node["_target_"], section)
+
+
 def label(node: Any) -> str:
     """A short name for a component node: its ``name`` or ``scheme`` if it has one, else the
     target's ``name`` attribute or its own name (``fedsweep.algorithms.VRCS`` → ``vrcs``)."""
     if not isinstance(node, Mapping):
         return str(node)
-    for key in ("name", "scheme"):
-        if isinstance(node.get(key), str):
-            return node[key]
+    if isinstance(node.get("name"), str):
+        return node["name"]
+    if isinstance(node.get("scheme"), str):  # VRCS's two-group partitions
+        return "groups_iid" if node["scheme"] == "iid" else node["scheme"]
     path = str(node.get("_target_", "?"))
     try:
         target = locate(path)

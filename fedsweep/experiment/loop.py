@@ -11,112 +11,27 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from fedsweep.experiment import components
-from fedsweep.experiment.config import make_optimizer_factory, resolve_runtime, to_container, validate
-from fedsweep.task import Dataset
-from fedsweep.federation.client_data import ClientData
-from fedsweep.core.errors import DivergedError
-from fedsweep.core.errors import SolverError
-from fedsweep.experiment.checkpoint import load_checkpoint, restore, save_checkpoint
-from fedsweep.algorithms import Method, MethodState
 from fedsweep.algorithms.similarity import estimate_similarity
-from fedsweep.experiment.metrics import RunLogger, TargetTracker
-from fedsweep.federation.oracle import FederatedOracle
-from fedsweep.federation.runtime.base import Runtime
-from fedsweep.federation.runtime.local import LocalRuntime
-from fedsweep.federation.server import Server, ServerConfig
-from fedsweep.experiment.build import Setup, check_model, prepare, seed_of
-from fedsweep.task.losses import Loss
-from fedsweep.task.compute import evaluate
+from fedsweep.core.errors import DivergedError, SolverError
 from fedsweep.core.weights import Weights
+from fedsweep.experiment import components
+from fedsweep.experiment.build import Run, build, make_runtime, prepare, seed_of
+from fedsweep.experiment.checkpoint import check_config, load_checkpoint, restore, save_checkpoint
+from fedsweep.experiment.config import to_container, uses_ray, validate
+from fedsweep.experiment.metrics import RunLogger, TargetTracker
+from fedsweep.federation.runtime.ray_start import ray_session
+from fedsweep.federation.server import Server
+from fedsweep.task import Dataset
+from fedsweep.task.compute import evaluate
+from fedsweep.task.losses import Loss
 
 Reporter = Callable[[dict[str, float]], None]
-
-
-def make_runtime(cfg: Mapping[str, Any], *, label: str) -> Runtime:
-    """The run's runtime; a Ray pool starts its workers now, so they boot while the driver loads
-    data. A pool of no workers (``runtime.workers: 0``, or ``auto`` on less than 2 CPUs) is
-    the in-process runtime."""
-    runtime = cfg["runtime"]
-    if runtime["name"] == "ray":
-        import ray
-
-        cluster = ray.cluster_resources()  # a sweep resolves "auto" for its trials' share before this
-        runtime = resolve_runtime(dict(cfg), cpus=cluster.get("CPU", 1), gpus=cluster.get("GPU", 0))["runtime"]
-    if runtime["name"] != "ray" or runtime["workers"] == 0:
-        return LocalRuntime(device=cfg["device"])
-    from fedsweep.federation.runtime.ray_runtime import RayRuntime, WorkerResources  # Ray only when asked for
-
-    return RayRuntime(
-        workers=runtime["workers"],
-        resources=WorkerResources(num_cpus=runtime["num_cpus"], num_gpus=runtime["num_gpus"]),
-        label=label,
-        max_restarts=runtime["max_restarts"],
-    )
-
-
-def _on(data: Dataset, device: torch.device) -> Dataset:
-    return Dataset(data.x.to(device), data.y.to(device))
-
-
-@contextmanager
-def _ray_if_needed(cfg: Mapping[str, Any]) -> Iterator[None]:
-    """Ray for a ``runtime=ray`` run outside Tune: the one running, or a new one for the run
-    (``fedsweep.federation.runtime.ray_start.ray_session``)."""
-    if cfg["runtime"]["name"] != "ray":
-        yield
-        return
-    from fedsweep.federation.runtime.ray_start import ray_session
-
-    with ray_session(cfg["runtime"]["address"], dashboard=cfg["runtime"]["dashboard"]):
-        yield
-
-
-@dataclass
-class Run:
-    """A built run: what the round loop touches."""
-
-    method: Method
-    state: MethodState
-    oracle: FederatedOracle
-    server: Server
-    server_data: dict[str, Dataset]
-    test_data: Dataset
-    loss: Loss
-
-
-def build(cfg: Mapping[str, Any], setup: Setup, runtime: Runtime) -> Run:
-    """The clients attached to ``runtime``, the server, the method and its start."""
-    clients = ClientData.from_partition(setup.partition)
-    model = setup.model_fn()
-    check_model(model, cfg)
-    runtime.attach(clients, setup.model_fn, loss=setup.loss, vectorize=cfg["runtime"]["vectorize"])
-    device = setup.device
-    weights = setup.partition.group_weights()
-    server_data = {group: _on(data, device) for group, data in setup.partition.server.items()}
-    server = Server(
-        model.to(device),
-        server_data,
-        group_weights=weights,
-        config=ServerConfig(**cfg["server"]),
-        make_optimizer=make_optimizer_factory(cfg["optimizer"]),
-        loss=setup.loss,
-    )
-    deterministic = cfg["client"]["batch_size"] is None and cfg["server"]["grad_batch_size"] is None
-    oracle = FederatedOracle(
-        runtime, clients, server, group_weights=weights, batch_size=cfg["client"]["batch_size"],
-        deterministic=deterministic, device=device,
-    )  # fmt: skip
-    method = components.build("method", cfg["method"])
-    state = method.init(Weights.from_model(server.model), seed=seed_of(cfg, "method"), oracle=oracle)
-    return Run(method, state, oracle, server, server_data, _on(setup.bundle.test, device), setup.loss)
 
 
 @contextmanager
@@ -138,6 +53,8 @@ def run_experiment(
     report: Reporter | None = None,
     progress: bool = True,
     timings: dict[str, float] | None = None,
+    checked: bool = False,
+    checkpoint: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Run ``cfg['rounds']`` rounds; log every metric to TensorBoard in ``log_dir``.
 
@@ -147,20 +64,29 @@ def run_experiment(
     ``checkpoint.resume: <file>`` continues from one. ``timings``, if given, receives
     the wall-clock time (``time.time()``) at which each start-up phase ended: ``ray``,
     ``data`` (data, model and server built, clients attached), ``workers`` (every
-    worker ready) and ``first_round``. Returns the last round's metrics.
+    worker ready) and ``first_round``. ``checked``: the config was validated already (a sweep's
+    driver checks every trial's); ``checkpoint``: the resume checkpoint, already read and checked
+    against the config (read here otherwise). Returns the last round's metrics.
     """
     cfg = to_container(cfg)
-    validate(cfg)
+    if not checked:
+        validate(cfg)
+    resume = cfg["checkpoint"]["resume"]
+    if resume and checkpoint is None:
+        checkpoint = load_checkpoint(resume)
+        check_config(checkpoint, cfg, resume)
     log_dir = Path(log_dir)
     stamp = (lambda phase: timings.__setitem__(phase, time.time())) if timings is not None else (lambda phase: None)
     torch.manual_seed(cfg["seed"])
+    ray = uses_ray(cfg)
     with ExitStack() as stack:
-        if cfg["runtime"]["name"] == "ray":  # the workers hold the cores
+        if ray:  # the workers hold the cores
             stack.enter_context(_torch_threads(1))
         background = ThreadPoolExecutor(max_workers=1)
         preparing = background.submit(prepare, cfg)  # data loads while Ray starts
         try:
-            stack.enter_context(_ray_if_needed(cfg))
+            if ray:
+                stack.enter_context(ray_session(cfg["runtime"].get("address"), dashboard=cfg["runtime"].get("dashboard", False)))
             runtime = stack.enter_context(make_runtime(cfg, label=log_dir.name))
             stamp("ray")
             setup = preparing.result()
@@ -173,10 +99,10 @@ def run_experiment(
         runtime.wait_ready()
         stamp("workers")
         tracker = TargetTracker(cfg["target_accuracy"], groups=run.oracle.groups)
-        checkpoint_every, resume = cfg["checkpoint"]["every"], cfg["checkpoint"]["resume"]
+        checkpoint_every = cfg["checkpoint"]["every"]
         done, state, oracle = 0, run.state, run.oracle
-        if resume:
-            done, state = restore(load_checkpoint(resume), run.state, oracle.comm, tracker)
+        if checkpoint is not None:
+            done, state = restore(checkpoint, run.state, oracle.comm, tracker)
         # a rerun into the same directory (a restarted trial) replaces what was logged after its start
         logger = RunLogger(log_dir, groups=oracle.groups, resume_round=done, resume_comm=oracle.comm.as_metrics())
         similarity = {}
@@ -202,7 +128,7 @@ def run_experiment(
             metrics["round"] = float(rnd)
             metrics.update(similarity)
             metrics.update(tracker.update(metrics))
-            _check_finite(metrics, state.x, rnd, cfg, getattr(run.method, "theta", None))
+            _check_finite(metrics, state.x, rnd, cfg, run)
             logger.log(metrics, rnd)
             bar.set_postfix({k: f"{metrics[m]:.3f}" for k, m in (("acc", "accuracy/test"), ("loss", "loss/test")) if m in metrics})
             if checkpoint_every and rnd % checkpoint_every == 0:  # before reporting: Tune persists it with the report
@@ -219,13 +145,13 @@ def run_experiment(
 
 
 SOLVER_ADVICE = {
-    "max_steps": "raise server.max_steps, or lower method.theta (theta ~ 1/delta)",
+    "max_steps": "raise solver.max_steps, or lower method.theta (theta ~ 1/delta)",
     "stalled": "the objective stopped decreasing in float64 with its gradient still large, as at the kinks of a "
-    "ReLU network: use a smooth activation (model.activation=gelu) or raise server.tolerance",
+    "ReLU network: use a smooth activation (model.activation=gelu) or raise solver.tolerance",
     "precision": "the step is below what the model's float32 parameters resolve (the run has converged that far); "
-    "stop earlier (rounds) or raise server.tolerance",
+    "stop earlier (rounds) or raise solver.tolerance",
     "overflow": "lower method.theta",
-    "epochs": "raise server.epochs, lower optimizer.lr, use server.solver=lbfgs, or set server.tolerance=null "
+    "epochs": "raise solver.epochs, lower solver.optimizer.lr, use solver=lbfgs, or set solver.tolerance=null "
     "to accept a fixed-step solve unchecked",
 }
 
@@ -238,22 +164,23 @@ def _solver_message(err: SolverError, rnd: int) -> str:
     )
 
 
-def _check_finite(metrics: dict[str, float], x: Weights, rnd: int, cfg: Mapping[str, Any], theta: float | None) -> None:
+def _check_finite(metrics: dict[str, float], x: Weights, rnd: int, cfg: Mapping[str, Any], run: Run) -> None:
     """Stop a run, in one line and before it logs the round, whose iterate or metrics are no longer
-    finite or whose argmin stopped short of its tolerance. (``target/*`` is NaN by design until
-    the target is reached.)"""
+    finite. (``target/*`` is NaN by design until the target is reached.)"""
     bad = [(k, v) for k, v in metrics.items() if not k.startswith("target/") and not math.isfinite(v)]
     norm = x.norm().item()
     if not math.isfinite(norm):
         bad.insert(0, ("the iterate's norm", norm))
-    by_optimizer = cfg["server"]["solver"] == "optimizer"
+    if not bad:
+        return
+    theta = getattr(run.method, "theta", None)
+    steps = cfg["solver"].get("optimizer", {}).get("lr") if isinstance(cfg["solver"].get("optimizer"), Mapping) else None
     settings = ", ".join(
-        ([f"method.theta={theta}"] if theta is not None else []) + ([f"optimizer.lr={cfg['optimizer']['lr']}"] if by_optimizer else [])
+        ([f"method.theta={theta}"] if theta is not None else []) + ([f"solver.optimizer.lr={steps}"] if steps is not None else [])
     ) or f"method={components.label(cfg['method'])}"
-    if bad:
-        what, value = bad[0]
-        advice = "try a larger theta or a smaller optimizer.lr" if by_optimizer else "try a smaller theta"
-        raise DivergedError(f"diverged at round {rnd}: {what}={value} ({settings}); {advice}", round=rnd)
+    advice = "try a larger theta or a smaller solver.optimizer.lr" if steps is not None else "try a smaller theta"
+    what, value = bad[0]
+    raise DivergedError(f"diverged at round {rnd}: {what}={value} ({settings}); {advice}", round=rnd)
 
 
 def _print_similarity(similarity: dict[str, float], theta: float | None, batch_size: int | None) -> None:

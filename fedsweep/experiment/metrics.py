@@ -24,6 +24,8 @@ federation, ``comm/clients`` in one population."""
 
 def is_reported(metric: str) -> bool:
     """Whether runs report ``metric`` (for some federation)."""
+    if not isinstance(metric, str):
+        return False
     if metric in REPORTED:
         return True
     return any(re.fullmatch(re.escape(t).replace(r"\{\}", r"[A-Za-z0-9_]+"), metric) for t in PER_GROUP)

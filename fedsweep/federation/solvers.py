@@ -29,15 +29,18 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from fedsweep.algorithms.protocols import Solution
-from fedsweep.core.errors import SolverError
+from fedsweep.core.checks import check_keys, first_line
+from fedsweep.core.errors import ConfigError, SolverError
 from fedsweep.core.weights import Weights
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+"""``torch.optim.<Name>`` with its settings, awaiting the parameters (a ``functools.partial``)."""
 DataLoss = Callable[[], torch.Tensor]
 """h1 at the model's current parameters on all the server's data (a graph to backpropagate)."""
 
@@ -193,3 +196,67 @@ def solve_steps(
         objective()
         optimizer.step()
     return objective.x.clone()
+
+
+class Problem(Protocol):
+    """What a solver needs of the server: its model, and h1 in float64 or on minibatches."""
+
+    model: nn.Module
+
+    def float64(self) -> tuple[nn.Module, DataLoss]:
+        """A float64 copy of the model and h1 on all the server's data at its parameters."""
+
+    def minibatch_loss(self, model: nn.Module, batch_size: int | None, seed: int) -> tuple[Callable[[int], torch.Tensor], int]:
+        """``data_loss(step)``: h1 on that step's minibatch of every part at ``model``'s parameters,
+        and the steps per epoch."""
+
+
+class LBFGS:
+    """The default solver: :func:`solve_lbfgs` in float64 on all the server's data, accepted at
+    ``tolerance`` (θ‖∇A(x⁺)‖ ≤ tolerance·‖x⁺ − c‖), at most ``max_steps`` iterations a solve."""
+
+    def __init__(self, *, tolerance: float = 0.1, max_steps: int = 300, history: int = 10) -> None:
+        check_keys("solver", tolerance=(tolerance, "> 0"), max_steps=(max_steps, "int >= 1"), history=(history, "int >= 1"))
+        self.tolerance, self.max_steps, self.history = tolerance, max_steps, history
+
+    def solve(self, problem: Problem, *, linear: Weights, center: Weights, theta: float, seed: int,
+              tolerance: float | None = None) -> Solution:  # fmt: skip
+        model64, data_loss = problem.float64()
+        return solve_lbfgs(
+            model64, data_loss, linear=linear, center=center, theta=theta, history=self.history,
+            tolerance=self.tolerance if tolerance is None else tolerance, max_steps=self.max_steps, dtype=center.dtype,
+        )  # fmt: skip
+
+
+class OptimizerSteps:
+    """``epochs`` passes of a torch optimizer (``optimizer``: e.g. ``torch.optim.SGD`` with its
+    settings) on minibatches of every part of the server's data (``batch_size`` per part, the
+    smaller parts cycling; None: full batch), after which the residual is measured in float64
+    and checked against ``tolerance`` (None: accepted unchecked, a fixed-step solve)."""
+
+    def __init__(
+        self, *, optimizer: OptimizerFactory, epochs: int = 5, batch_size: int | None = 32, tolerance: float | None = None
+    ) -> None:
+        check_keys("solver", epochs=(epochs, "int >= 1"), batch_size=(batch_size, "int >= 1 or null"),
+                   tolerance=(tolerance, "> 0 or null"))  # fmt: skip
+        name = getattr(getattr(optimizer, "func", optimizer), "__module__", "") + "." + getattr(getattr(optimizer, "func", optimizer), "__name__", "")
+        try:  # torch checks its settings (lr >= 0, ...) when it is made: once here, on a stand-in parameter
+            made = optimizer([nn.Parameter(torch.zeros(1))])
+        except (TypeError, ValueError, NotImplementedError) as err:
+            raise ConfigError(f"solver.optimizer ({name.strip('.')}): {first_line(err)}") from None
+        if not isinstance(made, torch.optim.Optimizer):
+            raise ConfigError(f"solver.optimizer ({name.strip('.')}) made a {type(made).__name__}, not a torch optimizer")
+        self.optimizer, self.epochs, self.batch_size, self.tolerance = optimizer, epochs, batch_size, tolerance
+
+    def solve(self, problem: Problem, *, linear: Weights, center: Weights, theta: float, seed: int,
+              tolerance: float | None = None) -> Solution:  # fmt: skip
+        data_loss, per_epoch = problem.minibatch_loss(problem.model, self.batch_size, seed)
+        steps = self.epochs * per_epoch
+        x = solve_steps(problem.model, data_loss, linear=linear, center=center, theta=theta, steps=steps,
+                        make_optimizer=self.optimizer)  # fmt: skip
+        model64, full_loss = problem.float64()
+        value, rho = Objective(model64, full_loss, linear=linear, center=center, theta=theta).at(x.to(x.device, torch.float64))
+        tolerance = self.tolerance if tolerance is None else tolerance
+        if tolerance is not None and not rho <= tolerance:
+            raise SolverError("epochs", residual=rho, steps=steps, tolerance=tolerance, theta=theta)
+        return Solution(x, value, steps, rho)

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fedsweep.experiment.config import resolve_runtime
+from fedsweep.experiment.config import resolve_runtime, uses_ray
 from fedsweep.core.errors import ConfigError, DivergedError
 from fedsweep.experiment.metrics import EVERY_ROUND
 from fedsweep.sweep.sweep_file import Sweep
@@ -52,9 +52,10 @@ def trial_resources(config: dict[str, Any], share: dict[str, float] | None = Non
     (a grid may set them) as :func:`trial` does."""
     from ray import tune
 
+    pool = uses_ray(config)
     runtime = (resolve_runtime(config, **share) if share else config)["runtime"]
-    workers = runtime["workers"] if runtime["name"] == "ray" else 0
-    gpu = runtime.get("num_gpus", 0) if runtime["name"] == "ray" else 0
+    workers = runtime["workers"] if pool else 0
+    gpu = runtime.get("num_gpus", 0) if pool else 0
     own: dict[str, float] = {"GPU": gpu} if gpu else {}
     if workers == 0:
         return tune.PlacementGroupFactory([{"CPU": 1, **own}])
@@ -107,7 +108,7 @@ def _trial(config: dict[str, Any], *, tensorboard_root: str, share: dict[str, fl
             tune.report(metrics)
 
     try:
-        run_experiment(config, log_dir=log_dir, report=report, progress=False)
+        run_experiment(config, log_dir=log_dir, report=report, progress=False, checked=True)  # the driver checked it
     except DivergedError as err:  # a result, not a crash: the table marks the trial and does not rank it
         # NaN for the metrics a search or scheduler may follow: reported, never ranked. The driver
         # prints the reason (a trial's last prints can miss the terminal when the sweep ends).

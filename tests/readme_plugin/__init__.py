@@ -1,6 +1,8 @@
 """The README's plug-in example, verbatim, so that the README cannot drift from what works."""
 
-import numpy as np
+from dataclasses import replace
+
+from fedsweep import Weights
 from fedsweep.algorithms import MethodState
 
 
@@ -8,10 +10,11 @@ class FedSGD:
     name = "fedsgd"                               # its label in tables and progress bars
     def __init__(self, *, lr: float = 0.1):       # the config keys: method.lr
         self.lr = lr
-    def init(self, x0, *, seed):
-        return MethodState(x=x0.clone(), rng=np.random.default_rng(seed))
-    def round(self, state, oracle):               # one full communication: ∇f and ∇g at x_t
+    def init(self, x0, *, seed, oracle):
+        return MethodState(x=x0.clone(), seed=seed)
+    def round(self, state, oracle):               # one full communication: ∇G of every group at x_t
         grads = oracle.full_communication([state.x])
-        state.x = state.x - (grads["f"][0] + grads["g"][0]) * (self.lr / 2)
-        state.round += 1
-        return state, {}
+        step = Weights.zeros_like(state.x)
+        for group in oracle.groups:               # ∇h = Σ_G λ_G ∇G
+            step.axpy_(oracle.group_weight(group), grads[group][0])
+        return replace(state, x=state.x - step * self.lr, round=state.round + 1), {}

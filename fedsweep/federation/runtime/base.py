@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from torch import nn
 
+from fedsweep.core.errors import ConfigError
 from fedsweep.federation.client_data import ClientData
 from fedsweep.federation.requests import Reply, Request, TrainRequest
 from fedsweep.task.losses import Loss, cross_entropy
@@ -26,12 +27,15 @@ Part = tuple[np.ndarray, np.ndarray]
 
 
 class Runtime(ABC):
-    """Serves requests for a run's clients; ``attach`` the clients' data before the first."""
+    """Serves requests for a run's clients; ``attach`` the clients' data before the first. A
+    component: ``runtime._target_`` names the class (or a factory) and its keys are its arguments;
+    fedsweep supplies ``device`` and ``label`` (the run's name) to those that take them."""
+
+    uses_ray: bool = False
+    """Whether the runtime needs a running Ray (the run starts or joins one first)."""
 
     @abstractmethod
-    def attach(
-        self, data: ClientData, model_fn: Callable[[], nn.Module], *, loss: Loss = cross_entropy, vectorize: bool | str
-    ) -> None:
+    def attach(self, data: ClientData, model_fn: Callable[[], nn.Module], *, loss: Loss = cross_entropy) -> None:
         """The run's clients (their data), the model they compute with and its per-example loss."""
 
     @abstractmethod
@@ -56,3 +60,8 @@ class Runtime(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def check_vectorize(vectorize: object) -> None:
+    if vectorize not in ("auto", True, False):
+        raise ConfigError(f"runtime.vectorize must be auto, true or false, got runtime.vectorize={vectorize!r}")

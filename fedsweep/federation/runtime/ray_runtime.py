@@ -40,7 +40,9 @@ from torch import nn
 
 from fedsweep.federation.client_data import ClientData
 from fedsweep.core.errors import RunError
-from fedsweep.federation.runtime.base import Part, Runtime
+from fedsweep.core.checks import check
+from fedsweep.federation.runtime.base import Part, Runtime, check_vectorize
+from fedsweep.federation.runtime.resources import resolve
 from fedsweep.federation.runtime.ray_start import INLINE_BYTES
 from fedsweep.federation.requests import Reply, Request, TrainRequest
 from fedsweep.task.losses import Loss, cross_entropy
@@ -126,7 +128,62 @@ def split(sizes: np.ndarray, parts: int) -> list[slice]:
     return [slice(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
 
 
+def ray_pool(
+    *,
+    workers: int | str = "auto",
+    num_cpus: float = 1.0,
+    num_gpus: float | str = "auto",
+    max_restarts: int = 3,
+    vectorize: bool | str = "auto",
+    address: str | None = None,
+    dashboard: bool = False,
+    device: str = "auto",
+    label: str = "run",
+) -> Runtime:
+    """``runtime=ray``: a pool of ``workers`` Ray actors (``auto`` resolved against the running
+    Ray's CPUs and GPUs, see ``fedsweep.federation.runtime.resources``), each with ``num_cpus``
+    and ``num_gpus``; with no worker (``0``, or ``auto`` below 2 CPUs) the run's own process
+    serves its clients. ``address`` and ``dashboard`` say which Ray the run starts or joins
+    (``fedsweep.federation.runtime.ray_start``), before the pool is made."""
+    check_pool(workers=workers, num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts, dashboard=dashboard)
+    check_vectorize(vectorize)
+    cluster = ray.cluster_resources()
+    node = resolve({"workers": workers, "num_cpus": num_cpus, "num_gpus": num_gpus},
+                   cpus=cluster.get("CPU", 1), gpus=cluster.get("GPU", 0))  # fmt: skip
+    if node["workers"] == 0:
+        from fedsweep.federation.runtime.local import LocalRuntime
+
+        return LocalRuntime(vectorize=vectorize, device=device)
+    resources = WorkerResources(num_cpus=num_cpus, num_gpus=node["num_gpus"])
+    return RayRuntime(workers=node["workers"], resources=resources, label=label, max_restarts=max_restarts,
+                      vectorize=vectorize)  # fmt: skip
+
+
+def _check_config(*, vectorize: object = "auto", address: object = None, device: object = None, label: object = None,
+                  **pool: object) -> None:  # fmt: skip
+    check_pool(**{"workers": "auto", "num_cpus": 1.0, "num_gpus": "auto", "max_restarts": 3, "dashboard": False, **pool})
+    check_vectorize(vectorize)
+
+
+ray_pool.name = "ray"  # type: ignore[attr-defined]
+ray_pool.uses_ray = True  # type: ignore[attr-defined]
+ray_pool.check_config = _check_config  # type: ignore[attr-defined]  # what needs no running Ray
+
+
+def check_pool(*, workers: object, num_cpus: object, num_gpus: object, max_restarts: object, dashboard: object) -> None:
+    """A pool's keys, one line each (also checked before Ray starts)."""
+    if workers != "auto":
+        check("runtime.workers", workers, "int >= 0")
+    check("runtime.num_cpus", num_cpus, ">= 0")
+    if num_gpus != "auto":
+        check("runtime.num_gpus", num_gpus, ">= 0")
+    check("runtime.max_restarts", max_restarts, "int >= 0")
+    check("runtime.dashboard", dashboard, "bool")
+
+
 class RayRuntime(Runtime):
+    uses_ray = True
+
     def __init__(
         self,
         *,
@@ -134,6 +191,7 @@ class RayRuntime(Runtime):
         resources: WorkerResources,
         label: str = "run",
         max_restarts: int = 3,
+        vectorize: bool | str = "auto",
     ) -> None:
         if not ray.is_initialized():
             raise RuntimeError("RayRuntime needs a running Ray: call ray.init() first")
@@ -156,11 +214,10 @@ class RayRuntime(Runtime):
         self._setup: tuple[ray.ObjectRef, str] | None = None
         self._sizes: np.ndarray | None = None
         self._last: tuple[Request, ray.ObjectRef] | None = None
+        self.vectorize = vectorize
 
-    def attach(
-        self, data: ClientData, model_fn: Callable[[], nn.Module], *, loss: Loss = cross_entropy, vectorize: bool | str
-    ) -> None:
-        self._setup = (ray.put(WorkerSetup(data, model_fn, loss, vectorize)), uuid.uuid4().hex)
+    def attach(self, data: ClientData, model_fn: Callable[[], nn.Module], *, loss: Loss = cross_entropy) -> None:
+        self._setup = (ray.put(WorkerSetup(data, model_fn, loss, self.vectorize)), uuid.uuid4().hex)
         self._sizes = data.sizes
         for worker in self.workers:  # queued before any request: actor calls run in order
             worker.load.remote([self._setup[0]], self._setup[1])

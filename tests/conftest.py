@@ -1,12 +1,16 @@
-"""Shared fixtures: one Ray for the whole session (starting Ray costs seconds)."""
+"""Shared fixtures: one Ray for the whole session (starting Ray costs seconds), and one torch
+thread in the test process: its tensors are small, and on a 2-core machine an idle second
+thread spins against the Ray workers the tests start (shared helpers: ``tests/helpers.py``)."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -177,6 +177,7 @@ def test_the_fixed_step_solver_measures_its_residual_and_honours_the_tolerance()
     assert solution.residual == pytest.approx(err.value.residual, rel=1e-6) and solution.steps == 1
 
 
+@pytest.mark.slow
 def test_every_theta_ends_at_its_tolerance_or_stops_in_one_line(tmp_path):
     """θ from 1e-3 to 10 on digits: every logged round's solves are within the tolerance and every
     metric is finite, or the run stops with one line (θ far above 1/δ makes VRCS diverge)."""

@@ -16,6 +16,8 @@ from fedsweep.experiment.config import compose
 from fedsweep.core.errors import RunError
 from fedsweep.experiment.loop import run_experiment
 
+pytestmark = pytest.mark.slow  # Ray, subprocesses or long runs: not in the fast tier
+
 # long requests (one client at a time, many epochs), so that a kill lands in the middle of one
 LONG = [
     "method=fedavg", "method.local_epochs=80", "rounds=3", "seed=4",

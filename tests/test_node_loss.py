@@ -24,6 +24,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from fedsweep.experiment.loop import run_experiment
 from tests.ray_processes import descendants, free_port, is_descendant, name, stop, with_in_command_line
+import pytest
+
+pytestmark = pytest.mark.slow  # Ray, subprocesses or long runs: not in the fast tier
 
 ROUNDS, EVERY = 150, 2
 SWEEP = f"""\

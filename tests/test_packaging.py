@@ -16,6 +16,9 @@ import json, sys
 sys.meta_path = [f for f in sys.meta_path if "editable" not in type(f).__module__]  # not the repo's checkout
 from fedsweep.experiment.config import CONFIG_DIR, compose, to_container, validate
 from fedsweep.experiment.build import check_setup
+import pytest
+
+pytestmark = pytest.mark.slow  # Ray, subprocesses or long runs: not in the fast tier
 validate(to_container(compose([])))  # the default config, checked and built (digits ships inside the wheel's deps)
 check_setup(to_container(compose([])))
 cfg = to_container(compose(["method=fedprox", "rounds=3"]))

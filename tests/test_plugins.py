@@ -42,6 +42,7 @@ def test_plugins_mix_with_shipped_components(examples_on_path, tmp_path):
     assert history["loss/test"].iloc[-1] < history["loss/test"].iloc[0]
 
 
+@pytest.mark.slow
 def test_the_plugin_package_runs_on_a_worker_pool(tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{EXAMPLES}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     done = subprocess.run(
@@ -115,6 +116,7 @@ def test_the_readme_plugin_example_is_the_tested_one_and_runs(tmp_path):
     assert history["comm/f"].tolist() == [1.0, 2.0, 3.0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sweep", ["regression.yaml", "regression_optuna.yaml"])
 def test_the_plugin_package_sweeps(tmp_path, sweep):
     """examples/sweeps: a per-method grid (plug-in method beside VRCS), and 4 trials proposed by

@@ -14,6 +14,8 @@ from fedsweep.experiment.config import compose
 from fedsweep.experiment.loop import run_experiment
 from tests.ray_processes import is_loopback
 
+pytestmark = pytest.mark.slow  # Ray, subprocesses or long runs: not in the fast tier
+
 # two workers of 1 CPU on two 1-CPU nodes: one per node, each serving two of the four clients
 OVERRIDES = ["rounds=2", "solver=steps", "solver.tolerance=null", "solver.epochs=1", "seed=5", "partition.clients_f=2",
              "partition.clients_g=2"]  # fmt: skip (the fixed-step solver: see test_runtimes.py)

@@ -52,6 +52,7 @@ def assert_same_numbers(a, b, rel=1e-6):
             assert y[key] == pytest.approx(x[key], rel=rel, abs=1e-7, nan_ok=True), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("clients", [4, 100])
 @pytest.mark.parametrize("workers", [1, 3])
 def test_pool_equals_in_process_for_every_method(ray_session, tmp_path, clients, workers):
@@ -64,6 +65,7 @@ def test_pool_equals_in_process_for_every_method(ray_session, tmp_path, clients,
             assert remote[-1]["clients/f"] + remote[-1]["clients/g"] == max(1, round(0.5 * clients))
 
 
+@pytest.mark.slow
 def test_two_pool_runs_with_the_same_workers_are_bit_identical(ray_session, tmp_path):
     run = SHORT + METHODS["vrcs-minibatch-sampled"] + ["runtime=ray", "runtime.workers=3", "runtime.num_cpus=0.5"]
     assert str(history(run, tmp_path / "a")) == str(history(run, tmp_path / "b"))  # nan included

@@ -160,6 +160,7 @@ def test_a_bad_seed_split_stops_in_one_line(tmp_path, capsys, text, message):
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow
 def test_a_sweep_selects_on_some_seeds_and_reports_on_fresh_ones_end_to_end(ray_session, tmp_path, capsys):
     """Digits, 2 rounds, sliding at two θ × 3 seeds: best.csv gives the θ chosen on seed 0, with
     censored statistics over seeds 1-2 only."""

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from fedsweep.cli import tune_main
 
+pytestmark = pytest.mark.slow  # Ray, subprocesses or long runs: not in the fast tier
+
 KEYS = ["method.theta", "method.p", "method.q", "theta", "rounds", "seed", "method", "model.hidden", "partition.clients_f", "solver.max_steps",
         "solver.tolerance", "runtime.workers", "nope", "data", "method.participation", "../x"]  # fmt: skip
 scalars = st.one_of(

@@ -12,6 +12,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from fedsweep.sweep.sweep_file import load_sweep
 from fedsweep.sweep.driver import run_sweep
 
+pytestmark = pytest.mark.slow  # Ray, subprocesses or long runs: not in the fast tier
+
 TAGS = {
     "accuracy/test",
     "accuracy/server",

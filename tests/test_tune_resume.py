@@ -16,6 +16,9 @@ from fedsweep.experiment.loop import run_experiment
 from fedsweep.experiment.metrics import HPARAMS_SUFFIX
 from fedsweep.sweep.sweep_file import load_sweep
 from fedsweep.sweep.driver import run_sweep
+import pytest
+
+pytestmark = pytest.mark.slow  # Ray, subprocesses or long runs: not in the fast tier
 
 ROUNDS = 40
 SWEEP = f"""\

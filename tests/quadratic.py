@@ -1,7 +1,9 @@
 """A least-squares federation with closed-form gradients and argmin, for testing method maths.
 
 Groups f and g of one client each (ids 0 and 1), the server's f1 and g1, λ = ½ each. Client
-programs run on exact full-batch gradients with ``torch.optim.SGD`` as the reference optimizer.
+programs run on exact gradients with ``torch.optim.SGD`` as the reference optimizer: full-batch
+(one step per epoch) with ``batch_size`` None, else on consecutive rows of ``batch_size``, in
+order, every epoch (⌈n_i / b⌉ steps: unequal for clients of unequal sizes, ``n_g``).
 """
 
 from __future__ import annotations
@@ -29,11 +31,18 @@ class LeastSquares:
     def hessian(self) -> torch.Tensor:
         return self.A.T @ self.A / len(self.b)
 
+    def batches(self, batch_size: int | None) -> list[LeastSquares]:
+        """One epoch's minibatches: consecutive rows, in order (None: the whole shard)."""
+        if batch_size is None:
+            return [self]
+        return [LeastSquares(self.A[i : i + batch_size], self.b[i : i + batch_size]) for i in range(0, len(self.b), batch_size)]
+
 
 def run_program(program, x: torch.Tensor, grad, *, shared=None, rows=None) -> dict[str, torch.Tensor]:
     """One client's reply to ``program`` from ``x`` with full-batch gradients ``grad(w)``: one step per
-    epoch, the direction applied by ``torch.optim.SGD`` (momentum, weight decay), the out-of-momentum
-    part by hand. The reference the engines are checked against."""
+    epoch (``grad`` a list: one step per minibatch gradient in it), the direction applied by
+    ``torch.optim.SGD`` (momentum, weight decay), the out-of-momentum part by hand. The reference
+    the engines are checked against."""
     opt = program.optimizer
     w = torch.nn.Parameter(x.clone())
     sgd = torch.optim.SGD([w], lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay, nesterov=opt.nesterov)
@@ -45,14 +54,15 @@ def run_program(program, x: torch.Tensor, grad, *, shared=None, rows=None) -> di
 
     state = program.init(clients(), [w.detach().unsqueeze(0)])
     for _ in range(program.epochs):
-        step = program.step(clients(), [w.detach().unsqueeze(0)], [grad(w.detach()).unsqueeze(0)], state)
-        w.grad = step.direction[0][0].clone()
-        sgd.step()
-        if step.outside is not None:
-            with torch.no_grad():
-                w -= opt.lr * step.outside[0][0]
-        state = step.state or state
-        steps += 1
+        for minibatch_grad in grad if isinstance(grad, list) else [grad]:
+            step = program.step(clients(), [w.detach().unsqueeze(0)], [minibatch_grad(w.detach()).unsqueeze(0)], state)
+            w.grad = step.direction[0][0].clone()
+            sgd.step()
+            if step.outside is not None:
+                with torch.no_grad():
+                    w -= opt.lr * step.outside[0][0]
+            state = step.state or state
+            steps += 1
     reply = program.reply(clients(), [w.detach().unsqueeze(0)], state)
     return {k: (v[0] if isinstance(v, torch.Tensor) else v[0][0]) for k, v in reply.items()}
 
@@ -64,19 +74,19 @@ class QuadraticOracle:
     groups = ("f", "g")
     server_groups = ("f", "g")
 
-    def __init__(self, *, dim: int = 8, n: int = 40, server_noise: float = 0.1, seed: int = 0) -> None:
+    def __init__(self, *, dim: int = 8, n: int = 40, n_g: int | None = None, server_noise: float = 0.1, seed: int = 0) -> None:
         gen = torch.Generator().manual_seed(seed)
         dt = torch.float64
 
         def rand(*shape):
             return torch.randn(*shape, generator=gen, dtype=dt)
 
-        A_f, A_g = rand(n, dim), rand(n, dim) * 1.5
+        A_f, A_g = rand(n, dim), rand(n if n_g is None else n_g, dim) * 1.5
         x_f, x_g = rand(dim), rand(dim) + 2.0  # heterogeneous optima
         self.f = LeastSquares(A_f, A_f @ x_f)
         self.g = LeastSquares(A_g, A_g @ x_g)
         self.f1 = LeastSquares(A_f + server_noise * rand(n, dim), A_f @ x_f + server_noise * rand(n))
-        self.g1 = LeastSquares(A_g + server_noise * rand(n, dim), A_g @ x_g + server_noise * rand(n))
+        self.g1 = LeastSquares(A_g + server_noise * rand(*A_g.shape), A_g @ x_g + server_noise * rand(len(A_g)))
         self.dim = dim
         self.calls = {"f": 0, "g": 0}
         self.losses = {"f": self.f, "g": self.g}
@@ -134,8 +144,9 @@ class QuadraticOracle:
         for r, i in enumerate(clients):
             group = self.groups[int(i)]
             self.calls[group] += 1
-            own = {k: v["x"][r] for k, v in (rows or {}).items()}
-            yield run_program(program, x["x"], self.losses[group].grad, shared=shared, rows=own)
+            own = {k: v.tensors[0][r] for k, v in (rows or {}).items()}  # a vector, or a number, per client
+            grads = [loss.grad for loss in self.losses[group].batches(program.batch_size)]
+            yield run_program(program, x["x"], grads, shared=shared, rows=own)
 
     def train(self, program, x: Weights, *, clients, weights, seed, shared=None, rows=None):
         total = {}

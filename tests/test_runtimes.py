@@ -23,6 +23,9 @@ METHODS = {  # every method, and every request path: HVPs, minibatches, sampled 
     "fedprox": ["method=fedprox", "method.mu=0.5", "method.local_epochs=2"],
     "scaffold-participation": ["method=scaffold", "method.participation=0.5", "method.local_epochs=2", "rounds=3"],
     "server_only": ["method=server_only"],
+    "feddyn-participation": ["method=feddyn", "method.participation=0.5", "method.alpha=0.1"],  # a number per client as a row
+    "fednova-momentum": ["method=fednova", "method.momentum=0.5", "method.batch_size=7"],  # a number per client in the reply
+    "fedadam-participation": ["method=fedadam", "method.participation=0.5"],
 }  # fmt: skip
 
 
@@ -57,8 +60,7 @@ def test_pool_equals_in_process_for_every_method(ray_session, tmp_path, clients,
     for name, extra in METHODS.items():
         remote = history(SHORT + split + extra + pool, tmp_path / name)
         assert_same_numbers(in_process(clients)[name], remote)
-        if name.startswith("fedavg"):
-            # participation=0.5: half of the whole population, however it falls on the groups
+        if name.startswith("fedavg"):  # participation=0.5 of the whole population, whichever groups they are in
             assert remote[-1]["clients/f"] + remote[-1]["clients/g"] == max(1, round(0.5 * clients))
 
 

@@ -39,7 +39,7 @@ import numpy as np
 
 from fedsweep.algorithms.aggregation import sample_clients
 from fedsweep.algorithms.common import difference_norms, draw_seed, full_difference, require, solver_stats
-from fedsweep.algorithms.protocols import GradientOracle, Group, MethodState
+from fedsweep.algorithms.protocols import GradientOracle, Group, MethodState, Solution
 from fedsweep.core.checks import check_keys
 from fedsweep.core.weights import Weights
 
@@ -82,8 +82,66 @@ def corrected_difference(
     return Weights.axpy(group_weight(group, p, weight), change, snapshot_diff, out=out)
 
 
+@dataclass(frozen=True)
+class Epoch:
+    """One VRCS epoch from x_t: where it ended, the full communication's e(x_t) = (∇h − ∇h1)(x_t)
+    and per-group (∇G − ∇G1)(x_t), its argmin solves, its local steps and the clients they asked."""
+
+    x: Weights
+    extragrad: Weights
+    diffs: dict[Group, Weights]
+    solves: list[Solution]
+    local_steps: int
+    sampled: int
+
+    def stats(self) -> dict[str, float]:
+        return {
+            **difference_norms(self.extragrad, self.diffs),
+            **solver_stats(self.solves),
+            "local_steps": float(self.local_steps),
+            "clients/local": float(self.sampled),
+        }
+
+
+def vrcs_epoch(oracle: GradientOracle, x_t: Weights, cfg: VRCSConfig, rng: np.random.Generator) -> Epoch:
+    """Steps 1–5 of the module docstring from x_t, every draw from ``rng`` (in this order: the
+    proximal step's solver seed, K, then per local step its group, clients, minibatch and solver
+    seeds). VRCS's round, and the inner epoch of :class:`fedsweep.algorithms.AccVRCS`."""
+    # 1. full communication at x_t: d_G(x_t) = ∇G(x_t) − ∇G1(x_t) for both groups
+    extragrad, snapshot_diffs = full_difference(oracle, x_t)
+
+    # 2. proximal step around x_t
+    solves = [oracle.argmin(extragrad, x_t, cfg.theta, draw_seed(rng))]
+    x = solves[-1].x
+
+    # 3.–4. snapshot x_0 = x_t, then K local steps with one group each
+    local_steps = sample_local_steps(rng, cfg.q)
+    estimate = Weights.zeros_like(extragrad) if local_steps else None  # reused by every local step
+    sampled = 0
+    for _ in range(local_steps):
+        group = sample_group(rng, cfg.p)
+        size = len(oracle.clients(group))
+        subset = sample_clients(rng, size, cfg.local_participation)
+        seed = draw_seed(rng)
+        if oracle.deterministic and subset is None:  # d_G(x_0) is exactly the (exact) snapshot's
+            (client_x,) = oracle.group_gradients(group, [x], seed)
+            (server_x,) = oracle.server(group, [x], seed)
+            change = client_x.sub_(server_x).sub_(snapshot_diffs[group])
+        else:  # the same minibatch (and sampled clients) at x and x_0; clients hold x_0
+            (change,) = oracle.group_gradients(group, [x], seed, subset=subset, snapshot=x_t)
+            server_x, server_0 = oracle.server(group, [x, x_t], seed)
+            change.sub_(server_x).add_(server_0)
+        sampled += size if subset is None else len(subset)
+        weight = oracle.group_weight(group)
+        estimate = corrected_difference(extragrad, group, change, cfg.p, weight=weight, out=estimate)
+        solves.append(oracle.argmin(estimate, x, cfg.theta, draw_seed(rng)))
+        x = solves[-1].x
+    return Epoch(x, extragrad, snapshot_diffs, solves, local_steps, sampled)
+
+
 class VRCS:
-    """VRCS over a :class:`GradientOracle`; ``init`` then ``round`` repeatedly."""
+    """VRCS over a :class:`GradientOracle`; ``init`` then ``round`` repeatedly (one round: one
+    :func:`vrcs_epoch`)."""
 
     name = "vrcs"
 
@@ -99,42 +157,5 @@ class VRCS:
 
     def round(self, state: MethodState, oracle: GradientOracle) -> tuple[MethodState, dict[str, float]]:
         require(self.name, oracle, groups=("f", "g"), server=True)
-        cfg, rng, x_t = self.config, state.rng(), state.x
-
-        # 1. full communication at x_t: d_G(x_t) = ∇G(x_t) − ∇G1(x_t) for both groups
-        extragrad, snapshot_diffs = full_difference(oracle, x_t)
-
-        # 2. proximal step around x_t
-        solves = [oracle.argmin(extragrad, x_t, cfg.theta, draw_seed(rng))]
-        x = solves[-1].x
-
-        # 3.–4. snapshot x_0 = x_t, then K local steps with one group each
-        local_steps = sample_local_steps(rng, cfg.q)
-        estimate = Weights.zeros_like(extragrad) if local_steps else None  # reused by every local step
-        sampled = 0
-        for _ in range(local_steps):
-            group = sample_group(rng, cfg.p)
-            size = len(oracle.clients(group))
-            subset = sample_clients(rng, size, cfg.local_participation)
-            seed = draw_seed(rng)
-            if oracle.deterministic and subset is None:  # d_G(x_0) is exactly the (exact) snapshot's
-                (client_x,) = oracle.group_gradients(group, [x], seed)
-                (server_x,) = oracle.server(group, [x], seed)
-                change = client_x.sub_(server_x).sub_(snapshot_diffs[group])
-            else:  # the same minibatch (and sampled clients) at x and x_0; clients hold x_0
-                (change,) = oracle.group_gradients(group, [x], seed, subset=subset, snapshot=x_t)
-                server_x, server_0 = oracle.server(group, [x, x_t], seed)
-                change.sub_(server_x).add_(server_0)
-            sampled += size if subset is None else len(subset)
-            weight = oracle.group_weight(group)
-            estimate = corrected_difference(extragrad, group, change, cfg.p, weight=weight, out=estimate)
-            solves.append(oracle.argmin(estimate, x, cfg.theta, draw_seed(rng)))
-            x = solves[-1].x
-
-        stats = {
-            **difference_norms(extragrad, snapshot_diffs),
-            **solver_stats(solves),
-            "local_steps": float(local_steps),
-            "clients/local": float(sampled),
-        }
-        return replace(state, x=x, round=state.round + 1), stats
+        epoch = vrcs_epoch(oracle, state.x, self.config, state.rng())
+        return replace(state, x=epoch.x, round=state.round + 1), epoch.stats()

@@ -6,7 +6,7 @@
 1. **Compute**: every trial of the sweep run in this process one after another with
    ``runtime=local`` and one torch thread (a trial's share of a core), each timed from
    ``run_experiment`` call to return (data, model, rounds, checkpoints, TensorBoard).
-2. **Sweep**: a fresh process runs ``fedsweep.sweep.driver.main([<file>, --results <temporary
+2. **Sweep**: a fresh process runs ``fedsweep.cli.tune_main([<file>, --results <temporary
    folder>])``, what ``make sweep`` runs, timed from spawn to exit, with its parts:
    interpreter and imports, sweep file checks, ``ray.init`` (with the dashboard),
    ``Tuner.fit`` (every trial), ``ray.shutdown``, the table and plots.

@@ -1,7 +1,7 @@
 """What a method is, and what it may ask of the federation.
 
 A method is a small object in the spirit of optax's ``GradientTransformation``:
-``init(x0, seed=...)`` gives a state, ``round(state, oracle)`` returns the next state and the
+``init(x0, *, seed, oracle)`` gives a state, ``round(state, oracle)`` returns the next state and the
 round's statistics. States are values: frozen dataclasses of tensors (``Weights``), numbers and
 mappings of them, replaced rather than mutated, with no random generator inside: a round's
 draws come from ``state.rng()``, keyed by ``(seed, round)``. So any method's state is

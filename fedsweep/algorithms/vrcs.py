@@ -27,8 +27,8 @@ The clients keep x_0 = x_t from the round's full communication, so a local step 
 x^k and each contacted client returns one vector, ∇F_i(x^k) − ∇F_i(x_0) on one minibatch
 (with full batches the exact snapshot makes the client's ∇F_i(x^k) enough).
 
-Each local step talks to one group only, so group f is contacted about p/q
-times per round and group g about (1 − p)/q times, plus one full communication.
+Each local step talks to one group only, so group f is contacted about p(1 − q)/q
+times per round and group g about (1 − p)(1 − q)/q times, plus one full communication.
 """
 
 from __future__ import annotations

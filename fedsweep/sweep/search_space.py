@@ -5,7 +5,7 @@ sampling domains, written as a one-key mapping::
 
     method.theta: {loguniform: [0.01, 1.0]}   # tune.loguniform(lo, hi): lo > 0, lo < hi
     method.p: {uniform: [0.1, 0.9]}           # tune.uniform(lo, hi): lo < hi
-    server.epochs: {randint: [1, 5]}          # tune.randint(lo, hi): integers lo .. hi - 1
+    solver.epochs: {randint: [1, 5]}          # tune.randint(lo, hi): integers lo .. hi - 1
     method.q: {choice: [0.3, 0.6]}            # tune.choice(options)
 
 Everything here is plain Python, checked before Ray starts; :meth:`Domain.to_tune` is the

@@ -123,7 +123,7 @@ def seeded(factory: Callable[..., nn.Module], seed: int | None, **kwargs: Any) -
 
 
 def build_model(name: str, *, seed: int | None = None, **kwargs: Any) -> nn.Module:
-    """Built-in model ``name`` (``mlp``, ``cnn``, ``resnet18``), seeded: a shortcut for tests and notebooks."""
+    """Built-in model ``name`` (``mlp``, ``cnn``, ``lenet``, ``resnet18``), seeded: a shortcut for tests and notebooks."""
     if name not in MODELS:
         raise ConfigError(f"unknown model name={name!r}; known: {', '.join(MODELS)}")
     return seeded(MODELS[name], seed, **kwargs)

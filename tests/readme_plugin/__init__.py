@@ -1,20 +1,29 @@
 """The README's plug-in example, verbatim, so that the README cannot drift from what works."""
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
-from fedsweep import Weights
 from fedsweep.algorithms import MethodState
+from fedsweep.algorithms.common import draw_seed
+from fedsweep.algorithms.programs import ClientProgram, LocalSGD, Step
 
 
 class FedSGD:
-    name = "fedsgd"                               # its label in tables and progress bars
-    def __init__(self, *, lr: float = 0.1):       # the config keys: method.lr
+    """x ← x − lr · Σ_i π_i ∇F_i(x): every client's full-batch gradient, once a round."""
+    name = "fedsgd"                                   # its label in tables and progress bars
+    def __init__(self, *, lr: float = 0.1):           # its config keys: method.lr
         self.lr = lr
+        self.program = GradientReply(epochs=1, batch_size=None, optimizer=LocalSGD(lr=lr))
     def init(self, x0, *, seed, oracle):
         return MethodState(x=x0.clone(), seed=seed)
-    def round(self, state, oracle):               # one full communication: ∇G of every group at x_t
-        grads = oracle.full_communication([state.x])
-        step = Weights.zeros_like(state.x)
-        for group in oracle.groups:               # ∇h = Σ_G λ_G ∇G
-            step.axpy_(oracle.group_weight(group), grads[group][0])
-        return replace(state, x=state.x - step * self.lr, round=state.round + 1), {}
+    def round(self, state, oracle):                   # one contact with every client
+        sums = oracle.train(self.program, state.x, clients=oracle.clients(),
+                            weights=oracle.objective_weights(), seed=draw_seed(state.rng()))
+        return replace(state, x=state.x - sums["grad"] * self.lr, round=state.round + 1), {}
+
+
+@dataclass(frozen=True)
+class GradientReply(ClientProgram):                   # what each client does with x
+    def step(self, clients, params, grads, state):    # one local step; keep its gradient
+        return Step(direction=grads, state={"grad": grads})
+    def reply(self, clients, params, state):          # and send the gradient back
+        return {"grad": state["grad"]}

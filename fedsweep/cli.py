@@ -88,6 +88,9 @@ def run_main(argv: list[str] | None = None) -> int:
     log_dir = open_run_dir(cfg)
     try:
         final = run_experiment(cfg, log_dir=log_dir, checked=True, checkpoint=checkpoint)
+    except ConfigError as err:  # found once the data is built (what a method needs of the federation)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except RunError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

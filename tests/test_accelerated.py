@@ -285,6 +285,7 @@ class SmallMuFederation(QuadraticOracle):
 SEEDS = range(100, 120)  # federations (and method seeds) not used while designing the federation
 
 
+@pytest.mark.slow
 def test_accelerated_methods_need_fewer_m_f_communications_than_vrcs_at_small_mu():
     """On 20 small-μ federations (δ_f/μ ≈ 80, δ_f < δ_g), M_f contacts until ‖∇h‖ ≤ 1e-4‖∇h(0)‖,
     every method at its theory's parameters (:func:`make`): the median of AccVRCS and of

@@ -140,6 +140,7 @@ def test_the_plugin_package_sweeps(tmp_path, sweep):
         assert table["loss/test"].is_monotonic_increasing  # ranked by the metric, mode min
 
 
+@pytest.mark.slow
 def test_the_api_runs_a_sweep_given_as_a_mapping(ray_session, tmp_path):
     sweep = {"name": "api", "overrides": ["runtime=local", "rounds=2"], "grid": {"method.theta": [0.5, 1.0]},
              "max_concurrent_trials": 2}  # fmt: skip

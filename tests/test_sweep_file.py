@@ -226,7 +226,7 @@ def test_bad_config_values(override, needle):
         (["method.local_participation=all"], "method.local_participation='all'"),
         (["solver=steps", "solver.optimizer._target_=torch.optim.Optimizer"], "solver.optimizer.lr=0.05 is not an argument of torch.optim.Optimizer"),
         (["model=cnn", "model.norm=batch"], "model.norm='batch' is not supported"),
-        (["solver=steps", "solver.optimizer.momentum=abc"], "solver.optimizer.momentum must be a number, got solver.optimizer.momentum='abc'"),
+        (["solver=steps", "+solver.optimizer.momentum=abc"], "solver.optimizer.momentum must be a number, got solver.optimizer.momentum='abc'"),
         (["solver=steps", "+solver.optimizer.colour=red"], "solver.optimizer.colour='red' is not an argument of torch.optim.SGD"),
         (["solver=steps", "+solver.optimizer.nesterov=maybe"], "solver.optimizer.nesterov must be true or false"),
     ],

@@ -55,7 +55,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from fedsweep.algorithms.common import full_difference, require
+from fedsweep.algorithms.common import full_difference
 from fedsweep.algorithms.protocols import GradientOracle, MethodState
 from fedsweep.algorithms.vrcs import VRCSConfig, vrcs_epoch
 from fedsweep.core.checks import check_keys
@@ -105,6 +105,8 @@ class AccVRCS:
     iteration per round)."""
 
     name = "accvrcs"
+    needs_groups = ("f", "g")
+    needs_server = True
 
     def __init__(
         self,
@@ -132,7 +134,6 @@ class AccVRCS:
         return AccVRCSState(x=x0.clone(), z=x0.clone(), seed=seed)
 
     def round(self, state: AccVRCSState, oracle: GradientOracle) -> tuple[AccVRCSState, dict[str, float]]:
-        require(self.name, oracle, groups=("f", "g"), server=True)
         cfg = self.config
         theta, q = cfg.epoch.theta, cfg.epoch.q
 

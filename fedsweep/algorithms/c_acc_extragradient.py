@@ -64,7 +64,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from fedsweep.algorithms.common import draw_seed, require, solver_stats
+from fedsweep.algorithms.common import draw_seed, solver_stats
 from fedsweep.algorithms.protocols import GradientOracle, Group, MethodState, Solution
 from fedsweep.core.checks import check, check_keys
 from fedsweep.core.errors import ConfigError, SolverError
@@ -171,6 +171,8 @@ class CAccExtragradient:
     outer AEG iteration per round)."""
 
     name = "c_acc_extragradient"
+    needs_groups = ("f", "g")
+    needs_server = True
 
     def __init__(
         self,
@@ -206,7 +208,6 @@ class CAccExtragradient:
         return CAccEGState(x=x0.clone(), z=x0.clone(), seed=seed)
 
     def round(self, state: CAccEGState, oracle: GradientOracle) -> tuple[CAccEGState, dict[str, float]]:
-        require(self.name, oracle, groups=("f", "g"), server=True)
         cfg = self.config
         weight = oracle.group_weight(cfg.outer)
         out, inn = cfg.levels(weight, oracle.group_weight(cfg.inner))

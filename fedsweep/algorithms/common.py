@@ -17,18 +17,21 @@ def draw_seed(rng: np.random.Generator) -> int:
     return int(rng.integers(2**31 - 1))
 
 
-def require(method: str, oracle: GradientOracle, *, groups: Sequence[Group] | None = None, server: bool = False) -> None:
-    """One line when the federation lacks what ``method`` needs: client groups with these names,
-    and (``server``) the server's own data for every group."""
-    if groups is not None and tuple(oracle.groups) != tuple(groups):
+def check_federation(method: object, groups: Sequence[Group], server_groups: Sequence[Group]) -> None:
+    """One line, before any round, when the federation lacks what ``method`` needs: its
+    ``needs_groups`` (client groups with these names) and ``needs_server`` (the server's own data
+    for every group). Methods without these attributes need nothing."""
+    name = getattr(method, "name", type(method).__name__)
+    needed = getattr(method, "needs_groups", None)
+    if needed is not None and tuple(groups) != tuple(needed):
         raise ConfigError(
-            f"method={method} needs the client groups {', '.join(groups)}; the partition gives "
-            f"{', '.join(oracle.groups)} (use partition=classes or partition=frequent_rare)"
+            f"method={name} needs the client groups {', '.join(needed)}; the partition gives {', '.join(groups)} "
+            "(use partition=classes, frequent_rare or groups_iid)"
         )
-    missing = [g for g in oracle.groups if g not in oracle.server_groups]
-    if server and missing:
+    missing = [g for g in groups if g not in server_groups]
+    if getattr(method, "needs_server", False) and missing:
         raise ConfigError(
-            f"method={method} needs the server's own data for every group; the partition gives none for "
+            f"method={name} needs the server's own data for every group; the partition gives none for "
             f"{', '.join(missing)} (set partition.server_fraction > 0, or use partition=classes)"
         )
 

@@ -22,7 +22,6 @@ elementwise torch ops. The local optimizer is SGD with momentum and weight decay
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -127,17 +126,3 @@ class ClientProgram:
 
 def zeros_like(params: Vectors) -> Vectors:
     return [torch.zeros_like(p) for p in params]
-
-
-def local_steps(sizes, batch_size: int | None, epochs: int):
-    """Each client's number of local steps: ⌈n_i / b_i⌉ per epoch (b_i = min(n_i, batch size))."""
-    if batch_size is None:
-        return epochs + 0 * sizes
-    return -(-sizes // min_batch(sizes, batch_size)) * epochs
-
-
-def min_batch(sizes, batch_size: int | None):
-    return sizes if batch_size is None else (sizes * 0 + batch_size).clip(max=sizes)
-
-
-__all__ = ["ClientProgram", "Clients", "LocalSGD", "Step", "Vectors", "local_steps", "math", "zeros_like"]

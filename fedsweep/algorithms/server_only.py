@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from fedsweep.algorithms.common import draw_seed, require, solver_stats
+from fedsweep.algorithms.common import draw_seed, solver_stats
 from fedsweep.algorithms.protocols import GradientOracle, MethodState
 from fedsweep.core.checks import check
 from fedsweep.core.weights import Weights
@@ -18,6 +18,7 @@ from fedsweep.core.weights import Weights
 
 class ServerOnly:
     name = "server_only"
+    needs_server = True
 
     def __init__(self, *, theta: float) -> None:
         check("method.theta", theta, "> 0")
@@ -27,6 +28,5 @@ class ServerOnly:
         return MethodState(x=x0.clone(), seed=seed)
 
     def round(self, state: MethodState, oracle: GradientOracle) -> tuple[MethodState, dict[str, float]]:
-        require(self.name, oracle, server=True)
         solve = oracle.argmin(Weights.zeros_like(state.x), state.x, self.theta, draw_seed(state.rng()))
         return replace(state, x=solve.x, round=state.round + 1), solver_stats([solve])

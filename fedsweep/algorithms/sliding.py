@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from fedsweep.algorithms.common import difference_norms, draw_seed, full_difference, require, solver_stats
+from fedsweep.algorithms.common import difference_norms, draw_seed, full_difference, solver_stats
 from fedsweep.algorithms.protocols import GradientOracle, MethodState
 from fedsweep.core.checks import check
 from fedsweep.core.weights import Weights
@@ -19,6 +19,7 @@ from fedsweep.core.weights import Weights
 
 class Sliding:
     name = "sliding"
+    needs_server = True  # h1: the server's own data of every group (checked before any round)
 
     def __init__(self, *, theta: float) -> None:
         check("method.theta", theta, "> 0")
@@ -28,7 +29,6 @@ class Sliding:
         return MethodState(x=x0.clone(), seed=seed)
 
     def round(self, state: MethodState, oracle: GradientOracle) -> tuple[MethodState, dict[str, float]]:
-        require(self.name, oracle, server=True)
         extragrad, diffs = full_difference(oracle, state.x)
         solve = oracle.argmin(extragrad, state.x, self.theta, draw_seed(state.rng()))
         return replace(state, x=solve.x, round=state.round + 1), {**difference_norms(extragrad, diffs), **solver_stats([solve])}

@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from fedsweep.algorithms.aggregation import sample_clients
-from fedsweep.algorithms.common import difference_norms, draw_seed, full_difference, require, solver_stats
+from fedsweep.algorithms.common import difference_norms, draw_seed, full_difference, solver_stats
 from fedsweep.algorithms.protocols import GradientOracle, Group, MethodState, Solution
 from fedsweep.core.checks import check_keys
 from fedsweep.core.weights import Weights
@@ -144,6 +144,8 @@ class VRCS:
     :func:`vrcs_epoch`)."""
 
     name = "vrcs"
+    needs_groups = ("f", "g")  # what the federation must give (checked before any round)
+    needs_server = True
 
     def __init__(self, *, theta: float, p: float, q: float, local_participation: float | int | None = None) -> None:
         self.config = VRCSConfig(theta=theta, p=p, q=q, local_participation=local_participation)
@@ -156,6 +158,5 @@ class VRCS:
         return MethodState(x=x0.clone(), seed=seed)
 
     def round(self, state: MethodState, oracle: GradientOracle) -> tuple[MethodState, dict[str, float]]:
-        require(self.name, oracle, groups=("f", "g"), server=True)
         epoch = vrcs_epoch(oracle, state.x, self.config, state.rng())
         return replace(state, x=epoch.x, round=state.round + 1), epoch.stats()

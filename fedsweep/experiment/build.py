@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from fedsweep.algorithms import Method, MethodState
+from fedsweep.algorithms.common import check_federation
 from fedsweep.core.device import resolve_device
 from fedsweep.core.errors import ConfigError
 from fedsweep.core.weights import Weights
@@ -104,6 +105,8 @@ class Run:
 
 def build(cfg: Mapping[str, Any], setup: Setup, runtime: Runtime) -> Run:
     """The clients attached to ``runtime``, the server with its solver, the method and its start."""
+    method = components.build("method", cfg["method"])
+    check_federation(method, tuple(setup.partition.clients), tuple(setup.partition.server))
     clients = ClientData.from_partition(setup.partition)
     model = setup.model_fn()
     check_model(model, cfg)
@@ -120,13 +123,13 @@ def build(cfg: Mapping[str, Any], setup: Setup, runtime: Runtime) -> Run:
         runtime, clients, server, group_weights=weights, batch_size=cfg["client"]["batch_size"],
         deterministic=deterministic, device=device,
     )  # fmt: skip
-    method = components.build("method", cfg["method"])
     state = method.init(Weights.from_model(server.model), seed=seed_of(cfg, "method"), oracle=oracle)
     return Run(method, state, oracle, server, _on(setup.bundle.test, device), setup.loss)
 
 
-def check_setup(cfg: Mapping[str, Any]) -> None:
-    """Build ``cfg``'s data, partition and model once, on the CPU; one line on what does not fit.
+def check_setup(cfg: Mapping[str, Any]) -> Setup:
+    """Build ``cfg``'s data, partition and model once, on the CPU; one line on what does not fit;
+    returns what it built.
 
     The model runs forward on two training examples, and a model that normalises with batch
     statistics is refused. (The ``meta`` device would spare the model's memory, but its first
@@ -154,6 +157,13 @@ def check_setup(cfg: Mapping[str, Any]) -> None:
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
         line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"loss._target_={cfg['loss']['_target_']!r} does not fit the model's outputs: {line}") from None
+    return setup
+
+
+def check_method(cfg: Mapping[str, Any], setup: Setup) -> None:
+    """One line when ``cfg``'s method needs what its federation does not give (client groups by
+    name, the server's own data)."""
+    check_federation(components.build("method", cfg["method"]), tuple(setup.partition.clients), tuple(setup.partition.server))
 
 
 def check_model(model: nn.Module, cfg: Mapping[str, Any]) -> None:

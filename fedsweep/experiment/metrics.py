@@ -13,8 +13,9 @@ from pathlib import Path
 REPORTED = (  # every metric a run may report besides the per-group ones (tests/test_experiment.py checks)
     "round", "accuracy/test", "loss/test", "accuracy/server", "loss/server",
     "comm/total", "comm/messages", "comm/bytes_sent", "comm/bytes_received",
-    "norm/extragrad/full", "norm/update", "norm/control", "norm/server_step", "loss/argmin", "argmin/steps",
-    "argmin/residual", "local_steps", "clients/local", "clients/total",
+    "norm/extragrad/full", "norm/update", "norm/control", "norm/h", "norm/pseudo_gradient", "norm/mapping",
+    "norm/z-y", "norm/grad", "norm/grad_p", "tau_eff", "loss/argmin", "argmin/steps", "argmin/residual",
+    "inner/steps", "inner/residual", "local_steps", "clients/local",
     "target/round", "target/comm_total", "target/bytes",
 )  # fmt: skip
 PER_GROUP = ("comm/{}", "clients/{}", "norm/extragrad/{}", "target/comm_{}", "similarity/delta_{}")

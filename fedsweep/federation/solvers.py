@@ -239,7 +239,10 @@ class OptimizerSteps:
     ) -> None:
         check_keys("solver", epochs=(epochs, "int >= 1"), batch_size=(batch_size, "int >= 1 or null"),
                    tolerance=(tolerance, "> 0 or null"))  # fmt: skip
-        name = getattr(getattr(optimizer, "func", optimizer), "__module__", "") + "." + getattr(getattr(optimizer, "func", optimizer), "__name__", "")
+        if not callable(optimizer):
+            raise ConfigError(f"solver.optimizer must name a torch optimizer by _target_, got solver.optimizer={optimizer!r}")
+        factory = getattr(optimizer, "func", optimizer)
+        name = f"{getattr(factory, '__module__', '')}.{getattr(factory, '__name__', '')}"
         try:  # torch checks its settings (lr >= 0, ...) when it is made: once here, on a stand-in parameter
             made = optimizer([nn.Parameter(torch.zeros(1))])
         except (TypeError, ValueError, NotImplementedError) as err:

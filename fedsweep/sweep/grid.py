@@ -130,7 +130,7 @@ def expand(sweep: Sweep) -> tuple[dict[str, Any], dict[str, list[Any]], list[dic
 
     Raises ConfigError naming the first bad key or value.
     """
-    from fedsweep.experiment.build import check_setup
+    from fedsweep.experiment.build import check_method, check_setup
 
     folded = folded_keys(sweep.grid)
     # a grid over a group replaces its node: overrides inside it apply per option (option_config)
@@ -148,7 +148,7 @@ def expand(sweep: Sweep) -> tuple[dict[str, Any], dict[str, list[Any]], list[dic
     sampled = {k: (v.candidates() if isinstance(v, Domain) else list(v)) for k, v in grid.items() if k not in axes}
     variations = [{k: c[0] for k, c in sampled.items()}]
     variations += [{**variations[0], key: value} for key, options in sampled.items() for value in options[1:]]
-    points, built = [], set()
+    points, built = [], {}
     for values in itertools.product(*axes.values()):
         for variation in variations:
             cfg = copy.deepcopy(base)
@@ -157,8 +157,8 @@ def expand(sweep: Sweep) -> tuple[dict[str, Any], dict[str, list[Any]], list[dic
             validate(cfg)
             fixed = repr([cfg[k] for k in ("data", "partition", "model", "loss", "device")])  # seeds aside
             if fixed not in built:
-                check_setup(cfg)
-                built.add(fixed)
+                built[fixed] = check_setup(cfg)
+            check_method(cfg, built[fixed])  # what the method needs of that federation
             points.append(cfg)
     if sweep.metric.startswith("target/") and any(p["target_accuracy"] is None for p in points):
         raise ConfigError(f"metric={sweep.metric!r} is what it took to reach target_accuracy, which is null; set target_accuracy")

@@ -1,7 +1,7 @@
 """Datasets as in-memory tensors: one loader per name, one `DataBundle` out.
 
-Every loader returns float32 images ``(N, C, H, W)`` already normalised and
-int64 labels ``(N,)``; nothing downstream needs a ``DataLoader``.
+Every loader returns float32 images ``(N, C, H, W)`` (standardised, unless ``fashion_mnist``'s
+``normalize`` is false) and int64 labels ``(N,)``; nothing downstream needs a ``DataLoader``.
 
 =================  ==========================================================
 name               source and split
@@ -19,8 +19,7 @@ name               source and split
                    per-channel normalisation.
 =================  ==========================================================
 
-``seed`` and ``test_fraction`` only affect ``digits`` (the others have an
-official split); ``test_fraction`` is validated for every name all the same.
+``seed`` and ``test_fraction`` only affect ``digits`` (the others have an official split).
 """
 
 from __future__ import annotations

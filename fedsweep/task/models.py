@@ -13,6 +13,8 @@ is deterministic for the run's seed (:func:`seeded`).
                            conv3x3(32->64) -> norm -> act -> AdaptiveAvgPool(4x4)
                            -> Linear(hidden) -> act -> Linear(num_classes). Works
                            for 8x8, 28x28 and 32x32 inputs.
+``fedsweep.task.models.lenet``  NIID-Bench's CNN for (Fashion-)MNIST: conv5(6) → pool →
+                           conv5(16) → pool → Linear(120) → Linear(84) → classes, ReLU.
 ``fedsweep.task.models.resnet18``  torchvision ``resnet18(num_classes)`` with conv1 a 3x3
                            stride-1 padding-1 conv on ``input_shape[0]`` channels and
                            no max-pool (the usual CIFAR variant, He et al. 2016,

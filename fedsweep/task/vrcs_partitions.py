@@ -44,6 +44,7 @@ from typing import Sequence
 
 import numpy as np
 
+from fedsweep.core.checks import check_keys
 from fedsweep.core.errors import ConfigError
 from fedsweep.task.datasets import Dataset
 from fedsweep.task.partitions import Partition
@@ -242,27 +243,17 @@ def check_partition_config(
 ) -> None:
     """The checks that need no data (run on every sweep point before Ray starts)."""
     if scheme not in SCHEMES:
-        raise ConfigError(f"unknown scheme={scheme!r}; known: {', '.join(SCHEMES)}")
+        raise ConfigError(f"unknown partition.scheme={scheme!r}; known: {', '.join(SCHEMES)}")
     if client_split not in CLIENT_SPLITS:
-        raise ConfigError(f"unknown client_split={client_split!r}; known: {', '.join(CLIENT_SPLITS)}")
-    for key, value in (("clients_f", clients_f), ("clients_g", clients_g)):
-        if not _is_int(value) or value < 1:
-            raise ConfigError(f"{key} must be an integer >= 1, got {key}={value!r}")
-    for key, value in (
-        ("server_fraction", server_fraction),
-        ("rare_fraction", rare_fraction),
-        ("f_fraction", f_fraction),
-    ):
-        if not (_is_real(value) and 0.0 < value < 1.0):
-            raise ConfigError(f"{key} must be in (0, 1), got {key}={value}")
-    if not (_is_real(server_similarity) and 0.0 <= server_similarity <= 1.0):
-        raise ConfigError(f"server_similarity must be in [0, 1], got server_similarity={server_similarity}")
-    if not (_is_real(dirichlet_alpha) and dirichlet_alpha > 0.0):
-        raise ConfigError(f"dirichlet_alpha must be > 0, got dirichlet_alpha={dirichlet_alpha}")
+        raise ConfigError(f"unknown partition.client_split={client_split!r}; known: {', '.join(CLIENT_SPLITS)}")
+    check_keys("partition", clients_f=(clients_f, "int >= 1"), clients_g=(clients_g, "int >= 1"),
+               server_fraction=(server_fraction, "(0, 1)"), rare_fraction=(rare_fraction, "(0, 1)"),
+               f_fraction=(f_fraction, "(0, 1)"), server_similarity=(server_similarity, "[0, 1]"),
+               dirichlet_alpha=(dirichlet_alpha, "> 0"))  # fmt: skip
     if f_classes is not None:
         f_list = [f_classes] if _is_int(f_classes) or isinstance(f_classes, str) else list(f_classes)
         if not f_list or not all(_is_int(c) and c >= 0 for c in f_list) or len(set(f_list)) != len(f_list):
-            raise ConfigError(f"f_classes must be distinct non-negative class ids, got f_classes={f_classes}")
+            raise ConfigError(f"partition.f_classes must be distinct non-negative class ids, got partition.f_classes={f_classes}")
 
 
 def _is_int(value: object) -> bool:

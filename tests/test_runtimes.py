@@ -29,9 +29,9 @@ METHODS = {  # every method, and every request path: HVPs, minibatches, sampled 
 }  # fmt: skip
 
 
-def history(overrides, log_dir):
+def history(overrides, log_dir, **kwargs):
     rounds = []
-    run_experiment(compose(overrides), log_dir=log_dir, report=rounds.append, progress=False)
+    run_experiment(compose(overrides), log_dir=log_dir, report=rounds.append, progress=False, **kwargs)
     return rounds
 
 
@@ -53,22 +53,30 @@ def assert_same_numbers(a, b, rel=1e-6):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("clients", [4, 100])
 @pytest.mark.parametrize("workers", [1, 3])
-def test_pool_equals_in_process_for_every_method(ray_session, tmp_path, clients, workers):
-    split = [f"partition.clients_f={clients // 2}", f"partition.clients_g={clients - clients // 2}"]
-    pool = ["runtime=ray", f"runtime.workers={workers}", "runtime.num_cpus=0.5"]
-    for name, extra in METHODS.items():
-        remote = history(SHORT + split + extra + pool, tmp_path / name)
-        assert_same_numbers(in_process(clients)[name], remote)
-        if name.startswith("fedavg"):  # participation=0.5 of the whole population, whichever groups they are in
-            assert remote[-1]["clients/f"] + remote[-1]["clients/g"] == max(1, round(0.5 * clients))
+def test_pool_equals_in_process_for_every_method(ray_session, tmp_path, workers):
+    """One pool per worker count serves every method's run on 4 and on 100 clients (the pool is
+    reused across runs: its workers start once)."""
+    from fedsweep.federation.runtime.ray_runtime import ray_pool
+
+    with ray_pool(workers=workers, num_cpus=0.5, num_gpus=0, device="cpu", label="equal") as pool:
+        for clients in (4, 100):
+            split = [f"partition.clients_f={clients // 2}", f"partition.clients_g={clients - clients // 2}"]
+            for name, extra in METHODS.items():
+                remote = history(SHORT + split + extra + ["runtime=ray"], tmp_path / f"{name}-{clients}", runtime=pool)
+                assert_same_numbers(in_process(clients)[name], remote)
+                if name.startswith("fedavg"):  # participation=0.5 of the whole population, whichever groups
+                    assert remote[-1]["clients/f"] + remote[-1]["clients/g"] == max(1, round(0.5 * clients))
 
 
 @pytest.mark.slow
 def test_two_pool_runs_with_the_same_workers_are_bit_identical(ray_session, tmp_path):
-    run = SHORT + METHODS["vrcs-minibatch-sampled"] + ["runtime=ray", "runtime.workers=3", "runtime.num_cpus=0.5"]
-    assert str(history(run, tmp_path / "a")) == str(history(run, tmp_path / "b"))  # nan included
+    from fedsweep.federation.runtime.ray_runtime import ray_pool
+
+    run = SHORT + METHODS["vrcs-minibatch-sampled"] + ["runtime=ray"]
+    with ray_pool(workers=3, num_cpus=0.5, num_gpus=0, device="cpu", label="twice") as pool:
+        first, second = (history(run, tmp_path / name, runtime=pool) for name in "ab")
+    assert str(first) == str(second)  # nan included
 
 
 def test_communication_counts_the_logical_federation(tmp_path):

@@ -25,6 +25,7 @@ from fedsweep.experiment.build import Run, build, make_runtime, prepare, seed_of
 from fedsweep.experiment.checkpoint import check_config, load_checkpoint, restore, save_checkpoint
 from fedsweep.experiment.config import to_container, uses_ray, validate
 from fedsweep.experiment.metrics import RunLogger, TargetTracker
+from fedsweep.federation.runtime.base import Runtime
 from fedsweep.federation.runtime.ray_start import ray_session
 from fedsweep.federation.server import Server
 from fedsweep.task import Dataset
@@ -55,6 +56,7 @@ def run_experiment(
     timings: dict[str, float] | None = None,
     checked: bool = False,
     checkpoint: dict[str, Any] | None = None,
+    runtime: Runtime | None = None,
 ) -> dict[str, float]:
     """Run ``cfg['rounds']`` rounds; log every metric to TensorBoard in ``log_dir``.
 
@@ -66,7 +68,9 @@ def run_experiment(
     ``data`` (data, model and server built, clients attached), ``workers`` (every
     worker ready) and ``first_round``. ``checked``: the config was validated already (a sweep's
     driver checks every trial's); ``checkpoint``: the resume checkpoint, already read and checked
-    against the config (read here otherwise). Returns the last round's metrics.
+    against the config (read here otherwise). ``runtime``: a runtime to serve the clients instead of
+    the config's (left open: a pool reused across runs pays its workers' start-up once). Returns
+    the last round's metrics.
     """
     cfg = to_container(cfg)
     if not checked:
@@ -87,7 +91,8 @@ def run_experiment(
         try:
             if ray:
                 stack.enter_context(ray_session(cfg["runtime"].get("address"), dashboard=cfg["runtime"].get("dashboard", False)))
-            runtime = stack.enter_context(make_runtime(cfg, label=log_dir.name))
+            if runtime is None:
+                runtime = stack.enter_context(make_runtime(cfg, label=log_dir.name))
             stamp("ray")
             setup = preparing.result()
         finally:

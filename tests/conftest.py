@@ -5,6 +5,7 @@ thread spins against the Ray workers the tests start (shared helpers: ``tests/he
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +20,10 @@ def ray_session(tmp_path_factory):
     import ray
 
     if not ray.is_initialized():
+        root = Path(__file__).resolve().parents[1]
+        path = os.pathsep.join([str(root / "examples"), str(root), os.environ.get("PYTHONPATH", "")])
         ray.init(
+            runtime_env={"env_vars": {"PYTHONPATH": path}},  # plug-in packages the tests use, on the workers too
             num_cpus=2,
             include_dashboard=False,
             log_to_driver=False,

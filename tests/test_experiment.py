@@ -127,3 +127,16 @@ def test_data_init_and_method_seeds_can_be_set_apart(tmp_path):
     m1 = run(["rounds=2", "seed=3"], tmp_path / "a")
     m2 = run(["rounds=2", "seed=3", "seeds.method=5"], tmp_path / "b")
     assert [m["local_steps"] for m in m1] != [m["local_steps"] for m in m2]  # the method's own draws moved
+
+
+def test_one_population_of_a_thousand_clients_with_fifty_sampled_and_no_server_data(tmp_path):
+    """Standard FL: one population, example-weighted, 50 of 1,000 clients drawn each round from all of
+    them, no server data (so no server metrics), a contact and 50 messages a round."""
+    from tests.helpers import history
+
+    rounds = history(["partition=iid", "partition.clients=1000", "method=fedavg", "method.participation=50",
+                      "method.batch_size=8", "rounds=3", "target_accuracy=null"], tmp_path)  # fmt: skip
+    assert [m["clients/clients"] for m in rounds] == [50.0, 50.0, 50.0]
+    assert [m["comm/clients"] for m in rounds] == [1.0, 2.0, 3.0]
+    assert rounds[-1]["comm/messages"] == 150
+    assert "loss/server" not in rounds[-1] and all(math.isfinite(m["loss/test"]) for m in rounds)

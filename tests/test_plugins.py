@@ -28,6 +28,21 @@ def examples_on_path(monkeypatch):
     monkeypatch.syspath_prepend(str(EXAMPLES))
 
 
+@pytest.mark.slow
+def test_a_plugin_method_with_its_own_client_program_gives_the_same_numbers_on_a_pool(examples_on_path, ray_session,
+                                                                                       tmp_path):  # fmt: skip
+    """The example package's ProxPlugin hands its clients its own program (written outside fedsweep):
+    in process and on a pool of 2 Ray workers (the package on the workers' path) the numbers agree."""
+    from fedsweep.federation.runtime.ray_runtime import ray_pool
+    from tests.helpers import history
+    base = [*PLUGINS, "method=prox_plugin", "rounds=3", "method.local_epochs=2"]
+    local = history([*base, "runtime=local"], tmp_path / "local")
+    with ray_pool(workers=2, num_cpus=0.5, num_gpus=0, device="cpu", label="plugin") as pool:
+        remote = history([*base, "runtime=ray"], tmp_path / "pool", runtime=pool)
+    for a, b in zip(local, remote, strict=True):
+        assert b["loss/test"] == pytest.approx(a["loss/test"], rel=1e-6) and b["comm/total"] == a["comm/total"]
+
+
 def test_the_plugin_package_runs_in_process(examples_on_path, tmp_path):
     history = fedsweep.run_experiment([*PLUGINS, "method=prox_plugin", "rounds=4"], log_dir=tmp_path, progress=False)
     assert history["round"].tolist() == [1.0, 2.0, 3.0, 4.0]

@@ -29,6 +29,8 @@ import importlib.util
 import os
 import pickle
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -220,7 +222,8 @@ def load_fashion_mnist(
         for name in IDX_FILES:
             if not (raw_dir / name).is_file():
                 _gunzip(debian / f"{name}.gz", raw_dir / name)
-    parts = [FashionMNIST(str(root), train=t, download=not have_debian) for t in (True, False)]
+    with _download("Fashion-MNIST", root):
+        parts = [FashionMNIST(str(root), train=t, download=not have_debian) for t in (True, False)]
     return _idx_bundle("fashion_mnist", parts, _FASHION_MNIST_MEAN_STD if normalize else (0.0, 1.0))
 
 
@@ -228,7 +231,8 @@ def load_mnist(root: str | os.PathLike) -> DataBundle:
     """MNIST through torchvision (downloads unless already under ``root/MNIST/raw``)."""
     from torchvision.datasets import MNIST
 
-    parts = [MNIST(str(root), train=t, download=True) for t in (True, False)]
+    with _download("MNIST", root):
+        parts = [MNIST(str(root), train=t, download=True) for t in (True, False)]
     return _idx_bundle("mnist", parts, _MNIST_MEAN_STD)
 
 
@@ -245,7 +249,8 @@ def load_cifar10(root: str | os.PathLike) -> DataBundle:
     if not all((folder / f).is_file() for f in needed):
         from torchvision.datasets import CIFAR10
 
-        CIFAR10(str(root), train=True, download=True)
+        with _download("CIFAR-10", root):
+            CIFAR10(str(root), train=True, download=True)
     mean = torch.tensor(_CIFAR10_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(_CIFAR10_STD).view(1, 3, 1, 1)
 
@@ -284,6 +289,20 @@ def _idx_bundle(name: str, parts: Sequence, mean_std: tuple[float, float]) -> Da
         input_shape=tuple(train.x.shape[1:]),
         num_classes=len(parts[0].classes),
     )
+
+
+@contextmanager
+def _download(name: str, root: str | os.PathLike) -> Iterator[None]:
+    """A download that fails (no network, a mirror down) as one line naming the data set and where
+    it would be kept, with the offline alternative."""
+    try:
+        yield
+    except (RuntimeError, OSError) as err:
+        cause = " ".join(str(err).split())[:160]
+        raise ConfigError(
+            f"data: {name} is not under {root} and could not be downloaded ({cause}); without a network, "
+            "data=digits or data=fashion_mnist (Debian's dataset-fashion-mnist) run offline"
+        ) from None
 
 
 def _gunzip(src: Path, dst: Path) -> None:

@@ -46,6 +46,7 @@ from fedsweep.algorithms.fedavg import FedAvg, participation_stats
 from fedsweep.algorithms.protocols import GradientOracle, MethodState
 from fedsweep.core.checks import check, first_line, shown
 from fedsweep.core.errors import ConfigError
+from fedsweep.core.targets import check_target
 from fedsweep.core.weights import Weights
 
 KEY = "method.server_optimizer"
@@ -135,9 +136,8 @@ def server_optimizer_spec(node: Any, key: str = KEY) -> tuple[type[torch.optim.O
         example = "(e.g. torch.optim.Adam)"
         raise ConfigError(f"{key} must name a torch.optim optimizer by {key}._target_ {example}, got {key}={shown(node)}")
     path = node["_target_"]
+    check_target(f"{key}._target_", path)  # torch.optim, fedsweep or a named plug-in, before importing
     module, _, attr = path.rpartition(".")
-    if not module:
-        raise ConfigError(f"{key}._target_={path!r} must be an import path like torch.optim.Adam")
     try:
         target = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError, ValueError) as err:

@@ -21,6 +21,7 @@ from fedsweep.algorithms import Method, MethodState
 from fedsweep.algorithms.common import check_federation
 from fedsweep.core.device import resolve_device
 from fedsweep.core.errors import ConfigError
+from fedsweep.core.targets import use_plugins
 from fedsweep.core.weights import Weights
 from fedsweep.experiment import components
 from fedsweep.federation.client_data import ClientData
@@ -43,9 +44,11 @@ class Setup:
     device: torch.device
 
 
-def make_model(node: Mapping[str, Any], *, input_shape: tuple[int, ...], num_classes: int, seed: int | None) -> nn.Module:
+def make_model(node: Mapping[str, Any], *, input_shape: tuple[int, ...], num_classes: int, seed: int | None,
+               plugins: tuple[str, ...] = ()) -> nn.Module:  # fmt: skip
     """The model of config node ``node`` (``model._target_``), torch seeded by ``seed``. Picklable
-    as a ``functools.partial``: a worker imports the target itself."""
+    as a ``functools.partial``: a worker imports the target itself (``plugins``: the config's)."""
+    use_plugins(plugins)
     return seeded(
         lambda **kw: components.build("model", node, **kw), seed, input_shape=input_shape, num_classes=num_classes
     )
@@ -75,7 +78,7 @@ def prepare(cfg: Mapping[str, Any]) -> Setup:
         raise ConfigError(f"partition._target_={cfg['partition']['_target_']!r} returned {type(partition).__name__}, not a Partition")
     model_fn = functools.partial(
         make_model, dict(cfg["model"]), input_shape=bundle.input_shape, num_classes=bundle.num_classes,
-        seed=seed_of(cfg, "init"),
+        seed=seed_of(cfg, "init"), plugins=tuple(cfg.get("plugins") or ()),
     )
     loss = components.build("loss", cfg["loss"])
     return Setup(bundle, partition, model_fn, loss, resolve_device(cfg["device"]))

@@ -40,9 +40,10 @@ FILENAME = "checkpoint.pt"
 DIRNAME = "checkpoints"  # log_dir/checkpoints/round_000010/checkpoint.pt:
 ROUND_DIR = "round_{:06d}"  # one directory per checkpoint, which Ray Tune can persist as is
 FORMAT = 3  # the payload's layout; 2 held a numpy generator's stream, 1 a pickled Weights
-SAFE_TO_CHANGE = ("rounds", "log_dir", "checkpoint", "runtime", "target_accuracy")
+SAFE_TO_CHANGE = ("rounds", "log_dir", "checkpoint", "runtime", "target_accuracy", "plugins")
 """Top-level config keys a resumed run may change: how long it runs, where it writes, how
-its clients are served (the pool agrees with in-process to 1e-6) and what it reports."""
+its clients are served (the pool agrees with in-process to 1e-6), what it reports and which
+packages its targets may name."""
 
 _KEYS = ("format", "round", "config", "state", "comm", "target", "torch_rng")
 

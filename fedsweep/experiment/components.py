@@ -36,7 +36,6 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-import re
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +43,7 @@ from functools import lru_cache
 from typing import Any
 
 from fedsweep.core.errors import ConfigError
+from fedsweep.core.targets import check_target
 
 SECTIONS = ("data", "partition", "model", "loss", "method", "solver", "runtime")
 SUPPLIED = {  # what fedsweep passes each section's target (when its signature takes it)
@@ -59,12 +59,16 @@ NESTED_SUPPLIED = ("params",)  # a nested partial component's call arguments (a 
 HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
 
 
-@lru_cache(maxsize=None)
 def locate(path: str, section: str = "component") -> Callable[..., Any]:
     """The class or function at import path ``path`` (``package.module.Name``, as Hydra's
-    ``_target_``); one line if it cannot be imported."""
-    if not isinstance(path, str) or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", path):
-        raise ConfigError(f"{section}._target_ must be an import path like mypkg.module.Name, got {path!r}")
+    ``_target_``); one line if it is outside the allowed packages (checked before any import,
+    ``fedsweep.core.targets``) or cannot be imported."""
+    check_target(f"{section}._target_", path)
+    return _import(path, section)
+
+
+@lru_cache(maxsize=None)
+def _import(path: str, section: str) -> Callable[..., Any]:
     parts = path.split(".")
     for cut in range(len(parts) - 1, 0, -1):  # the longest importable module prefix, then attributes
         module_name = ".".join(parts[:cut])

@@ -21,6 +21,7 @@ from fedsweep.experiment import components
 from fedsweep.experiment.components import SECTIONS
 from fedsweep.experiment.settings import check_settings
 from fedsweep.core.errors import ConfigError
+from fedsweep.core.targets import check_all_targets, use_plugins
 
 CONFIG_DIR = Path(os.environ.get("FEDSWEEP_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
 """The shipped configs: inside the package, so a wheel carries them (``FEDSWEEP_CONFIG_DIR`` replaces them)."""
@@ -82,9 +83,12 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
     runtime); a target's ``check_config`` (a partition's, the Ray pool's) checks what needs no
     data or Ray. The run's own settings are checked against their schema
     (``fedsweep.experiment.settings``). What needs the data (the model's shapes) is checked by
-    ``fedsweep.experiment.build.check_setup``; a checkpoint to resume from is read by the run.
+    ``fedsweep.experiment.build.check_setup``; every ``_target_`` must be inside an allowed package
+    (``fedsweep.core.targets``: fedsweep, torch.optim, the config's ``plugins``); a checkpoint to resume from is read by the run.
     """
     c = to_container(cfg)
+    use_plugins(c.get("plugins"))  # one line for a bad list; the targets below may name these packages
+    check_all_targets(c)  # every _target_, nested or in a list, before any is imported
     for section in SECTIONS:
         if section not in c:
             raise ConfigError(f"missing config key {section}")

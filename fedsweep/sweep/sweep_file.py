@@ -3,6 +3,7 @@
 A sweep file is YAML:
 
     name: vrcs_grid                  # results/<name>/ holds everything the sweep writes
+    plugins: [mypkg]                 # optional: your packages that _target_ may name (fedsweep.core.targets)
     overrides: [runtime=ray, rounds=20]   # Hydra overrides of fedsweep/configs/config.yaml
     grid:                            # dotted config keys → lists of values (a full grid) or domains
       method.theta: [0.05, 0.5]
@@ -51,13 +52,15 @@ from typing import Any
 
 import yaml
 
+from fedsweep.core.checks import shown
 from fedsweep.core.errors import ConfigError
+from fedsweep.core.targets import check_plugins
 from fedsweep.experiment.metrics import EVERY_ROUND, REPORTED, PER_GROUP, is_reported
 from fedsweep.sweep.grid import config_groups, trial_count
 from fedsweep.sweep.search_space import KINDS, SCALARS, Domain, is_sampled, parse_value
 from fedsweep.sweep.summary import is_target
 
-SWEEP_KEYS = ("name", "overrides", "grid", "search", "num_samples", "scheduler", "repeats", "select_seeds",
+SWEEP_KEYS = ("name", "plugins", "overrides", "grid", "search", "num_samples", "scheduler", "repeats", "select_seeds",
               "report_seeds", "metric", "mode", "rank", "max_concurrent_trials", "max_trials")  # fmt: skip
 SEARCHES = ("grid", "random", "optuna")
 SCHEDULERS = ("asha",)
@@ -146,7 +149,13 @@ def load_sweep(path: str | Path, *, overrides: Sequence[str] = (), name: str | N
         )
     overrides = raw.get("overrides") or []
     if not (isinstance(overrides, list) and all(isinstance(o, str) for o in overrides)):
-        raise ConfigError(f"{path}: overrides must be a list of key=value strings, got {overrides!r}")
+        raise ConfigError(f"{path}: overrides must be a list of key=value strings, got {shown(overrides)}")
+    try:
+        plugins = check_plugins(raw.get("plugins"))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    if plugins:  # the packages every trial's _target_ may name (fedsweep.core.targets)
+        overrides = [f"plugins=[{','.join(plugins)}]", *overrides]
     grid = raw.get("grid")
     if not isinstance(grid, Mapping) or not grid:
         raise ConfigError(f"{path}: grid must be a non-empty mapping of config keys to lists of values or domains")

@@ -1,0 +1,78 @@
+"""Inputs a user may be handed (a config, a sweep file, a run or sweep folder) cannot run code or
+write elsewhere, and every bad one stops in one line naming it (issue 19, the input items).
+
+Each case runs the command in process (``run_main`` / ``tune_main``) and reads its stderr."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from fedsweep.cli import run_main, tune_main
+
+MARKER_MODULE = "fedsweep_untrusted_marker"
+
+
+def one_line_error(capsys, needle: str) -> str:
+    """stderr is one ``error: ...`` line (two at most) that names ``needle``."""
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) <= 2, err
+    assert needle in err, err
+    return err
+
+
+@pytest.fixture
+def marker_module(tmp_path, monkeypatch):
+    """An importable module that writes a file when imported: if it is ever imported, the file shows it."""
+    (tmp_path / f"{MARKER_MODULE}.py").write_text(
+        f"import pathlib\npathlib.Path({str(tmp_path / 'imported')!r}).write_text('ran')\ndef make(**kw):\n    return None\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path / "imported"
+    sys.modules.pop(MARKER_MODULE, None)
+
+
+# --- 1. _target_ names only fedsweep, torch.optim and the named plug-ins ------------------------
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("data._target_=os.makedirs", "data._target_='os.makedirs'"),
+        ("model._target_=builtins.open", "model._target_='builtins.open'"),
+        ("+method.extra={_target_:subprocess.run,args:[touch,x]}", "method.extra._target_='subprocess.run'"),
+        ("solver=steps solver.optimizer._target_=shutil.rmtree", "solver.optimizer._target_='shutil.rmtree'"),
+        (f"runtime._target_={MARKER_MODULE}.make", f"runtime._target_='{MARKER_MODULE}.make'"),
+    ],
+)
+def test_a_target_outside_the_allowed_packages_stops_before_it_is_imported(tmp_path, capsys, marker_module, override,
+                                                                           key):  # fmt: skip
+    assert run_main([*override.split(), f"log_dir={tmp_path / 'run'}", "+data.name=" + str(tmp_path / "made")]) == 2
+    err = one_line_error(capsys, key)
+    assert "outside the allowed packages" in err and "plugins" in err
+    assert not marker_module.exists() and MARKER_MODULE not in sys.modules  # never imported
+    assert not (tmp_path / "run").exists() and not (tmp_path / "made").exists() and not (tmp_path / "x").exists()
+
+
+def test_a_plugin_package_is_allowed_once_named_and_not_before(tmp_path, capsys, marker_module):
+    (tmp_path / "method").mkdir()
+    (tmp_path / "method" / "fedsgd.yaml").write_text("_target_: tests.readme_plugin.FedSGD\nlr: 0.1\n")
+    args = ["--config-dir", str(tmp_path), "method=fedsgd", "--cfg"]
+    assert run_main(args) == 2  # a --config-dir file is held to the same rule
+    one_line_error(capsys, "method._target_='tests.readme_plugin.FedSGD' is outside the allowed packages")
+    assert run_main(["plugins=[tests.readme_plugin]", *args]) == 0
+    assert "tests.readme_plugin.FedSGD" in capsys.readouterr().out
+    assert run_main(["plugins=[os]", "--cfg"]) == 2  # the standard library is never a plug-in
+    one_line_error(capsys, "plugins names 'os', which cannot be a plug-in")
+
+
+def test_a_sweep_grid_cannot_name_other_code(tmp_path, capsys, marker_module):
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(f"name: s\ngrid:\n  data._target_: [fedsweep.task.load_digits, {MARKER_MODULE}.make]\n")
+    assert tune_main([str(sweep), "--results", str(tmp_path / "results")]) == 2
+    one_line_error(capsys, f"data._target_='{MARKER_MODULE}.make' is outside the allowed packages")
+    assert not marker_module.exists() and not (tmp_path / "results").exists()
+    sweep.write_text("name: s\nplugins: [os]\ngrid:\n  rounds: [1]\n")
+    assert tune_main([str(sweep), "--results", str(tmp_path / "results")]) == 2
+    one_line_error(capsys, "plugins names 'os'")

@@ -76,3 +76,29 @@ def test_a_sweep_grid_cannot_name_other_code(tmp_path, capsys, marker_module):
     sweep.write_text("name: s\nplugins: [os]\ngrid:\n  rounds: [1]\n")
     assert tune_main([str(sweep), "--results", str(tmp_path / "results")]) == 2
     one_line_error(capsys, "plugins names 'os'")
+
+
+# --- 2. a run folder is never silently reused ----------------------------------------------------
+
+
+def test_a_second_run_into_a_run_folder_stops_and_changes_nothing(tmp_path, capsys):
+    from fedsweep.experiment.checkpoint import checkpoint_path, saved_rounds
+
+    log_dir = tmp_path / "run"
+    assert run_main(["rounds=2", "checkpoint.every=1", f"log_dir={log_dir}"]) == 0
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in log_dir.rglob("*") if p.is_file()}
+    assert saved_rounds(log_dir) == [1, 2]
+    assert run_main(["method.theta=0.3", "rounds=1", "checkpoint.every=1", f"log_dir={log_dir}"]) != 0
+    newest = checkpoint_path(log_dir, 2)
+    err = one_line_error(capsys, f"log_dir {log_dir} holds a run already")
+    assert f"checkpoint.resume={newest}" in err  # how to continue it
+    assert {p: p.read_bytes() for p in log_dir.rglob("*") if p.is_file()} == before  # nothing replaced or deleted
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    assert run_main(["rounds=1", f"log_dir={tmp_path / 'other'}"]) != 0
+    one_line_error(capsys, "holds other files; choose a new or empty log_dir")
+    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["notes.txt"]
+    # resuming the run it holds is what the folder is for
+    assert run_main(["rounds=3", "checkpoint.every=1", f"checkpoint.resume={newest}", f"log_dir={log_dir}"]) == 0
+    assert saved_rounds(log_dir) == [2, 3]

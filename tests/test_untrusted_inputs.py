@@ -102,3 +102,30 @@ def test_a_second_run_into_a_run_folder_stops_and_changes_nothing(tmp_path, caps
     # resuming the run it holds is what the folder is for
     assert run_main(["rounds=3", "checkpoint.every=1", f"checkpoint.resume={newest}", f"log_dir={log_dir}"]) == 0
     assert saved_rounds(log_dir) == [2, 3]
+
+
+# --- 3. every numeric key has a finite, meaningful range ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("method.theta=inf", "method.theta must be a finite number > 0, got method.theta=inf"),
+        ("method=sliding method.theta=nan", "method.theta must be a finite number > 0"),
+        ("solver.tolerance=inf", "solver.tolerance must be a finite number > 0"),
+        ("solver=steps solver.optimizer.lr=inf", "solver.optimizer.lr must be a finite number > 0, got solver.optimizer.lr=inf"),
+        ("solver=steps solver.optimizer.lr=nan", "solver.optimizer.lr must be a finite number > 0"),
+        ("method=fedadam method.server_optimizer.eps=inf", "method.server_optimizer.eps must be a finite number >= 0"),
+        ("method=fedprox method.mu=inf", "method.mu must be a finite number >= 0"),
+        ("method=fedavg method.lr=-0.1", "method.lr must be a finite number > 0"),
+        ("partition.client_split=dirichlet partition.dirichlet_alpha=inf", "partition.dirichlet_alpha must be a finite number > 0"),
+        ("partition=dirichlet partition.alpha=0", "partition.alpha must be a finite number > 0"),
+        (f"seed={2**70}", "seed must be an integer in [0, 4294967295]"),
+        ("seeds.data=-1", "seeds.data must be an integer in [0, 4294967295] or null"),
+        ("rounds=0", "rounds must be a positive integer"),
+    ],
+)  # fmt: skip
+def test_numbers_out_of_their_range_stop_in_one_line(tmp_path, capsys, override, needle):
+    assert run_main([*override.split(), f"log_dir={tmp_path / 'run'}"]) == 2
+    one_line_error(capsys, needle)
+    assert not (tmp_path / "run").exists()

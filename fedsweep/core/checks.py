@@ -46,6 +46,13 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
 }
 
 
+OPTIMIZER_RANGES = {  # the usual torch.optim hyperparameters, checked by name before the optimizer checks the rest
+    "lr": "> 0", "eps": ">= 0", "momentum": "[0, 1)", "dampening": "[0, 1]", "weight_decay": ">= 0",
+    "lr_decay": ">= 0", "initial_accumulator_value": ">= 0",
+}  # fmt: skip
+"""torch accepts ``lr=inf`` or ``nan`` (and ``eps=inf``), which only show as a diverged run."""
+
+
 def shown(value: object) -> str:
     """``repr(value)``, cut to ``SHOWN`` characters."""
     text = repr(value)

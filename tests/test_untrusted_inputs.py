@@ -129,3 +129,48 @@ def test_numbers_out_of_their_range_stop_in_one_line(tmp_path, capsys, override,
     assert run_main([*override.split(), f"log_dir={tmp_path / 'run'}"]) == 2
     one_line_error(capsys, needle)
     assert not (tmp_path / "run").exists()
+
+
+# --- 4, 5. YAML a user hands over: no alias bombs, UTF-8 text, long values cut -------------------
+
+BOMB = "\n".join(["a: &a [x, x, x, x, x, x, x, x, x, x]"] + [f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]"
+                                                           for p, c in zip("abcdefgh", "bcdefghi")])  # fmt: skip
+
+
+@pytest.mark.parametrize("where", ["mode", "grid"])
+def test_a_yaml_alias_bomb_in_a_sweep_file_stops_in_one_line(tmp_path, capsys, where):
+    sweep = tmp_path / "bomb.yaml"
+    body = f"mode: *i\ngrid:\n  rounds: [1]\n" if where == "mode" else "grid:\n  method.theta: *i\n"
+    anchors = BOMB.replace("\n", "\n  ")  # under an unknown key: the aliases are refused before any key is checked
+    sweep.write_text(f"name: bomb\nx:\n  {anchors}\n{body}")
+    assert len(sweep.read_bytes()) < 1500  # expanded: 10**9 strings
+    assert tune_main([str(sweep), "--results", str(tmp_path / "results")]) == 2
+    err = one_line_error(capsys, f"{sweep}: YAML aliases are not allowed")
+    assert len(err) < 300 and not (tmp_path / "results").exists()
+
+
+def test_an_alias_in_a_config_dir_file_stops_before_hydra_expands_it(tmp_path, capsys):
+    (tmp_path / "method").mkdir()
+    (tmp_path / "method" / "bomb.yaml").write_text(f"_target_: fedsweep.algorithms.VRCS\n{BOMB}\ntheta: 0.1\n")
+    assert run_main(["--config-dir", str(tmp_path), "method=bomb", "--cfg"]) == 2
+    one_line_error(capsys, "bomb.yaml: YAML aliases are not allowed (*a at line 3)")
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00b\x00i\x00n", bytes(range(256)), "name: caf\xe9\n".encode("latin-1")])
+def test_a_sweep_file_that_is_not_utf8_text_stops_in_one_line(tmp_path, capsys, content):
+    sweep = tmp_path / "x.yaml"
+    sweep.write_bytes(content)
+    assert tune_main([str(sweep), "--results", str(tmp_path / "results")]) == 2
+    one_line_error(capsys, f"{sweep} is not UTF-8 text")
+
+
+def test_long_values_are_cut_in_error_messages(tmp_path, capsys):
+    sweep = tmp_path / "long.yaml"
+    sweep.write_text("name: long\nmode: " + "x" * 100_000 + "\ngrid:\n  rounds: [1]\n")
+    assert tune_main([str(sweep), "--results", str(tmp_path / "results")]) == 2
+    err = one_line_error(capsys, "mode must be max or min, got mode='xxxx")
+    assert len(err) < 300
+    assert run_main(["method.theta=" + "9" * 4000, "--cfg"]) == 2
+    assert len(one_line_error(capsys, "method.theta must be a finite number > 0")) < 300
+    assert run_main(["method.theta=" + "9" * 5000, "--cfg"]) == 2  # past Python's int digits
+    assert len(one_line_error(capsys, "cannot read the overrides")) < 300

@@ -136,9 +136,9 @@ def server_optimizer_spec(node: Any, key: str = KEY) -> tuple[type[torch.optim.O
     try:
         target = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError, ValueError) as err:
-        raise ConfigError(f"{key}._target_={path!r} cannot be imported: {first_line(err)}") from None
+        raise ConfigError(f"{key}._target_={shown(path)} cannot be imported: {first_line(err)}") from None
     if not (isinstance(target, type) and issubclass(target, torch.optim.Optimizer)):
-        raise ConfigError(f"{key}._target_={path!r} is not a torch.optim.Optimizer subclass")
+        raise ConfigError(f"{key}._target_={shown(path)} is not a torch.optim.Optimizer subclass")
     first, *rest = inspect.signature(target).parameters.values()  # first: the parameters to optimize
     named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     params = {p.name: p for p in rest if p.kind in named}

@@ -45,7 +45,7 @@ def check_plugins(packages: Any, key: str = "plugins") -> tuple[str, ...]:
         if not (isinstance(name, str) and _DOTTED.fullmatch(name)):
             raise ConfigError(f"{key} must list package names like mypkg, got {key}={shown(packages)}")
         if name.split(".")[0] in NOT_PLUGINS or name in BUILT_IN:
-            raise ConfigError(f"{key} names {name!r}, which cannot be a plug-in (the standard library, fedsweep "
+            raise ConfigError(f"{key} names {shown(name)}, which cannot be a plug-in (the standard library, fedsweep "
                               "and its dependencies are not plug-ins)")  # fmt: skip
     return tuple(packages)
 

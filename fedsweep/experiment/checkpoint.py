@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
+from fedsweep.core.checks import shown
 from fedsweep.core.errors import ConfigError
 
 if TYPE_CHECKING:  # imported lazily: validation reads checkpoints before anything heavy loads
@@ -127,8 +128,8 @@ def check_config(payload: Mapping[str, Any], config: Mapping[str, Any], path: st
     for key in [*old, *(k for k in new if k not in old)]:  # config order: a group's name comes first
         if old.get(key, "<absent>") != new.get(key, "<absent>"):
             raise ConfigError(
-                f"checkpoint {path} was made with {key}={old.get(key, '<absent>')!r}, this run has "
-                f"{key}={new.get(key, '<absent>')!r}; resume with the checkpoint's config "
+                f"checkpoint {path} was made with {key}={shown(old.get(key, '<absent>'))}, this run has "
+                f"{key}={shown(new.get(key, '<absent>'))}; resume with the checkpoint's config "
                 f"(only {', '.join(SAFE_TO_CHANGE)} and their keys may change)"
             )
 

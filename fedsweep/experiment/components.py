@@ -42,6 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
+from fedsweep.core.checks import shown
 from fedsweep.core.errors import ConfigError
 from fedsweep.core.targets import check_target
 
@@ -77,19 +78,19 @@ def _import(path: str, section: str) -> Callable[..., Any]:
         except ModuleNotFoundError as err:
             if err.name is not None and (module_name == err.name or module_name.startswith(err.name + ".")):
                 continue  # this prefix is not a module: try a shorter one
-            raise ConfigError(f"{section}._target_={path!r} cannot be imported: {err}") from None
+            raise ConfigError(f"{section}._target_={shown(path)} cannot be imported: {err}") from None
         except Exception as err:  # the module's own import failed
-            raise ConfigError(f"{section}._target_={path!r} cannot be imported: {type(err).__name__}: {_first_line(err)}") from None
+            raise ConfigError(f"{section}._target_={shown(path)} cannot be imported: {type(err).__name__}: {_first_line(err)}") from None
         try:
             for attr in parts[cut:]:
                 target = getattr(target, attr)
         except AttributeError:
-            raise ConfigError(f"{section}._target_={path!r} cannot be imported: {module_name} has no {'.'.join(parts[cut:])}") from None
+            raise ConfigError(f"{section}._target_={shown(path)} cannot be imported: {module_name} has no {'.'.join(parts[cut:])}") from None
         break
     else:
-        raise ConfigError(f"{section}._target_={path!r} cannot be imported: no module named {parts[0]!r}")
+        raise ConfigError(f"{section}._target_={shown(path)} cannot be imported: no module named {shown(parts[0])}")
     if not callable(target):
-        raise ConfigError(f"{section}._target_={path!r} is not a class or a function")
+        raise ConfigError(f"{section}._target_={shown(path)} is not a class or a function")
     return target
 
 
@@ -110,12 +111,12 @@ def check(section: str, node: Any) -> Callable[..., Any]:
             check(f"{section}.{key}", value)
             continue
         if key in supplied:
-            raise ConfigError(f"{section}.{key}={value!r} is set by fedsweep, not in the config")
+            raise ConfigError(f"{section}.{key}={shown(value)} is set by fedsweep, not in the config")
         if key not in params and not var_kw:
             known = ", ".join(k for k in params if k not in supplied) or "none"
-            raise ConfigError(f"{section}.{key}={value!r} is not an argument of {node['_target_']}; known: {known}")
+            raise ConfigError(f"{section}.{key}={shown(value)} is not an argument of {node['_target_']}; known: {known}")
         if key in hints and not fits(value, hints[key]):
-            raise ConfigError(f"{section}.{key} must be {_describe(hints[key])}, got {section}.{key}={value!r}")
+            raise ConfigError(f"{section}.{key} must be {_describe(hints[key])}, got {section}.{key}={shown(value)}")
     if not node.get("_partial_", False):
         for key, param in params.items():
             required = param.default is inspect.Parameter.empty
@@ -143,7 +144,7 @@ def build(section: str, node: Mapping[str, Any], *args: Any, **offered: Any) -> 
         cause = err.__cause__ or err
         if isinstance(cause, ConfigError):
             raise cause from None
-        if isinstance(cause, (ValueError, TypeError)):
+        if isinstance(cause, (ValueError, TypeError, OverflowError)):
             raise ConfigError(f"{section} ({node['_target_']}): {_first_line(cause)}") from None
         raise
 

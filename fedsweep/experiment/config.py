@@ -20,6 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from fedsweep.experiment import components
 from fedsweep.experiment.components import SECTIONS
 from fedsweep.experiment.settings import check_settings
+from fedsweep.core import yaml_files
+from fedsweep.core.checks import first_line, shown
 from fedsweep.core.errors import ConfigError
 from fedsweep.core.targets import check_all_targets, use_plugins
 
@@ -43,6 +45,8 @@ def compose(overrides: Sequence[str] = (), *, config_dirs: Sequence[str | Path] 
             cfg = hydra_compose(config_name="config", overrides=list(overrides))
         except (HydraException, OmegaConfBaseException) as err:
             raise ConfigError(_one_line(err, overrides)) from None
+        except ValueError as err:  # Hydra's override parser: e.g. an integer past Python's 4300 digits
+            raise ConfigError(f"cannot read the overrides: {shown(first_line(err))}") from None
     return cfg
 
 
@@ -50,8 +54,12 @@ def search_path(config_dirs: Sequence[str | Path]) -> str:
     """The ``hydra.searchpath`` override that adds ``config_dirs`` (folders, or ``pkg://`` paths)."""
     entries = [d if str(d).startswith(("pkg://", "file://")) else f"file://{Path(d).resolve()}" for d in map(str, config_dirs)]
     for entry in entries:
-        if entry.startswith("file://") and not Path(entry.removeprefix("file://")).is_dir():
-            raise ConfigError(f"config directory not found: {entry.removeprefix('file://')}")
+        folder = Path(entry.removeprefix("file://"))
+        if entry.startswith("file://") and not folder.is_dir():
+            raise ConfigError(f"config directory not found: {folder}")
+        if entry.startswith("file://"):  # a user's folder: UTF-8 YAML without aliases, before Hydra expands them
+            for file in sorted(folder.rglob("*.yaml")):
+                yaml_files.check_file(file)
     return f"hydra.searchpath=[{','.join(entries)}]"
 
 

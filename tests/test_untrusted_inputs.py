@@ -174,3 +174,33 @@ def test_long_values_are_cut_in_error_messages(tmp_path, capsys):
     assert len(one_line_error(capsys, "method.theta must be a finite number > 0")) < 300
     assert run_main(["method.theta=" + "9" * 5000, "--cfg"]) == 2  # past Python's int digits
     assert len(one_line_error(capsys, "cannot read the overrides")) < 300
+
+
+# --- 8. no library warnings around fedsweep's one-line errors --------------------------------------
+
+
+class _Payload:
+    """Unpickling this would run a shell command (what a planted checkpoint would do)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_planted_pickle_checkpoint_stops_in_one_line_without_library_warnings(tmp_path, capsys):
+    import warnings
+
+    import torch
+
+    marker, planted = tmp_path / "pwned", tmp_path / "planted.pt"
+    torch.save({"format": 3, "x": _Payload(marker)}, planted, pickle_protocol=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert run_main([f"checkpoint.resume={planted}", f"log_dir={tmp_path / 'run'}"]) == 2
+    one_line_error(capsys, f"checkpoint {planted} holds more than tensors and plain data; refused")
+    assert not marker.exists() and not (tmp_path / "run").exists()
+    assert [str(w.message) for w in caught] == []

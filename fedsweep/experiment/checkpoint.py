@@ -21,6 +21,7 @@ import os
 import pickle
 import re
 import shutil
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -105,7 +106,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     missing, unreadable, corrupt, truncated, not a fedsweep checkpoint or holds anything but
     tensors and plain data."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's warning about a file's pickle protocol: the line below says it all
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as err:
         raise ConfigError(f"cannot read checkpoint {path}: {err.strerror or err}") from None
     except pickle.UnpicklingError as err:

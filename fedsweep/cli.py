@@ -78,7 +78,10 @@ def run_main(argv: list[str] | None = None) -> int:
         validate(cfg)
         checkpoint = resume_checkpoint(cfg)
         if not show_only:
+            from fedsweep.core.device import resolve_device  # torch: imported by validate already
+
             check_run_dir(cfg)  # a folder that holds another run is never reused
+            resolve_device(cfg["device"])  # a CUDA device this machine lacks: one line, before anything starts
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -204,3 +204,41 @@ def test_a_planted_pickle_checkpoint_stops_in_one_line_without_library_warnings(
     one_line_error(capsys, f"checkpoint {planted} holds more than tensors and plain data; refused")
     assert not marker.exists() and not (tmp_path / "run").exists()
     assert [str(w.message) for w in caught] == []
+
+
+# --- 6. nothing in a sweep folder is followed or trusted --------------------------------------------
+
+
+@pytest.mark.parametrize("planted", ["results.csv", ".driver.lock", "tensorboard/t0/events", "experiment_state-x.json",
+                                     "writable"])  # fmt: skip
+def test_a_sweep_folder_with_links_or_files_others_may_write_is_refused(tmp_path, capsys, planted):
+    """Checked before Ray starts: nothing is followed, written or unpickled."""
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("name: s\noverrides: [rounds=1]\ngrid:\n  method.theta: [0.5]\n")
+    folder, target = tmp_path / "results" / "s", tmp_path / "elsewhere.txt"
+    folder.mkdir(parents=True, mode=0o700)
+    target.write_text("keep me")
+    path = folder / ("experiment_state-x.json" if planted == "writable" else planted)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if planted == "writable":  # a Tune state file (it may embed pickles) that others may write
+        path.write_text("{}")
+        path.chmod(0o666)
+    else:
+        path.symlink_to(target)
+    assert tune_main([str(sweep), "--results", str(tmp_path / "results")]) == 2
+    err = one_line_error(capsys, str(path))
+    assert ("is not private to you" if planted == "writable" else "is a link") in err
+    assert target.read_text() == "keep me" and not (folder / "sweep.yaml").exists()
+
+
+# --- 7. device=cuda without CUDA ----------------------------------------------------------------------
+
+
+def test_a_cuda_device_this_machine_lacks_stops_in_one_line(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert run_main(["device=cuda", "rounds=1", f"log_dir={tmp_path / 'run'}"]) == 2
+    one_line_error(capsys, "device=cuda but torch finds no CUDA device here; use device=cpu or device=auto")
+    assert not (tmp_path / "run").exists()

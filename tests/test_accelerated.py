@@ -192,6 +192,21 @@ def test_c_acc_extragradient_tightens_the_argmin_tolerance():
     assert sum(s["inner/steps"] for s in stats) < len(oracle.tolerances)
 
 
+def test_c_acc_extragradient_says_its_inner_loop_ran_out_and_which_keys_to_change():
+    """An inner loop that does not reach ε_out within ``max_inner`` stops the run naming the inner
+    loop and C-AccExtragradient's own keys, not the server solver's."""
+    from fedsweep.core.errors import SolverError
+    from fedsweep.experiment.loop import _solver_message
+
+    with pytest.raises(SolverError) as err:
+        run_rounds(CAccExtragradient(mu=0.05, delta_f=0.5, delta_g=1.5, max_inner=1, outer_tolerance=1e-9),
+                   QuadraticOracle(), start(3), 2)  # fmt: skip
+    assert (err.value.what, err.value.steps, err.value.tolerance) == ("the inner loop", 1, 1e-9)
+    line = _solver_message(err.value, 1)
+    assert line.startswith("stopped at round 1: the inner loop reached residual") and "\n" not in line
+    assert "method.max_inner" in line and "solver.max_steps" not in line
+
+
 # -- convergence -----------------------------------------------------------------------------------
 
 

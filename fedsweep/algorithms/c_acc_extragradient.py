@@ -258,7 +258,11 @@ class CAccExtragradient:
             rho = out.theta * grad_a.norm().item() / moved if moved > 0 else (0.0 if grad_a.norm() == 0 else math.inf)
             if rho <= cfg.outer_tolerance:
                 return InnerResult(u_f, grad_q, step, rho, solves)
-        raise SolverError("max_steps", residual=rho, steps=cfg.max_inner, tolerance=cfg.outer_tolerance, theta=out.theta)
+        raise SolverError(
+            "max_steps", residual=rho, steps=cfg.max_inner, tolerance=cfg.outer_tolerance, theta=out.theta,
+            what="the inner loop", advice="raise method.max_inner or method.outer_tolerance (theory: <= 0.224), "
+            "or raise method.delta_f and method.delta_g (smaller steps)",
+        )  # fmt: skip
 
     def _solve(
         self, oracle: GradientOracle, linear: Weights, center: Weights, theta_c: float, anchor: Weights,

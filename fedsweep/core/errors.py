@@ -25,10 +25,16 @@ class SolverError(RunError):
     """A solve that did not reach its tolerance. ``reason`` is ``max_steps`` (the budget ran
     out), ``stalled`` (A stopped decreasing in float64), ``precision`` (x⁺ − c is below what the
     model's dtype resolves), ``overflow`` (every restart ran into non-finite values) or
-    ``epochs`` (a fixed-step solve ended above the tolerance)."""
+    ``epochs`` (a fixed-step solve ended above the tolerance). ``what`` names the solve (the
+    server's argmin, or a method's own inner loop) and ``advice``, when given, what to change
+    instead of the server solver's keys."""
 
-    def __init__(self, reason: str, *, residual: float, steps: int, tolerance: float, theta: float) -> None:
+    def __init__(
+        self, reason: str, *, residual: float, steps: int, tolerance: float, theta: float,
+        what: str = "the argmin", advice: str | None = None,
+    ) -> None:  # fmt: skip
         self.reason, self.residual, self.steps, self.tolerance, self.theta = reason, residual, steps, tolerance, theta
+        self.what, self.advice = what, advice
         super().__init__(
-            f"the argmin stopped at residual {residual:.3g} > tolerance {tolerance:g} after {steps} steps ({reason})"
+            f"{what} stopped at residual {residual:.3g} > tolerance {tolerance:g} after {steps} steps ({reason})"
         )

@@ -166,8 +166,8 @@ SOLVER_ADVICE = {
 def _solver_message(err: SolverError, rnd: int) -> str:
     """One line: the round, where the argmin stopped and what to change."""
     return (
-        f"stopped at round {rnd}: the argmin reached residual {err.residual:.3g} after {err.steps} steps, "
-        f"above its tolerance {err.tolerance:g} ({err.reason}; method.theta={err.theta:g}); {SOLVER_ADVICE[err.reason]}"
+        f"stopped at round {rnd}: {err.what} reached residual {err.residual:.3g} after {err.steps} steps, "
+        f"above its tolerance {err.tolerance:g} ({err.reason}; theta={err.theta:g}); {err.advice or SOLVER_ADVICE[err.reason]}"
     )
 
 

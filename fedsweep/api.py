@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from fedsweep.experiment.config import compose, to_container, validate
+from fedsweep.core.checks import shown
 from fedsweep.core.errors import ConfigError
 
 
@@ -33,7 +34,7 @@ def make_config(settings: Mapping[str, Any] | Sequence[str] = (), *, config_dirs
         for key, value in settings.items():
             (groups.append(f"{key}={value}") if key in names and isinstance(value, str) else values.update({key: value}))
     elif isinstance(settings, str):
-        raise ConfigError(f"settings must be a list of key=value overrides or a mapping, got the string {settings!r}")
+        raise ConfigError(f"settings must be a list of key=value overrides or a mapping, got the string {shown(settings)}")
     else:
         groups = list(settings)
     from omegaconf import OmegaConf
@@ -42,7 +43,7 @@ def make_config(settings: Mapping[str, Any] | Sequence[str] = (), *, config_dirs
     missing = object()
     for key, value in values.items():
         if OmegaConf.select(composed, str(key), default=missing) is missing:
-            raise ConfigError(f"{key!r} is not a config key (see fedsweep/configs/config.yaml)")
+            raise ConfigError(f"{shown(key)} is not a config key (see fedsweep/configs/config.yaml)")
         OmegaConf.update(composed, str(key), value, merge=False)
     cfg = to_container(composed)
     validate(cfg)

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from fedsweep.core.errors import ConfigError, RunError
 from fedsweep.experiment.config import compose, search_path, to_container, validate
-from fedsweep.experiment.run_dir import open_run_dir
+from fedsweep.experiment.run_dir import check_run_dir, open_run_dir
 
 
 def resume_checkpoint(cfg: dict) -> dict | None:
@@ -77,6 +77,11 @@ def run_main(argv: list[str] | None = None) -> int:
         cfg = to_container(compose(overrides, config_dirs=config_dirs))
         validate(cfg)
         checkpoint = resume_checkpoint(cfg)
+        if not show_only:
+            from fedsweep.core.device import resolve_device  # torch: imported by validate already
+
+            check_run_dir(cfg)  # a folder that holds another run is never reused
+            resolve_device(cfg["device"])  # a CUDA device this machine lacks: one line, before anything starts
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

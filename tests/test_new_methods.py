@@ -382,7 +382,7 @@ def server(**node):
         (OPT, "missing config key method.server_optimizer"),
         (server(lr=0.1), f"{SERVER} must name a torch.optim optimizer by {SERVER}._target_"),
         (server(_target_="torch.optim.Adamm"), f"{SERVER}._target_='torch.optim.Adamm' cannot be imported"),
-        (server(_target_="torch.nn.Linear"), f"missing config key {SERVER}.in_features (an argument of torch.nn.Linear)"),
+        (server(_target_="torch.nn.Linear"), f"{SERVER}._target_='torch.nn.Linear' is outside the allowed packages"),
         (server(_target_="torch.optim.SGD", momentun=0.9),
          f"{SERVER}.momentun=0.9 is not an argument of torch.optim.SGD; known: lr, momentum"),
         (server(_target_="torch.optim.SGD", params=[]), f"{SERVER}.params=[] is set by fedsweep, not in the config"),

@@ -19,8 +19,8 @@ from fedsweep.experiment.build import check_setup
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-PLUGINS = ["hydra.searchpath=[pkg://fedsweep_example.configs]", "data=regression", "partition=by_feature",
-           "model=two_layer", "loss=mse", "target_accuracy=null"]  # fmt: skip
+PLUGINS = ["plugins=[fedsweep_example]", "hydra.searchpath=[pkg://fedsweep_example.configs]", "data=regression",
+           "partition=by_feature", "model=two_layer", "loss=mse", "target_accuracy=null"]  # fmt: skip
 
 
 @pytest.fixture
@@ -125,8 +125,8 @@ def test_the_readme_plugin_example_is_the_tested_one_and_runs(tmp_path):
     assert body in readme
     (tmp_path / "method").mkdir()
     (tmp_path / "method" / "fedsgd.yaml").write_text("_target_: tests.readme_plugin.FedSGD\nlr: 0.1\n")
-    history = fedsweep.run_experiment(["method=fedsgd", "method.lr=0.3", "rounds=3"], config_dirs=[tmp_path],
-                                      log_dir=tmp_path / "run", progress=False)  # fmt: skip
+    history = fedsweep.run_experiment(["plugins=[tests.readme_plugin]", "method=fedsgd", "method.lr=0.3", "rounds=3"],
+                                      config_dirs=[tmp_path], log_dir=tmp_path / "run", progress=False)  # fmt: skip
     assert history["loss/test"].iloc[-1] < history["loss/test"].iloc[0]
     assert history["comm/f"].tolist() == [1.0, 2.0, 3.0]
 

@@ -197,7 +197,7 @@ def test_missing_sweep_file(capsys, tmp_path):
     "override, needle",
     [
         ("model=transformer", "model"),
-        ("solver=steps solver.optimizer.lr=-1", "Invalid learning rate: -1"),
+        ("solver=steps solver.optimizer.lr=-1", "solver.optimizer.lr must be a finite number > 0, got solver.optimizer.lr=-1"),
         ("rounds=0", "rounds=0"),
         ("solver=steps solver.optimizer._target_=torch.optim.Sgdx", "Sgdx"),
         ("runtime._target_=spark.Runtime", "spark"),

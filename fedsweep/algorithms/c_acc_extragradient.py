@@ -66,7 +66,7 @@ from typing import Literal
 
 from fedsweep.algorithms.common import draw_seed, solver_stats
 from fedsweep.algorithms.protocols import GradientOracle, Group, MethodState, Solution
-from fedsweep.core.checks import check, check_keys
+from fedsweep.core.checks import check, check_keys, shown
 from fedsweep.core.errors import ConfigError, SolverError
 from fedsweep.core.weights import Weights
 
@@ -145,7 +145,7 @@ class CAccEGConfig:
                    outer_tolerance=(self.outer_tolerance, "(0, 1)"), inner_tolerance=(self.inner_tolerance, "(0, 1)"),
                    max_inner=(self.max_inner, "int >= 1"))  # fmt: skip
         if self.outer not in ("f", "g"):
-            raise ConfigError(f"method.outer must be f or g, got method.outer={self.outer!r}")
+            raise ConfigError(f"method.outer must be f or g, got method.outer={shown(self.outer)}")
         for key in ("tau", "eta", "theta", "alpha", "inner_tau", "inner_eta", "inner_theta", "inner_alpha"):
             if getattr(self, key) is not None:
                 check(f"method.{key}", getattr(self, key), "(0, 1]" if key.endswith("tau") else "> 0")

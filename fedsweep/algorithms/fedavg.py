@@ -27,7 +27,7 @@ from fedsweep.algorithms.aggregation import sample_clients, self_normalized, unb
 from fedsweep.algorithms.common import draw_seed
 from fedsweep.algorithms.programs import ClientProgram, Clients, LocalSGD, Step, Vectors
 from fedsweep.algorithms.protocols import GradientOracle, MethodState
-from fedsweep.core.checks import check
+from fedsweep.core.checks import check, shown
 from fedsweep.core.errors import ConfigError
 from fedsweep.core.weights import Weights
 
@@ -64,7 +64,7 @@ class FedAvg:
     ) -> None:
         check("method.participation", participation, "share")
         if aggregation not in AGGREGATIONS:
-            raise ConfigError(f"unknown method.aggregation={aggregation!r}; known: {', '.join(AGGREGATIONS)}")
+            raise ConfigError(f"unknown method.aggregation={shown(aggregation)}; known: {', '.join(AGGREGATIONS)}")
         self.participation, self.aggregation = participation, aggregation
         self.optimizer = LocalSGD(lr=lr, momentum=momentum, weight_decay=weight_decay)
         self.program = self.client_program(epochs=local_epochs, batch_size=batch_size, optimizer=self.optimizer)

@@ -44,16 +44,12 @@ import torch
 from fedsweep.algorithms.common import draw_seed
 from fedsweep.algorithms.fedavg import FedAvg, participation_stats
 from fedsweep.algorithms.protocols import GradientOracle, MethodState
-from fedsweep.core.checks import check, first_line, shown
+from fedsweep.core.checks import OPTIMIZER_RANGES, check, first_line, shown
 from fedsweep.core.errors import ConfigError
+from fedsweep.core.targets import check_target
 from fedsweep.core.weights import Weights
 
 KEY = "method.server_optimizer"
-RANGES = {  # the usual torch.optim hyperparameters, checked by name before the optimizer checks the rest
-    "lr": "> 0", "eps": ">= 0", "momentum": "[0, 1)", "dampening": "[0, 1]", "weight_decay": ">= 0",
-    "lr_decay": ">= 0", "initial_accumulator_value": ">= 0",
-}  # fmt: skip
-
 ServerState = Mapping[str, Mapping[str, Any]]
 """The server optimizer's state: parameter name → that parameter's state (e.g. step, exp_avg)."""
 
@@ -135,15 +131,14 @@ def server_optimizer_spec(node: Any, key: str = KEY) -> tuple[type[torch.optim.O
         example = "(e.g. torch.optim.Adam)"
         raise ConfigError(f"{key} must name a torch.optim optimizer by {key}._target_ {example}, got {key}={shown(node)}")
     path = node["_target_"]
+    check_target(f"{key}._target_", path)  # torch.optim, fedsweep or a named plug-in, before importing
     module, _, attr = path.rpartition(".")
-    if not module:
-        raise ConfigError(f"{key}._target_={path!r} must be an import path like torch.optim.Adam")
     try:
         target = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError, ValueError) as err:
-        raise ConfigError(f"{key}._target_={path!r} cannot be imported: {first_line(err)}") from None
+        raise ConfigError(f"{key}._target_={shown(path)} cannot be imported: {first_line(err)}") from None
     if not (isinstance(target, type) and issubclass(target, torch.optim.Optimizer)):
-        raise ConfigError(f"{key}._target_={path!r} is not a torch.optim.Optimizer subclass")
+        raise ConfigError(f"{key}._target_={shown(path)} is not a torch.optim.Optimizer subclass")
     first, *rest = inspect.signature(target).parameters.values()  # first: the parameters to optimize
     named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     params = {p.name: p for p in rest if p.kind in named}
@@ -154,8 +149,8 @@ def server_optimizer_spec(node: Any, key: str = KEY) -> tuple[type[torch.optim.O
             raise ConfigError(f"{key}.{k} is set by the method (the server's x), not in the config")
         if k not in params and not takes_any:
             raise ConfigError(f"{key}.{k}={shown(v)} is not an argument of {path}; known: {', '.join(params)}")
-        if k in RANGES:
-            check(f"{key}.{k}", v, RANGES[k])
+        if k in OPTIMIZER_RANGES:
+            check(f"{key}.{k}", v, OPTIMIZER_RANGES[k])
         if k == "betas" and not (isinstance(v, (list, tuple)) and len(v) == 2 and all(_in_unit(b) for b in v)):
             raise ConfigError(f"{key}.betas must be two numbers in [0, 1), got {key}.betas={shown(v)}")
     for k, p in params.items():

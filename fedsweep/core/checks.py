@@ -9,6 +9,7 @@ booleans; long values are shortened in the message (``shown``).
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 
 from fedsweep.core.errors import ConfigError
@@ -22,8 +23,10 @@ def is_int(value: object) -> bool:
 
 
 def is_number(value: object) -> bool:
-    """A finite int or float (not a bool)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite int or float (not a bool); an int past the largest float is not (it overflows)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return abs(value) <= sys.float_info.max if isinstance(value, int) else math.isfinite(value)
 
 
 RULES: dict[str, tuple[Callable[[object], bool], str]] = {
@@ -46,9 +49,19 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
 }
 
 
+OPTIMIZER_RANGES = {  # the usual torch.optim hyperparameters, checked by name before the optimizer checks the rest
+    "lr": "> 0", "eps": ">= 0", "momentum": "[0, 1)", "dampening": "[0, 1]", "weight_decay": ">= 0",
+    "lr_decay": ">= 0", "initial_accumulator_value": ">= 0",
+}  # fmt: skip
+"""torch accepts ``lr=inf`` or ``nan`` (and ``eps=inf``), which only show as a diverged run."""
+
+
 def shown(value: object) -> str:
     """``repr(value)``, cut to ``SHOWN`` characters."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's 4300 digits
+        return f"<an integer of {value.bit_length()} bits>" if isinstance(value, int) else f"<a {type(value).__name__}>"
     return text if len(text) <= SHOWN else text[: SHOWN - 1] + "…"
 
 

@@ -20,7 +20,9 @@ from torch import nn
 from fedsweep.algorithms import Method, MethodState
 from fedsweep.algorithms.common import check_federation
 from fedsweep.core.device import resolve_device
+from fedsweep.core.checks import shown
 from fedsweep.core.errors import ConfigError
+from fedsweep.core.targets import use_plugins
 from fedsweep.core.weights import Weights
 from fedsweep.experiment import components
 from fedsweep.federation.client_data import ClientData
@@ -43,9 +45,11 @@ class Setup:
     device: torch.device
 
 
-def make_model(node: Mapping[str, Any], *, input_shape: tuple[int, ...], num_classes: int, seed: int | None) -> nn.Module:
+def make_model(node: Mapping[str, Any], *, input_shape: tuple[int, ...], num_classes: int, seed: int | None,
+               plugins: tuple[str, ...] = ()) -> nn.Module:  # fmt: skip
     """The model of config node ``node`` (``model._target_``), torch seeded by ``seed``. Picklable
-    as a ``functools.partial``: a worker imports the target itself."""
+    as a ``functools.partial``: a worker imports the target itself (``plugins``: the config's)."""
+    use_plugins(plugins)
     return seeded(
         lambda **kw: components.build("model", node, **kw), seed, input_shape=input_shape, num_classes=num_classes
     )
@@ -61,7 +65,7 @@ def seed_of(cfg: Mapping[str, Any], source: str) -> int:
 def load_data(cfg: Mapping[str, Any]) -> DataBundle:
     bundle = components.build("data", cfg["data"], seed=seed_of(cfg, "data"))
     if not isinstance(bundle, DataBundle):
-        raise ConfigError(f"data._target_={cfg['data']['_target_']!r} returned {type(bundle).__name__}, not a DataBundle")
+        raise ConfigError(f"data._target_={shown(cfg['data']['_target_'])} returned {type(bundle).__name__}, not a DataBundle")
     return bundle
 
 
@@ -72,10 +76,10 @@ def prepare(cfg: Mapping[str, Any]) -> Setup:
         "partition", cfg["partition"], bundle.train, num_classes=bundle.num_classes, seed=seed_of(cfg, "data")
     )
     if not isinstance(partition, Partition):
-        raise ConfigError(f"partition._target_={cfg['partition']['_target_']!r} returned {type(partition).__name__}, not a Partition")
+        raise ConfigError(f"partition._target_={shown(cfg['partition']['_target_'])} returned {type(partition).__name__}, not a Partition")
     model_fn = functools.partial(
         make_model, dict(cfg["model"]), input_shape=bundle.input_shape, num_classes=bundle.num_classes,
-        seed=seed_of(cfg, "init"),
+        seed=seed_of(cfg, "init"), plugins=tuple(cfg.get("plugins") or ()),
     )
     loss = components.build("loss", cfg["loss"])
     return Setup(bundle, partition, model_fn, loss, resolve_device(cfg["device"]))
@@ -146,17 +150,17 @@ def check_setup(cfg: Mapping[str, Any]) -> Setup:
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
         line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(
-            f"model._target_={cfg['model']['_target_']!r} does not fit the data's inputs "
+            f"model._target_={shown(cfg['model']['_target_'])} does not fit the data's inputs "
             f"{tuple(setup.bundle.input_shape)}: {line}"
         ) from None
     if not (isinstance(outputs, torch.Tensor) and outputs.shape[0] == len(sample)):
         shape = tuple(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
-        raise ConfigError(f"model._target_={cfg['model']['_target_']!r} returned {shape} for {len(sample)} inputs")
+        raise ConfigError(f"model._target_={shown(cfg['model']['_target_'])} returned {shape} for {len(sample)} inputs")
     try:
         setup.loss(outputs, setup.bundle.train.y[:2])
     except (RuntimeError, ValueError, TypeError, IndexError) as err:
         line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"loss._target_={cfg['loss']['_target_']!r} does not fit the model's outputs: {line}") from None
+        raise ConfigError(f"loss._target_={shown(cfg['loss']['_target_'])} does not fit the model's outputs: {line}") from None
     return setup
 
 
@@ -170,6 +174,6 @@ def check_model(model: nn.Module, cfg: Mapping[str, Any]) -> None:
     """Refuse a model that normalises with batch statistics (one line)."""
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise ConfigError(
-            f"model._target_={cfg['model']['_target_']!r} uses BatchNorm, whose running statistics are never "
+            f"model._target_={shown(cfg['model']['_target_'])} uses BatchNorm, whose running statistics are never "
             "federated and whose batch statistics mix examples; use GroupNorm or no normalisation"
         )

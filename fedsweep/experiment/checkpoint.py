@@ -21,12 +21,14 @@ import os
 import pickle
 import re
 import shutil
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
+from fedsweep.core.checks import shown
 from fedsweep.core.errors import ConfigError
 
 if TYPE_CHECKING:  # imported lazily: validation reads checkpoints before anything heavy loads
@@ -40,9 +42,10 @@ FILENAME = "checkpoint.pt"
 DIRNAME = "checkpoints"  # log_dir/checkpoints/round_000010/checkpoint.pt:
 ROUND_DIR = "round_{:06d}"  # one directory per checkpoint, which Ray Tune can persist as is
 FORMAT = 3  # the payload's layout; 2 held a numpy generator's stream, 1 a pickled Weights
-SAFE_TO_CHANGE = ("rounds", "log_dir", "checkpoint", "runtime", "target_accuracy")
+SAFE_TO_CHANGE = ("rounds", "log_dir", "checkpoint", "runtime", "target_accuracy", "plugins")
 """Top-level config keys a resumed run may change: how long it runs, where it writes, how
-its clients are served (the pool agrees with in-process to 1e-6) and what it reports."""
+its clients are served (the pool agrees with in-process to 1e-6), what it reports and which
+packages its targets may name."""
 
 _KEYS = ("format", "round", "config", "state", "comm", "target", "torch_rng")
 
@@ -103,7 +106,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     missing, unreadable, corrupt, truncated, not a fedsweep checkpoint or holds anything but
     tensors and plain data."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's warning about a file's pickle protocol: the line below says it all
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as err:
         raise ConfigError(f"cannot read checkpoint {path}: {err.strerror or err}") from None
     except pickle.UnpicklingError as err:
@@ -126,8 +131,8 @@ def check_config(payload: Mapping[str, Any], config: Mapping[str, Any], path: st
     for key in [*old, *(k for k in new if k not in old)]:  # config order: a group's name comes first
         if old.get(key, "<absent>") != new.get(key, "<absent>"):
             raise ConfigError(
-                f"checkpoint {path} was made with {key}={old.get(key, '<absent>')!r}, this run has "
-                f"{key}={new.get(key, '<absent>')!r}; resume with the checkpoint's config "
+                f"checkpoint {path} was made with {key}={shown(old.get(key, '<absent>'))}, this run has "
+                f"{key}={shown(new.get(key, '<absent>'))}; resume with the checkpoint's config "
                 f"(only {', '.join(SAFE_TO_CHANGE)} and their keys may change)"
             )
 

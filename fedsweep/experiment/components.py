@@ -36,14 +36,15 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-import re
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
+from fedsweep.core.checks import shown
 from fedsweep.core.errors import ConfigError
+from fedsweep.core.targets import check_target
 
 SECTIONS = ("data", "partition", "model", "loss", "method", "solver", "runtime")
 SUPPLIED = {  # what fedsweep passes each section's target (when its signature takes it)
@@ -59,12 +60,16 @@ NESTED_SUPPLIED = ("params",)  # a nested partial component's call arguments (a 
 HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
 
 
-@lru_cache(maxsize=None)
 def locate(path: str, section: str = "component") -> Callable[..., Any]:
     """The class or function at import path ``path`` (``package.module.Name``, as Hydra's
-    ``_target_``); one line if it cannot be imported."""
-    if not isinstance(path, str) or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", path):
-        raise ConfigError(f"{section}._target_ must be an import path like mypkg.module.Name, got {path!r}")
+    ``_target_``); one line if it is outside the allowed packages (checked before any import,
+    ``fedsweep.core.targets``) or cannot be imported."""
+    check_target(f"{section}._target_", path)
+    return _import(path, section)
+
+
+@lru_cache(maxsize=None)
+def _import(path: str, section: str) -> Callable[..., Any]:
     parts = path.split(".")
     for cut in range(len(parts) - 1, 0, -1):  # the longest importable module prefix, then attributes
         module_name = ".".join(parts[:cut])
@@ -73,19 +78,19 @@ def locate(path: str, section: str = "component") -> Callable[..., Any]:
         except ModuleNotFoundError as err:
             if err.name is not None and (module_name == err.name or module_name.startswith(err.name + ".")):
                 continue  # this prefix is not a module: try a shorter one
-            raise ConfigError(f"{section}._target_={path!r} cannot be imported: {err}") from None
+            raise ConfigError(f"{section}._target_={shown(path)} cannot be imported: {err}") from None
         except Exception as err:  # the module's own import failed
-            raise ConfigError(f"{section}._target_={path!r} cannot be imported: {type(err).__name__}: {_first_line(err)}") from None
+            raise ConfigError(f"{section}._target_={shown(path)} cannot be imported: {type(err).__name__}: {_first_line(err)}") from None
         try:
             for attr in parts[cut:]:
                 target = getattr(target, attr)
         except AttributeError:
-            raise ConfigError(f"{section}._target_={path!r} cannot be imported: {module_name} has no {'.'.join(parts[cut:])}") from None
+            raise ConfigError(f"{section}._target_={shown(path)} cannot be imported: {module_name} has no {'.'.join(parts[cut:])}") from None
         break
     else:
-        raise ConfigError(f"{section}._target_={path!r} cannot be imported: no module named {parts[0]!r}")
+        raise ConfigError(f"{section}._target_={shown(path)} cannot be imported: no module named {shown(parts[0])}")
     if not callable(target):
-        raise ConfigError(f"{section}._target_={path!r} is not a class or a function")
+        raise ConfigError(f"{section}._target_={shown(path)} is not a class or a function")
     return target
 
 
@@ -106,12 +111,12 @@ def check(section: str, node: Any) -> Callable[..., Any]:
             check(f"{section}.{key}", value)
             continue
         if key in supplied:
-            raise ConfigError(f"{section}.{key}={value!r} is set by fedsweep, not in the config")
+            raise ConfigError(f"{section}.{key}={shown(value)} is set by fedsweep, not in the config")
         if key not in params and not var_kw:
             known = ", ".join(k for k in params if k not in supplied) or "none"
-            raise ConfigError(f"{section}.{key}={value!r} is not an argument of {node['_target_']}; known: {known}")
+            raise ConfigError(f"{section}.{key}={shown(value)} is not an argument of {node['_target_']}; known: {known}")
         if key in hints and not fits(value, hints[key]):
-            raise ConfigError(f"{section}.{key} must be {_describe(hints[key])}, got {section}.{key}={value!r}")
+            raise ConfigError(f"{section}.{key} must be {_describe(hints[key])}, got {section}.{key}={shown(value)}")
     if not node.get("_partial_", False):
         for key, param in params.items():
             required = param.default is inspect.Parameter.empty
@@ -139,7 +144,7 @@ def build(section: str, node: Mapping[str, Any], *args: Any, **offered: Any) -> 
         cause = err.__cause__ or err
         if isinstance(cause, ConfigError):
             raise cause from None
-        if isinstance(cause, (ValueError, TypeError)):
+        if isinstance(cause, (ValueError, TypeError, OverflowError)):
             raise ConfigError(f"{section} ({node['_target_']}): {_first_line(cause)}") from None
         raise
 

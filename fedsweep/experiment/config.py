@@ -20,7 +20,10 @@ from omegaconf import DictConfig, OmegaConf
 from fedsweep.experiment import components
 from fedsweep.experiment.components import SECTIONS
 from fedsweep.experiment.settings import check_settings
+from fedsweep.core import yaml_files
+from fedsweep.core.checks import first_line, shown
 from fedsweep.core.errors import ConfigError
+from fedsweep.core.targets import check_all_targets, use_plugins
 
 CONFIG_DIR = Path(os.environ.get("FEDSWEEP_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
 """The shipped configs: inside the package, so a wheel carries them (``FEDSWEEP_CONFIG_DIR`` replaces them)."""
@@ -42,6 +45,8 @@ def compose(overrides: Sequence[str] = (), *, config_dirs: Sequence[str | Path] 
             cfg = hydra_compose(config_name="config", overrides=list(overrides))
         except (HydraException, OmegaConfBaseException) as err:
             raise ConfigError(_one_line(err, overrides)) from None
+        except ValueError as err:  # Hydra's override parser: e.g. an integer past Python's 4300 digits
+            raise ConfigError(f"cannot read the overrides: {shown(first_line(err))}") from None
     return cfg
 
 
@@ -49,8 +54,12 @@ def search_path(config_dirs: Sequence[str | Path]) -> str:
     """The ``hydra.searchpath`` override that adds ``config_dirs`` (folders, or ``pkg://`` paths)."""
     entries = [d if str(d).startswith(("pkg://", "file://")) else f"file://{Path(d).resolve()}" for d in map(str, config_dirs)]
     for entry in entries:
-        if entry.startswith("file://") and not Path(entry.removeprefix("file://")).is_dir():
-            raise ConfigError(f"config directory not found: {entry.removeprefix('file://')}")
+        folder = Path(entry.removeprefix("file://"))
+        if entry.startswith("file://") and not folder.is_dir():
+            raise ConfigError(f"config directory not found: {folder}")
+        if entry.startswith("file://"):  # a user's folder: UTF-8 YAML without aliases, before Hydra expands them
+            for file in sorted(folder.rglob("*.yaml")):
+                yaml_files.check_file(file)
     return f"hydra.searchpath=[{','.join(entries)}]"
 
 
@@ -82,9 +91,12 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
     runtime); a target's ``check_config`` (a partition's, the Ray pool's) checks what needs no
     data or Ray. The run's own settings are checked against their schema
     (``fedsweep.experiment.settings``). What needs the data (the model's shapes) is checked by
-    ``fedsweep.experiment.build.check_setup``; a checkpoint to resume from is read by the run.
+    ``fedsweep.experiment.build.check_setup``; every ``_target_`` must be inside an allowed package
+    (``fedsweep.core.targets``: fedsweep, torch.optim, the config's ``plugins``); a checkpoint to resume from is read by the run.
     """
     c = to_container(cfg)
+    use_plugins(c.get("plugins"))  # one line for a bad list; the targets below may name these packages
+    check_all_targets(c)  # every _target_, nested or in a list, before any is imported
     for section in SECTIONS:
         if section not in c:
             raise ConfigError(f"missing config key {section}")

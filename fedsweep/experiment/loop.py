@@ -23,6 +23,7 @@ from fedsweep.core.weights import Weights
 from fedsweep.experiment import components
 from fedsweep.experiment.build import Run, build, make_runtime, prepare, seed_of
 from fedsweep.experiment.checkpoint import check_config, load_checkpoint, restore, save_checkpoint
+from fedsweep.core.targets import use_plugins
 from fedsweep.experiment.config import to_container, uses_ray, validate
 from fedsweep.experiment.metrics import RunLogger, TargetTracker
 from fedsweep.federation.runtime.base import Runtime
@@ -73,6 +74,7 @@ def run_experiment(
     the last round's metrics.
     """
     cfg = to_container(cfg)
+    use_plugins(cfg.get("plugins"))  # a trial's process: the plug-ins its targets may name
     if not checked:
         validate(cfg)
     resume = cfg["checkpoint"]["resume"]

@@ -66,6 +66,7 @@ class RunSettings:
     similarity: SimilaritySettings = field(default_factory=SimilaritySettings)
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     log_dir: str | None = None
+    plugins: list[str] = field(default_factory=list)  # packages whose classes _target_ may name (fedsweep.core.targets)
 
 
 def check_settings(cfg: Mapping[str, Any], *, components: tuple[str, ...]) -> None:

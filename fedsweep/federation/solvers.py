@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from fedsweep.algorithms.protocols import Solution
-from fedsweep.core.checks import check_keys, first_line
+from fedsweep.core.checks import OPTIMIZER_RANGES, check, check_keys, first_line, shown
 from fedsweep.core.errors import ConfigError, SolverError
 from fedsweep.core.weights import Weights
 
@@ -240,7 +240,10 @@ class OptimizerSteps:
         check_keys("solver", epochs=(epochs, "int >= 1"), batch_size=(batch_size, "int >= 1 or null"),
                    tolerance=(tolerance, "> 0 or null"))  # fmt: skip
         if not callable(optimizer):
-            raise ConfigError(f"solver.optimizer must name a torch optimizer by _target_, got solver.optimizer={optimizer!r}")
+            raise ConfigError(f"solver.optimizer must name a torch optimizer by _target_, got solver.optimizer={shown(optimizer)}")
+        for key, value in getattr(optimizer, "keywords", {}).items():  # a partial's settings: finite, in range
+            if key in OPTIMIZER_RANGES:
+                check(f"solver.optimizer.{key}", value, OPTIMIZER_RANGES[key])
         factory = getattr(optimizer, "func", optimizer)
         name = f"{getattr(factory, '__module__', '')}.{getattr(factory, '__name__', '')}"
         try:  # torch checks its settings (lr >= 0, ...) when it is made: once here, on a stand-in parameter

@@ -18,6 +18,7 @@ import fcntl
 import functools
 import math
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -144,10 +145,13 @@ def run_sweep(sweep: Sweep, *, results_dir: Path = RESULTS_DIR, address: str | N
 
 
 def _check_private(exp_dir: Path) -> None:
-    """Resuming unpickles Ray Tune's state (``tuner.pkl``, trial state): refuse a folder, or
-    such a file, that someone else owns or may write."""
-    for path in (exp_dir, *exp_dir.glob("*.pkl")) if exp_dir.exists() else ():
+    """Resuming unpickles Ray Tune's state (``tuner.pkl``, pickles inside ``experiment_state-*.json``,
+    trial state) and the driver writes ``results.csv``, the lock and the plots: refuse a folder
+    holding any link (never followed) or any file that someone else owns or may write."""
+    for path in (exp_dir, *exp_dir.rglob("*")) if exp_dir.exists() else ():
         info = path.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            raise ConfigError(f"{path} is a link; a sweep folder's files are never followed (remove it to resume)")
         if info.st_uid != os.getuid() or info.st_mode & 0o022:
             raise ConfigError(
                 f"{path} is not private to you (owner uid {info.st_uid}, mode {oct(info.st_mode & 0o777)}); "

@@ -12,6 +12,7 @@ from typing import Any
 
 from fedsweep.experiment import components
 from fedsweep.experiment.config import CONFIG_DIR, compose, to_container, validate
+from fedsweep.core.checks import shown
 from fedsweep.core.errors import ConfigError
 from fedsweep.sweep.search_space import Domain, is_sampled
 from typing import TYPE_CHECKING
@@ -109,7 +110,7 @@ def grid_values(sweep: Sweep) -> dict[str, list[Any] | Domain]:
             axes = {k[len(key) + 1 :]: sweep.grid[k] for k in inner} | dict(own or {})
             for sub_key in axes:
                 if not _has(node, sub_key):
-                    raise ConfigError(f"grid.{key}.{option}: {sub_key!r} is not a key of {key}={option}; known: {', '.join(node)}")
+                    raise ConfigError(f"grid.{key}.{option}: {shown(sub_key)} is not a key of {key}={option}; known: {', '.join(node)}")
             for combo in itertools.product(*axes.values()):
                 sub = copy.deepcopy(node)
                 for k, v in zip(axes, combo):
@@ -117,7 +118,7 @@ def grid_values(sweep: Sweep) -> dict[str, list[Any] | Domain]:
                 nodes.append(sub)
         unused = [k for k in folded[key] if k not in used]
         if unused:
-            raise ConfigError(f"grid key {unused[0]!r} is a key of none of {key}'s options {options}")
+            raise ConfigError(f"grid key {shown(unused[0])} is a key of none of {key}'s options {options}")
         values[key] = nodes
     return values
 
@@ -138,7 +139,7 @@ def expand(sweep: Sweep) -> tuple[dict[str, Any], dict[str, list[Any]], list[dic
     inner_keys = {k for keys in folded.values() for k in keys}
     for key in sweep.grid:
         if key not in inner_keys and not _has(base, key):
-            raise ConfigError(f"grid key {key!r} is not a config key (see fedsweep/configs/config.yaml)")
+            raise ConfigError(f"grid key {shown(key)} is not a config key (see fedsweep/configs/config.yaml)")
     grid = grid_values(sweep)
     axes = {k: v for k, v in grid.items() if sweep.search == "grid" and not is_sampled(v)}
     trials = trial_count(sweep, grid)
@@ -161,7 +162,7 @@ def expand(sweep: Sweep) -> tuple[dict[str, Any], dict[str, list[Any]], list[dic
             check_method(cfg, built[fixed])  # what the method needs of that federation
             points.append(cfg)
     if sweep.metric.startswith("target/") and any(p["target_accuracy"] is None for p in points):
-        raise ConfigError(f"metric={sweep.metric!r} is what it took to reach target_accuracy, which is null; set target_accuracy")
+        raise ConfigError(f"metric={shown(sweep.metric)} is what it took to reach target_accuracy, which is null; set target_accuracy")
     if sweep.scheduler is not None:
         rounds = max(p["rounds"] for p in points)
         if sweep.scheduler.grace_period > rounds:

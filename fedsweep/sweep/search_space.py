@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fedsweep.core.checks import shown
 from fedsweep.core.errors import ConfigError
 
 KINDS = ("choice", "uniform", "loguniform", "randint")
@@ -78,24 +79,24 @@ def parse_value(key: str, value: Any) -> list[Any] | Domain:
     if not isinstance(value, Mapping):
         raise ConfigError(
             f"{where} must be a non-empty list or a domain such as {{uniform: [lo, hi]}} ({', '.join(KINDS)}), "
-            f"got {value!r}"
+            f"got {shown(value)}"
         )
     if len(value) != 1 or next(iter(value)) not in KINDS:
-        raise ConfigError(f"{where} must name one domain of {', '.join(KINDS)}, got {dict(value)!r}")
+        raise ConfigError(f"{where} must name one domain of {', '.join(KINDS)}, got {shown(dict(value))}")
     (kind, args), = value.items()
     if kind == "choice":
         if not isinstance(args, list) or not args:
-            raise ConfigError(f"{where}: choice needs a non-empty list of options, got choice={args!r}")
+            raise ConfigError(f"{where}: choice needs a non-empty list of options, got choice={shown(args)}")
         return Domain("choice", tuple(args))
     if not (isinstance(args, list) and len(args) == 2 and all(_number(a) for a in args)):
-        raise ConfigError(f"{where}: {kind} needs [lo, hi], two finite numbers, got {kind}={args!r}")
+        raise ConfigError(f"{where}: {kind} needs [lo, hi], two finite numbers, got {kind}={shown(args)}")
     lo, hi = args
     if kind == "randint" and not all(isinstance(a, int) for a in args):
-        raise ConfigError(f"{where}: randint needs two integers [lo, hi], got randint={args!r}")
+        raise ConfigError(f"{where}: randint needs two integers [lo, hi], got randint={shown(args)}")
     if not lo < hi:
-        raise ConfigError(f"{where}: {kind} needs lo < hi, got {kind}={args!r}")
+        raise ConfigError(f"{where}: {kind} needs lo < hi, got {kind}={shown(args)}")
     if kind == "loguniform" and lo <= 0:
-        raise ConfigError(f"{where}: loguniform needs 0 < lo, got loguniform={args!r}")
+        raise ConfigError(f"{where}: loguniform needs 0 < lo, got loguniform={shown(args)}")
     return Domain(kind, (lo, hi))
 
 

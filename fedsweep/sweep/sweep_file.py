@@ -3,6 +3,7 @@
 A sweep file is YAML:
 
     name: vrcs_grid                  # results/<name>/ holds everything the sweep writes
+    plugins: [mypkg]                 # optional: your packages that _target_ may name (fedsweep.core.targets)
     overrides: [runtime=ray, rounds=20]   # Hydra overrides of fedsweep/configs/config.yaml
     grid:                            # dotted config keys → lists of values (a full grid) or domains
       method.theta: [0.05, 0.5]
@@ -49,15 +50,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from fedsweep.core.checks import shown
+from fedsweep.core import yaml_files
 from fedsweep.core.errors import ConfigError
+from fedsweep.core.targets import check_plugins
 from fedsweep.experiment.metrics import EVERY_ROUND, REPORTED, PER_GROUP, is_reported
 from fedsweep.sweep.grid import config_groups, trial_count
 from fedsweep.sweep.search_space import KINDS, SCALARS, Domain, is_sampled, parse_value
 from fedsweep.sweep.summary import is_target
 
-SWEEP_KEYS = ("name", "overrides", "grid", "search", "num_samples", "scheduler", "repeats", "select_seeds",
+SWEEP_KEYS = ("name", "plugins", "overrides", "grid", "search", "num_samples", "scheduler", "repeats", "select_seeds",
               "report_seeds", "metric", "mode", "rank", "max_concurrent_trials", "max_trials")  # fmt: skip
 SEARCHES = ("grid", "random", "optuna")
 SCHEDULERS = ("asha",)
@@ -117,15 +119,10 @@ def load_sweep(path: str | Path, *, overrides: Sequence[str] = (), name: str | N
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep file not found: {path}")
-    text = path.read_text()
+    text = yaml_files.read_text(path)  # UTF-8 of bounded size
     if overrides or name is not None:
         text += f"\n# from the command line: name={name!r} overrides={list(overrides)!r}\n"
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    raw = yaml_files.load(text, path)  # no Python tags, no aliases
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: a sweep file is a mapping with keys {', '.join(SWEEP_KEYS)}")
     if name is not None:
@@ -133,20 +130,26 @@ def load_sweep(path: str | Path, *, overrides: Sequence[str] = (), name: str | N
     if overrides:
         file_overrides = raw.get("overrides") or []
         if not isinstance(file_overrides, list):
-            raise ConfigError(f"{path}: overrides must be a list of key=value strings, got {file_overrides!r}")
+            raise ConfigError(f"{path}: overrides must be a list of key=value strings, got {shown(file_overrides)}")
         raw = {**raw, "overrides": [*file_overrides, *overrides]}
     unknown = [k for k in raw if k not in SWEEP_KEYS]
     if unknown:
-        raise ConfigError(f"{path}: unknown key {unknown[0]!r}; known: {', '.join(SWEEP_KEYS)}")
+        raise ConfigError(f"{path}: unknown key {shown(unknown[0])}; known: {', '.join(SWEEP_KEYS)}")
     name = raw.get("name", path.stem)
     if not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", name) and name.strip(".")):
         raise ConfigError(
             f"{path}: name must be one folder name of letters, digits, '_', '-' or '.' (not only dots), "
-            f"got name={name!r}"
+            f"got name={shown(name)}"
         )
     overrides = raw.get("overrides") or []
     if not (isinstance(overrides, list) and all(isinstance(o, str) for o in overrides)):
-        raise ConfigError(f"{path}: overrides must be a list of key=value strings, got {overrides!r}")
+        raise ConfigError(f"{path}: overrides must be a list of key=value strings, got {shown(overrides)}")
+    try:
+        plugins = check_plugins(raw.get("plugins"))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    if plugins:  # the packages every trial's _target_ may name (fedsweep.core.targets)
+        overrides = [f"plugins=[{','.join(plugins)}]", *overrides]
     grid = raw.get("grid")
     if not isinstance(grid, Mapping) or not grid:
         raise ConfigError(f"{path}: grid must be a non-empty mapping of config keys to lists of values or domains")
@@ -159,7 +162,7 @@ def load_sweep(path: str | Path, *, overrides: Sequence[str] = (), name: str | N
                 if inner is not None and not (
                     isinstance(inner, Mapping) and all(isinstance(v, list) and v for v in inner.values())
                 ):
-                    raise ConfigError(f"{path}: grid.{key}.{option} must map its keys to non-empty lists, got {inner!r}")
+                    raise ConfigError(f"{path}: grid.{key}.{option} must map its keys to non-empty lists, got {shown(inner)}")
             parsed[key] = {str(option): dict(inner or {}) for option, inner in value.items()}
             continue
         try:
@@ -169,37 +172,37 @@ def load_sweep(path: str | Path, *, overrides: Sequence[str] = (), name: str | N
     grid = parsed
     mode = raw.get("mode", "max")
     if mode not in ("max", "min"):
-        raise ConfigError(f"{path}: mode must be max or min, got mode={mode!r}")
+        raise ConfigError(f"{path}: mode must be max or min, got mode={shown(mode)}")
     metric = raw.get("metric", "accuracy/test")
     if not is_reported(metric):
         known = ", ".join((*REPORTED, *(t.format("<group>") for t in PER_GROUP)))
-        raise ConfigError(f"{path}: metric={metric!r} is not a metric runs report; known: {known}")
+        raise ConfigError(f"{path}: metric={shown(metric)} is not a metric runs report; known: {known}")
     if is_target(metric) and mode != "min":
-        raise ConfigError(f"{path}: metric={metric!r} counts what it took to reach the target (less is better); "
-                          f"use mode: min, got mode={mode!r}")  # fmt: skip
+        raise ConfigError(f"{path}: metric={shown(metric)} counts what it took to reach the target (less is better); "
+                          f"use mode: min, got mode={shown(mode)}")  # fmt: skip
     rank = raw.get("rank", "last")
     if rank not in ("last", "best"):
-        raise ConfigError(f"{path}: rank must be last or best, got rank={rank!r}")
+        raise ConfigError(f"{path}: rank must be last or best, got rank={shown(rank)}")
     mct = raw.get("max_concurrent_trials")
     if mct is not None and not _positive_int(mct):
-        raise ConfigError(f"{path}: max_concurrent_trials must be a positive integer, got {mct!r}")
+        raise ConfigError(f"{path}: max_concurrent_trials must be a positive integer, got {shown(mct)}")
     max_trials = raw.get("max_trials", MAX_TRIALS)
     if not _positive_int(max_trials):
-        raise ConfigError(f"{path}: max_trials must be a positive integer, got max_trials={max_trials!r}")
+        raise ConfigError(f"{path}: max_trials must be a positive integer, got max_trials={shown(max_trials)}")
     repeats = raw.get("repeats", 1)
     if not _positive_int(repeats):
-        raise ConfigError(f"{path}: repeats must be a positive integer, got repeats={repeats!r}")
+        raise ConfigError(f"{path}: repeats must be a positive integer, got repeats={shown(repeats)}")
     search = raw.get("search", "grid")
     if search not in SEARCHES:
-        raise ConfigError(f"{path}: search must be one of {', '.join(SEARCHES)}, got search={search!r}")
+        raise ConfigError(f"{path}: search must be one of {', '.join(SEARCHES)}, got search={shown(search)}")
     num_samples = raw.get("num_samples", 1)
     if not _positive_int(num_samples):
-        raise ConfigError(f"{path}: num_samples must be a positive integer, got num_samples={num_samples!r}")
+        raise ConfigError(f"{path}: num_samples must be a positive integer, got num_samples={shown(num_samples)}")
     scheduler = _scheduler(raw.get("scheduler"), path)
     _check_search(path, search, grid, raw, repeats=repeats, num_samples=num_samples)
     if (scheduler is not None or search == "optuna") and metric not in EVERY_ROUND:
         raise ConfigError(
-            f"{path}: metric={metric!r} is not reported every round, which "
+            f"{path}: metric={shown(metric)} is not reported every round, which "
             f"{'search: optuna' if scheduler is None else 'scheduler: asha'} needs; use one of {', '.join(EVERY_ROUND)}"
         )
     if repeats > 1:
@@ -241,12 +244,12 @@ def _seed_split(path: Path, raw: Mapping[str, Any], grid: Mapping[str, Any], *, 
     select, report = raw.get("select_seeds"), raw.get("report_seeds")
     if select is None:
         if report is not None:
-            raise ConfigError(f"{path}: report_seeds={report!r} needs select_seeds, the seeds that choose what is reported")
+            raise ConfigError(f"{path}: report_seeds={shown(report)} needs select_seeds, the seeds that choose what is reported")
         return (), ()
     if search != "grid":
-        raise ConfigError(f"{path}: select_seeds={select!r} needs search: grid (the repeats' seeds), got search: {search}")
+        raise ConfigError(f"{path}: select_seeds={shown(select)} needs search: grid (the repeats' seeds), got search: {search}")
     if repeats <= 1:
-        raise ConfigError(f"{path}: select_seeds={select!r} needs repeats: N, whose seeds 0..N-1 it splits")
+        raise ConfigError(f"{path}: select_seeds={shown(select)} needs repeats: N, whose seeds 0..N-1 it splits")
     sampled = next((key for key, value in grid.items() if is_sampled(value)), None)
     if sampled is not None:
         raise ConfigError(f"{path}: select_seeds needs a grid of lists: grid.{sampled} is sampled anew for every seed, "
@@ -261,18 +264,18 @@ def _seed_split(path: Path, raw: Mapping[str, Any], grid: Mapping[str, Any], *, 
             continue
         if not (isinstance(seeds, list) and seeds and all(_seed(s) for s in seeds)):
             what = "a non-empty list of seeds" + (", or a number n (the first n)" if key == "select_seeds" else "")
-            raise ConfigError(f"{path}: {key} must be {what}, got {key}={seeds!r}")
+            raise ConfigError(f"{path}: {key} must be {what}, got {key}={shown(seeds)}")
         outside = next((s for s in seeds if s not in every), None)
         if outside is not None:
             raise ConfigError(f"{path}: {key} has seed {outside}, outside the repeats' seeds 0..{repeats - 1} "
                               f"(repeats={repeats})")  # fmt: skip
         twice = next((s for s in seeds if seeds.count(s) > 1), None)
         if twice is not None:
-            raise ConfigError(f"{path}: {key} lists seed {twice} twice, got {key}={seeds!r}")
+            raise ConfigError(f"{path}: {key} lists seed {twice} twice, got {key}={shown(seeds)}")
     if report is None:
         report = [s for s in every if s not in select]
         if not report:
-            raise ConfigError(f"{path}: select_seeds={select!r} leaves no seed of repeats={repeats} to report on")
+            raise ConfigError(f"{path}: select_seeds={shown(select)} leaves no seed of repeats={repeats} to report on")
     shared = next((s for s in select if s in report), None)
     if shared is not None:
         raise ConfigError(f"{path}: seed {shared} is in both select_seeds and report_seeds; a seed selects or reports, not both")
@@ -302,16 +305,16 @@ def _scheduler(raw: Any, path: Path) -> Asha | None:
     spec = {"name": raw} if isinstance(raw, str) else raw
     if not isinstance(spec, Mapping) or spec.get("name") not in SCHEDULERS:
         name = spec.get("name") if isinstance(spec, Mapping) else spec
-        raise ConfigError(f"{path}: scheduler must be one of {', '.join(SCHEDULERS)} (or {{name: asha, ...}}), got {name!r}")
+        raise ConfigError(f"{path}: scheduler must be one of {', '.join(SCHEDULERS)} (or {{name: asha, ...}}), got {shown(name)}")
     unknown = [k for k in spec if k not in ("name", "grace_period", "reduction_factor")]
     if unknown:
         raise ConfigError(f"{path}: unknown key scheduler.{unknown[0]}; known: name, grace_period, reduction_factor")
     grace = spec.get("grace_period", 1)
     if not _positive_int(grace):
-        raise ConfigError(f"{path}: scheduler.grace_period must be a positive number of rounds, got {grace!r}")
+        raise ConfigError(f"{path}: scheduler.grace_period must be a positive number of rounds, got {shown(grace)}")
     factor = spec.get("reduction_factor", 4)
     if not (isinstance(factor, (int, float)) and not isinstance(factor, bool) and math.isfinite(factor) and factor > 1):
-        raise ConfigError(f"{path}: scheduler.reduction_factor must be a number > 1, got {factor!r}")
+        raise ConfigError(f"{path}: scheduler.reduction_factor must be a number > 1, got {shown(factor)}")
     return Asha(grace_period=grace, reduction_factor=float(factor))
 
 
@@ -340,4 +343,4 @@ def _check_search(path: Path, search: str, grid: Mapping[str, Any], raw: Mapping
                 raise ConfigError(f"{path}: search: optuna samples values, not config groups: grid.{key} needs search: grid or random")
             options = value.options if isinstance(value, Domain) and value.kind == "choice" else value
             if isinstance(options, list) and not all(isinstance(o, SCALARS) for o in options):
-                raise ConfigError(f"{path}: search: optuna chooses among numbers and strings only, got grid.{key}={options!r}")
+                raise ConfigError(f"{path}: search: optuna chooses among numbers and strings only, got grid.{key}={shown(options)}")

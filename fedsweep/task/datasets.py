@@ -38,6 +38,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from fedsweep.core.checks import shown
 from fedsweep.core.errors import ConfigError
 
 DATASETS: tuple[str, ...] = ("digits", "fashion_mnist", "mnist", "cifar10")
@@ -134,7 +135,7 @@ def load_dataset(
     Raises ConfigError for an unknown ``name`` or ``test_fraction`` outside (0, 1).
     """
     if name not in DATASETS:
-        raise ConfigError(f"unknown dataset name={name!r}; known: {', '.join(DATASETS)}")
+        raise ConfigError(f"unknown dataset name={shown(name)}; known: {', '.join(DATASETS)}")
     root = Path(root)
     if name == "digits":
         return load_digits(seed=seed, test_fraction=test_fraction)

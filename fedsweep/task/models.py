@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedsweep.core.checks import shown
 from fedsweep.core.errors import ConfigError
 
 NormFactory = Callable[[int], nn.Module]  # channels -> normalisation layer
@@ -127,7 +128,7 @@ def seeded(factory: Callable[..., nn.Module], seed: int | None, **kwargs: Any) -
 def build_model(name: str, *, seed: int | None = None, **kwargs: Any) -> nn.Module:
     """Built-in model ``name`` (``mlp``, ``cnn``, ``lenet``, ``resnet18``), seeded: a shortcut for tests and notebooks."""
     if name not in MODELS:
-        raise ConfigError(f"unknown model name={name!r}; known: {', '.join(MODELS)}")
+        raise ConfigError(f"unknown model name={shown(name)}; known: {', '.join(MODELS)}")
     return seeded(MODELS[name], seed, **kwargs)
 
 
@@ -135,11 +136,11 @@ def _check_sizes(input_shape: object, num_classes: object, hidden: object, *, im
     shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else ()
     if not shape or (image and len(shape) != 3) or not all(_is_int(s) and s > 0 for s in shape):
         want = "(C, H, W)" if image else "a shape"
-        raise ConfigError(f"input_shape must be {want} of positive ints, got input_shape={input_shape!r}")
+        raise ConfigError(f"input_shape must be {want} of positive ints, got input_shape={shown(input_shape)}")
     if not _is_int(num_classes) or num_classes < 1:
-        raise ConfigError(f"num_classes must be an integer >= 1, got num_classes={num_classes!r}")
+        raise ConfigError(f"num_classes must be an integer >= 1, got num_classes={shown(num_classes)}")
     if not _is_int(hidden) or hidden < 1:
-        raise ConfigError(f"model.hidden must be an integer >= 1, got model.hidden={hidden!r}")
+        raise ConfigError(f"model.hidden must be an integer >= 1, got model.hidden={shown(hidden)}")
     return tuple(int(s) for s in shape), int(num_classes)
 
 
@@ -149,7 +150,7 @@ def _is_int(value: object) -> bool:
 
 def _activation(name: str) -> type[nn.Module]:
     if name not in ACTIVATIONS:
-        raise ConfigError(f"unknown model.activation={name!r}; known: {', '.join(ACTIVATIONS)}")
+        raise ConfigError(f"unknown model.activation={shown(name)}; known: {', '.join(ACTIVATIONS)}")
     return ACTIVATIONS[name]
 
 
@@ -160,7 +161,7 @@ def _norm_layer(norm: str) -> NormFactory:
             "batch statistics mix examples, so h would not be a mean over examples; use group or none"
         )
     if norm not in ("group", "none"):
-        raise ConfigError(f"unknown model.norm={norm!r}; known: group, none")
+        raise ConfigError(f"unknown model.norm={shown(norm)}; known: group, none")
     if norm == "group":
         return lambda channels: nn.GroupNorm(math.gcd(32, channels), channels)
     return lambda channels: nn.Identity()

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fedsweep.core.checks import check, check_keys, is_number
+from fedsweep.core.checks import check, check_keys, is_number, shown
 from fedsweep.core.errors import ConfigError
 from fedsweep.task.datasets import Dataset
 
@@ -62,10 +62,10 @@ class Partition:
             raise ConfigError("a Partition needs at least one client group, got clients={}")
         for name, shards in clients.items():
             if not (isinstance(name, str) and name):
-                raise ConfigError(f"group names must be non-empty strings, got {name!r}")
+                raise ConfigError(f"group names must be non-empty strings, got {shown(name)}")
             sizes = [len(s) for s in shards]
             if not sizes or min(sizes) == 0:
-                raise ConfigError(f"group {name!r} needs clients with examples, got sizes {sizes}")
+                raise ConfigError(f"group {shown(name)} needs clients with examples, got sizes {sizes}")
         if unknown := set(server) - set(clients):
             raise ConfigError(f"server data for {sorted(map(str, unknown))} names no client group; groups: {groups}")
         if any(len(d) == 0 for d in server.values()):

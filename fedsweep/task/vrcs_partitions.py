@@ -44,7 +44,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fedsweep.core.checks import check_keys
+from fedsweep.core.checks import check_keys, shown
 from fedsweep.core.errors import ConfigError
 from fedsweep.task.datasets import Dataset
 from fedsweep.task.partitions import Partition
@@ -88,7 +88,7 @@ def make_partition(
     f_idx, g_idx = _assign_groups(y, scheme, f_set, rare_fraction, f_fraction, rng)
     if len(f_idx) == 0 or len(g_idx) == 0:
         raise ConfigError(
-            f"scheme={scheme!r} leaves a group empty (f: {len(f_idx)}, g: {len(g_idx)} examples); "
+            f"scheme={shown(scheme)} leaves a group empty (f: {len(f_idx)}, g: {len(g_idx)} examples); "
             f"check f_classes={sorted(f_set)}"
         )
 
@@ -213,7 +213,7 @@ def _split_dirichlet(
 def _check_against_data(train: Dataset, num_classes: int, f_classes: Sequence[int] | None) -> set[int]:
     """The checks that need the data; returns the set of f classes."""
     if not _is_int(num_classes) or num_classes < 2:
-        raise ConfigError(f"num_classes must be an integer >= 2, got num_classes={num_classes!r}")
+        raise ConfigError(f"num_classes must be an integer >= 2, got num_classes={shown(num_classes)}")
     lo, hi = (int(train.y.min()), int(train.y.max())) if len(train) else (0, 0)
     if lo < 0 or hi >= num_classes:
         raise ConfigError(f"labels {lo}..{hi} do not fit num_classes={num_classes}")
@@ -243,9 +243,9 @@ def check_partition_config(
 ) -> None:
     """The checks that need no data (run on every sweep point before Ray starts)."""
     if scheme not in SCHEMES:
-        raise ConfigError(f"unknown partition.scheme={scheme!r}; known: {', '.join(SCHEMES)}")
+        raise ConfigError(f"unknown partition.scheme={shown(scheme)}; known: {', '.join(SCHEMES)}")
     if client_split not in CLIENT_SPLITS:
-        raise ConfigError(f"unknown partition.client_split={client_split!r}; known: {', '.join(CLIENT_SPLITS)}")
+        raise ConfigError(f"unknown partition.client_split={shown(client_split)}; known: {', '.join(CLIENT_SPLITS)}")
     check_keys("partition", clients_f=(clients_f, "int >= 1"), clients_g=(clients_g, "int >= 1"),
                server_fraction=(server_fraction, "(0, 1)"), rare_fraction=(rare_fraction, "(0, 1)"),
                f_fraction=(f_fraction, "(0, 1)"), server_similarity=(server_similarity, "[0, 1]"),

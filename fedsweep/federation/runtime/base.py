@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from torch import nn
 
+from fedsweep.core.checks import shown
 from fedsweep.core.errors import ConfigError
 from fedsweep.federation.client_data import ClientData
 from fedsweep.federation.requests import Reply, Request, TrainRequest
@@ -64,4 +65,4 @@ class Runtime(ABC):
 
 def check_vectorize(vectorize: object) -> None:
     if vectorize not in ("auto", True, False):
-        raise ConfigError(f"runtime.vectorize must be auto, true or false, got runtime.vectorize={vectorize!r}")
+        raise ConfigError(f"runtime.vectorize must be auto, true or false, got runtime.vectorize={shown(vectorize)}")

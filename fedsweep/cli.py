@@ -10,9 +10,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from fedsweep.core.disk import DiskError, check_writable, writing
 from fedsweep.core.errors import ConfigError, RunError
 from fedsweep.experiment.config import compose, search_path, to_container, validate
-from fedsweep.experiment.run_dir import open_run_dir
+from fedsweep.experiment.run_dir import RUNS_DIR, open_run_dir
 
 
 def resume_checkpoint(cfg: dict) -> dict | None:
@@ -26,6 +27,19 @@ def resume_checkpoint(cfg: dict) -> dict | None:
     payload = load_checkpoint(path)
     check_config(payload, cfg, path)
     return payload
+
+def kept(log_dir: Path, overrides: list[str]) -> str:
+    """What a stopped run kept and the command that continues it (``""`` without a checkpoint)."""
+    from fedsweep.experiment.checkpoint import checkpoint_path, saved_rounds
+
+    saved = saved_rounds(log_dir)
+    if not saved:
+        return f"; nothing kept to continue from (no checkpoint in {log_dir})"
+    again = [arg for arg in overrides if not arg.startswith(("checkpoint.resume=", "log_dir="))]
+    command = [sys.executable, "-m", "fedsweep.run", *again, f"log_dir={log_dir}",
+               f"checkpoint.resume={checkpoint_path(log_dir, saved[-1])}"]  # fmt: skip
+    return f"; checkpoint of round {saved[-1]} kept, continue with: {' '.join(command)}"
+
 
 USAGE = "usage: fedsweep run [key=value ...] | fedsweep tune SWEEP_FILE [key=value ...] [--name NAME] [--results DIR]"
 
@@ -71,7 +85,7 @@ def run_main(argv: list[str] | None = None) -> int:
     if any(arg in ("-h", "--help") for arg in overrides):
         print(run_main.__doc__.strip())
         return 0
-    show_only = "--cfg" in overrides
+    show_only, given = "--cfg" in overrides, [arg for arg in overrides if arg != "--cfg"]
     try:
         overrides, config_dirs = split_config_dirs([arg for arg in overrides if arg != "--cfg"])
         cfg = to_container(compose(overrides, config_dirs=config_dirs))
@@ -83,16 +97,23 @@ def run_main(argv: list[str] | None = None) -> int:
     if show_only:
         print(OmegaConf.to_yaml(cfg), end="")
         return 0
+    try:
+        check_writable(cfg["log_dir"] or RUNS_DIR, "the run's results")  # before Ray starts
+        with writing(cfg["log_dir"] or RUNS_DIR):
+            log_dir = open_run_dir(cfg)
+    except (ConfigError, RunError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     from fedsweep.experiment.loop import run_experiment  # heavy imports once the config is known good
 
-    log_dir = open_run_dir(cfg)
     try:
-        final = run_experiment(cfg, log_dir=log_dir, checked=True, checkpoint=checkpoint)
+        with writing(log_dir):  # a write that fails mid-run (a full disk): one line naming the path
+            final = run_experiment(cfg, log_dir=log_dir, checked=True, checkpoint=checkpoint)
     except ConfigError as err:  # found once the data is built (what a method needs of the federation)
         print(f"error: {err}", file=sys.stderr)
         return 2
     except RunError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err}{kept(log_dir, given) if isinstance(err, DiskError) else ''}", file=sys.stderr)
         return 1
     print(f"TensorBoard logs: {log_dir}   (tensorboard --logdir {log_dir})")
     from fedsweep.experiment.checkpoint import checkpoint_path, saved_rounds

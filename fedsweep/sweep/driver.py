@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fedsweep.core.disk import check_writable, writing
 from fedsweep.experiment.config import resolve_runtime, uses_ray
 from fedsweep.core.errors import ConfigError, DivergedError
 from fedsweep.experiment.metrics import EVERY_ROUND
@@ -135,7 +136,9 @@ def run_sweep(sweep: Sweep, *, results_dir: Path = RESULTS_DIR, address: str | N
     exp_dir = (root / sweep.name).resolve()
     if exp_dir.parent != root:  # e.g. a link planted under the sweep's name
         raise ConfigError(f"the sweep folder {exp_dir} lies outside the results folder {root}")
-    root.mkdir(parents=True, exist_ok=True)
+    check_writable(root, "the sweep's results")  # a file, read-only or full: one line, before Ray starts
+    with writing(root):
+        root.mkdir(parents=True, exist_ok=True)
     _check_private(exp_dir)
     exp_dir.mkdir(mode=0o700, exist_ok=True)
     os.chmod(exp_dir, 0o700)  # results (and Tune's pickles) are private to their owner

@@ -1,0 +1,136 @@
+"""Faults of the machine and the network (issue 19): an unwritable or full disk, an unreachable
+cluster, resources the cluster cannot give, SIGTERM and Ctrl-C. Each stops with exit status ≠ 0
+and one line on stderr naming the path, address or key and the cause, within its bound, and
+writes nothing outside the results folder.
+
+A full disk is a small tmpfs filled up to a few pages, a read-only file system a tmpfs mounted
+read-only: both need root (``mount``); without it those tests are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from fedsweep.cli import run_main, tune_main
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = 4096
+TQDM = re.compile(r"\|\s*\d+/\d+ \[")  # a progress bar's redraw, not a line of fedsweep's
+
+
+def error_lines(stderr: str) -> list[str]:
+    """What stderr says besides progress bars (which redraw with carriage returns)."""
+    return [line for line in re.split(r"[\r\n]", stderr) if line.strip() and not TQDM.search(line)]
+
+
+@contextmanager
+def tmpfs(path: Path, *, size: int, readonly: bool = False) -> Iterator[Path]:
+    """A tmpfs of ``size`` bytes at ``path`` (root only: skipped otherwise), unmounted after."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    path.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if readonly else "")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def fill(folder: Path, *, leave_pages: int) -> None:
+    """Fill ``folder``'s file system but ``leave_pages`` pages."""
+    info = os.statvfs(folder)
+    free = info.f_bavail * info.f_frsize
+    (folder / "filler").write_bytes(b"\0" * (free - leave_pages * PAGE))
+
+
+def run_cli(args: list[str], *, timeout: float, env: dict[str, str] | None = None, cwd: Path | None = None):
+    """``python -m fedsweep.<args>`` in a subprocess; (exit status, stdout, stderr, seconds)."""
+    start = time.time()
+    done = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, cwd=cwd)  # fmt: skip
+    return done.returncode, done.stdout, done.stderr, time.time() - start
+
+
+# -- 1. an unwritable or full disk -----------------------------------------------------------
+
+
+@pytest.fixture(params=["a file", "a read-only file system", "a read-only folder"])
+def unwritable(request, tmp_path) -> Iterator[tuple[Path, str]]:
+    """A results folder that cannot take a file, and what the error says about it."""
+    if request.param == "a file":
+        (tmp_path / "taken").write_text("a file where the results folder should be\n")
+        yield tmp_path / "taken" / "results", "is a file, not a folder"
+    elif request.param == "a read-only file system":
+        with tmpfs(tmp_path / "ro", size=64 * PAGE, readonly=True) as mount:
+            yield mount / "results", "read-only"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        folder = tmp_path / "locked"
+        folder.mkdir(mode=0o555)
+        yield folder / "results", "read-only"
+        folder.chmod(0o755)
+
+
+def test_unwritable_run_folder_stops_before_ray(unwritable, tmp_path, capsys):
+    results, cause = unwritable
+    before = sorted(tmp_path.rglob("*"))
+    assert run_main(["runtime=ray", "rounds=1", f"log_dir={results / 'run'}"]) == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert line.startswith(f"error: cannot write the run's results to {results / 'run'}") and cause in line, line
+    assert sorted(tmp_path.rglob("*")) == before  # no probe left, no folder made
+    import ray
+
+    assert not ray.is_initialized()
+
+
+def test_unwritable_sweep_folder_stops_before_ray(unwritable, tmp_path, capsys):
+    results, cause = unwritable
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("name: s\noverrides: [runtime=ray, rounds=1]\ngrid:\n  method.theta: [0.5]\n")
+    before = sorted(tmp_path.rglob("*"))
+    assert tune_main([str(sweep), "--results", str(results)]) == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert line.startswith(f"error: cannot write the sweep's results to {results}") and cause in line, line
+    assert sorted(tmp_path.rglob("*")) == before
+    import ray
+
+    assert not ray.is_initialized()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("leave_pages, checkpoints", [(4, False), (30, True)], ids=["tensorboard", "checkpoint"])
+def test_full_disk_mid_run_one_line_and_checkpoints_intact(tmp_path, leave_pages, checkpoints):
+    """A disk that fills while a run writes its TensorBoard events or a checkpoint: one line
+    naming the path and the cause; the checkpoints written before load and continue the run."""
+    from fedsweep.experiment.checkpoint import load_checkpoint, saved_rounds
+
+    with tmpfs(tmp_path / "disk", size=256 * PAGE) as disk:
+        fill(disk, leave_pages=leave_pages)
+        log_dir = disk / "run"
+        args = ["rounds=8", f"log_dir={log_dir}", *(["checkpoint.every=1", "checkpoint.keep=3"] if checkpoints else [])]
+        status, _, err, _ = run_cli(["fedsweep.run", *args], timeout=300)
+        lines = error_lines(err)
+        assert status == 1 and len(lines) == 1, err[-3000:]
+        assert re.match(rf"error: cannot write {re.escape(str(log_dir))}\S*: no space left on device", lines[0]), lines
+        assert sorted(p.name for p in disk.iterdir()) == ["filler", "run"]
+        if checkpoints:
+            saved = saved_rounds(log_dir)
+            assert saved and not list(log_dir.rglob("*.tmp"))
+            for rnd in saved:  # every checkpoint left is whole
+                assert load_checkpoint(log_dir / "checkpoints" / f"round_{rnd:06d}" / "checkpoint.pt")["round"] == rnd
+            assert f"checkpoint of round {saved[-1]} kept, continue with: " in lines[0]
+            assert f"checkpoint.resume={log_dir}/checkpoints/round_{saved[-1]:06d}/checkpoint.pt" in lines[0]

@@ -160,17 +160,24 @@ def tune_main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except DiskError as err:  # stopped with its state kept: the same command continues it
+        print(f"error: {err}; once space is freed, resume with: {' '.join(tune_command(args))}", file=sys.stderr)
+        return 1
     failed = int((table["status"] == "error").sum()) if len(table) else 0
     if failed:
         print(f"error: {failed} trial(s) failed; Ray Tune's error files are in {exp_dir}", file=sys.stderr)
         return 1
     if table.attrs.get("unfinished"):  # stopped (Ctrl-C): its state is saved for the resume
-        again = [sys.executable, "-m", "fedsweep.tune", args.sweep, *args.overrides, "--results", args.results]
-        again += [*(["--name", args.name] if args.name else []), *(["--address", args.address] if args.address else [])]
-        again += [part for folder in args.config_dir for part in ("--config-dir", folder)]
-        print("resume with: " + " ".join(again))
+        print("resume with: " + " ".join(tune_command(args)))
         return 130
     return 0
+
+
+def tune_command(args: argparse.Namespace) -> list[str]:
+    """The command that runs (or resumes) the sweep ``args`` describe."""
+    again = [sys.executable, "-m", "fedsweep.tune", args.sweep, *args.overrides, "--results", args.results]
+    again += [*(["--name", args.name] if args.name else []), *(["--address", args.address] if args.address else [])]
+    return again + [part for folder in args.config_dir for part in ("--config-dir", folder)]
 
 
 if __name__ == "__main__":

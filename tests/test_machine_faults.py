@@ -134,3 +134,41 @@ def test_full_disk_mid_run_one_line_and_checkpoints_intact(tmp_path, leave_pages
                 assert load_checkpoint(log_dir / "checkpoints" / f"round_{rnd:06d}" / "checkpoint.pt")["round"] == rnd
             assert f"checkpoint of round {saved[-1]} kept, continue with: " in lines[0]
             assert f"checkpoint.resume={log_dir}/checkpoints/round_{saved[-1]:06d}/checkpoint.pt" in lines[0]
+
+
+@pytest.mark.slow
+def test_sweep_on_full_disk_stops_in_one_line_and_resumes_to_undisturbed_numbers(tmp_path):
+    """A sweep whose results disk fills midway stops with one line (its state kept whole, Ray's
+    tracebacks kept off the terminal); rerun once space is freed, it resumes and every trial
+    ends with the numbers of an undisturbed run (before: ``KeyError: 'runtime'`` from a state
+    file cut short)."""
+    import pandas as pd
+
+    from tests.helpers import history
+
+    sweep = tmp_path / "full.yaml"
+    thetas = [0.5, 0.3, 0.2]
+    sweep.write_text(f"name: full\noverrides: [runtime=local, rounds=4, checkpoint.every=1]\n"
+                     f"grid:\n  method.theta: {thetas}\n")  # fmt: skip
+    with tmpfs(tmp_path / "disk", size=512 * PAGE) as disk:
+        fill(disk, leave_pages=112)  # about half of what the sweep writes
+        command = ["fedsweep.tune", str(sweep), "--results", str(disk)]
+        status, _, err, _ = run_cli(command, timeout=300, cwd=tmp_path)
+        assert "Traceback" not in err, err[-3000:]
+        lines = [line for line in error_lines(err) if not re.match(r"\d{4}-\d\d-\d\d ", line)]  # Ray's start-up lines apart
+        assert len(lines) == 1, err[-3000:]
+        line = lines[0]
+        assert status == 1, err[-3000:]
+        assert re.match(rf"error: cannot write {re.escape(str(disk))}\S*: no space left on device; ", line), line
+        assert line.endswith(f"resume with: {sys.executable} -m fedsweep.tune {sweep} --results {disk}"), line
+        assert sorted(p.name for p in disk.iterdir()) == ["filler", "full"]
+
+        (disk / "filler").unlink()  # space freed: the same command resumes
+        status, out, err, _ = run_cli(command, timeout=300, cwd=tmp_path)
+        assert status == 0, (out + err)[-3000:]
+        table = pd.read_csv(disk / "full" / "results.csv").set_index("method.theta")
+    assert table["status"].tolist() == ["done"] * 3
+    for theta in thetas:
+        final = history(["rounds=4", f"method.theta={theta}"], tmp_path / f"straight_{theta}")[-1]
+        assert table.loc[theta, "accuracy/test"] == pytest.approx(final["accuracy/test"], abs=1e-12)
+        assert table.loc[theta, "loss/test"] == pytest.approx(final["loss/test"], rel=1e-9)

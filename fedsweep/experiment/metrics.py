@@ -167,6 +167,7 @@ def write_hparams(
     from torch.utils.tensorboard.writer import FileWriter
 
     log_dir = Path(log_dir)
+    _quiet_writer_threads()
     log_dir.mkdir(parents=True, exist_ok=True)
     for old in log_dir.glob(f"events.out.tfevents.*{HPARAMS_SUFFIX}"):
         old.unlink()

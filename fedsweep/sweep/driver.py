@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fedsweep.core.disk import check_writable, writing
+from fedsweep.core.disk import DiskError, check_writable, writing
 from fedsweep.experiment.config import resolve_runtime, uses_ray
 from fedsweep.core.errors import ConfigError, DivergedError
 from fedsweep.experiment.metrics import EVERY_ROUND
@@ -183,6 +183,8 @@ def _run_sweep(sweep: Sweep, base, grid, points, exp_dir: Path, *, results_dir: 
     import ray
     from ray import tune
 
+    from fedsweep.sweep.tune_state import DiskGuard, disk_cause, disk_text, quiet_on_disk, repair_state
+
     trials = trial_count(sweep, grid)
     saved = exp_dir / "sweep.yaml"
     if saved.exists() and saved.read_text() != sweep.source:
@@ -192,6 +194,7 @@ def _run_sweep(sweep: Sweep, base, grid, points, exp_dir: Path, *, results_dir: 
     saved.write_text(sweep.source)
     tensorboard_root = exp_dir / "tensorboard"
 
+    guard = DiskGuard(exp_dir)  # a full disk stops the sweep in one line, its state kept whole
     started = not ray.is_initialized()
     if started:
         from fedsweep.federation.runtime.ray_start import init_ray
@@ -207,6 +210,9 @@ def _run_sweep(sweep: Sweep, base, grid, points, exp_dir: Path, *, results_dir: 
         )
         if tune.Tuner.can_restore(str(exp_dir)):
             print(f"Resuming {exp_dir} (finished trials are kept)")
+            repaired = repair_state(exp_dir)  # a state a full disk cut short: its last whole copy
+            if repaired:
+                print(repaired)
             tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_errored=True)
         else:
             tuner = tune.Tuner(
@@ -224,7 +230,7 @@ def _run_sweep(sweep: Sweep, base, grid, points, exp_dir: Path, *, results_dir: 
                     name=sweep.name,
                     storage_path=str(results_dir),
                     verbose=0,  # one line per trial start and end instead (callbacks())
-                    callbacks=callbacks(tensorboard_root, sweep),
+                    callbacks=callbacks(tensorboard_root, sweep, guard),
                     # bounded: each trial keeps its newest checkpoint.keep checkpoints
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=base["checkpoint"]["keep"]),
                     # a trial whose process or node dies starts again from its last checkpoint
@@ -232,10 +238,20 @@ def _run_sweep(sweep: Sweep, base, grid, points, exp_dir: Path, *, results_dir: 
                 ),
             )
         with _environment(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1"):  # only the loggers of callbacks()
-            results = tuner.fit()
+            try:
+                with quiet_on_disk(guard):  # a full disk: one line, not Ray's tracebacks
+                    results = tuner.fit()
+            except Exception as err:  # Tune's own write failed on a full disk (its state is synced apart)
+                found = disk_cause(err, exp_dir) or disk_text(str(err), exp_dir)
+                if found is None and guard.error is None:
+                    raise
+                guard.error = guard.error or found
     finally:
         if started:
-            ray.shutdown()
+            with quiet_on_disk(guard):
+                ray.shutdown()
+    if guard.error:  # stopped as Ctrl-C stops it: the trials keep their checkpoints
+        raise DiskError(f"{guard.error}; the sweep stopped with its trials' checkpoints kept")
 
     from fedsweep.sweep.report import write_report
     from fedsweep.sweep.summary import printable, seed_text
@@ -293,7 +309,7 @@ def scheduler(sweep: Sweep, *, rounds: int):
     )
 
 
-def callbacks(tensorboard_root: Path, sweep: Sweep) -> list:
+def callbacks(tensorboard_root: Path, sweep: Sweep, guard: DiskGuard | None = None) -> list:
     """Tune's CSV and JSON loggers (its results and tables read them), the HParams record and a
     line per trial start and end; not Tune's TensorBoard logger, whose curves would repeat each
     trial's own."""
@@ -302,8 +318,9 @@ def callbacks(tensorboard_root: Path, sweep: Sweep) -> list:
     from fedsweep.sweep.trial_output import HParamsCallback, ProgressCallback
 
     keys = list(sweep.columns)
-    return [CSVLoggerCallback(), JsonLoggerCallback(), HParamsCallback(str(tensorboard_root), keys),
-            ProgressCallback(keys, sweep.metric)]  # fmt: skip
+    on_disk_error = guard.stop if guard else None
+    return [CSVLoggerCallback(), JsonLoggerCallback(), HParamsCallback(str(tensorboard_root), keys, on_disk_error),
+            ProgressCallback(keys, sweep.metric), *([guard] if guard else [])]  # fmt: skip
 
 
 @contextmanager

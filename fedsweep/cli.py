@@ -163,6 +163,9 @@ def tune_main(argv: list[str] | None = None) -> int:
     except DiskError as err:  # stopped with its state kept: the same command continues it
         print(f"error: {err}; once space is freed, resume with: {' '.join(tune_command(args))}", file=sys.stderr)
         return 1
+    except RunError as err:  # e.g. a cluster that cannot be reached
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     failed = int((table["status"] == "error").sum()) if len(table) else 0
     if failed:
         print(f"error: {failed} trial(s) failed; Ray Tune's error files are in {exp_dir}", file=sys.stderr)

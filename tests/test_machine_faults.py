@@ -172,3 +172,35 @@ def test_sweep_on_full_disk_stops_in_one_line_and_resumes_to_undisturbed_numbers
         final = history(["rounds=4", f"method.theta={theta}"], tmp_path / f"straight_{theta}")[-1]
         assert table.loc[theta, "accuracy/test"] == pytest.approx(final["accuracy/test"], abs=1e-12)
         assert table.loc[theta, "loss/test"] == pytest.approx(final["loss/test"], rel=1e-9)
+
+
+# -- 2. unreachable clusters -----------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # bound and closed: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["runtime.address", "--address", "RAY_ADDRESS", "ray://", "unparsable", "unknown host"])
+def test_unreachable_cluster_fails_fast_naming_the_address(how, tmp_path):
+    port = _closed_port()
+    address = {"ray://": f"ray://127.0.0.1:{port}", "unparsable": "not_a_host:xyz",
+               "unknown host": "no-such-host.invalid:6379"}.get(how, f"127.0.0.1:{port}")  # fmt: skip
+    env = {"RAY_ADDRESS": address} if how == "RAY_ADDRESS" else {}
+    if how == "--address":
+        sweep = tmp_path / "s.yaml"
+        sweep.write_text("name: s\noverrides: [runtime=ray, rounds=1]\ngrid:\n  method.theta: [0.5]\n")
+        args = ["fedsweep.tune", str(sweep), "--results", str(tmp_path / "results"), "--address", address]
+    else:
+        args = ["fedsweep.run", "runtime=ray", "rounds=1", f"log_dir={tmp_path / 'run'}",
+                *([f"runtime.address={address}"] if how != "RAY_ADDRESS" else [])]  # fmt: skip
+    status, _, err, seconds = run_cli(args, timeout=60, env=env, cwd=tmp_path)
+    lines = error_lines(err)
+    assert status == (2 if how == "unparsable" else 1) and len(lines) == 1, err[-3000:]
+    assert address in lines[0] and ("not a Ray address" if how == "unparsable" else "cannot reach") in lines[0], lines
+    assert seconds < 15, seconds

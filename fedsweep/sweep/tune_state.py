@@ -31,6 +31,7 @@ WHOLE = ".whole-"  # prefix of the kept copy of a state file, in the sweep's fol
 _DISK_TEXT = re.compile("|".join(re.escape(text) for text in ("No space left on device", "Read-only file system",
                                                               "Disk quota exceeded", *CAUSES.values())), re.I)  # fmt: skip
 _PATH = re.compile(r"cannot write (\S+): ")
+_LINE = re.compile(r"cannot write \S+: [^\n;]+")
 
 
 def disk_cause(err: BaseException | None, folder: Path | str = "the sweep folder") -> str | None:
@@ -38,8 +39,9 @@ def disk_cause(err: BaseException | None, folder: Path | str = "the sweep folder
     disk that is full or read-only; None otherwise."""
     seen = 0
     while err is not None and seen < 8:  # the error, what it wraps (Ray's task errors) and its context
-        if isinstance(err, DiskError):
-            return str(err)
+        if isinstance(err, DiskError):  # Ray's task error wrapping one is one too: its text is a traceback
+            line = _LINE.search(str(err))
+            return line.group(0) if line else str(err).strip().splitlines()[-1]
         if isinstance(err, OSError) and cause(err):
             return f"cannot write {err.filename or folder}: {cause(err)}"
         err, seen = getattr(err, "cause", None) or err.__cause__ or err.__context__, seen + 1

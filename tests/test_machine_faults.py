@@ -204,3 +204,47 @@ def test_unreachable_cluster_fails_fast_naming_the_address(how, tmp_path):
     assert status == (2 if how == "unparsable" else 1) and len(lines) == 1, err[-3000:]
     assert address in lines[0] and ("not a Ray address" if how == "unparsable" else "cannot reach") in lines[0], lines
     assert seconds < 15, seconds
+
+
+# -- 3. resources the cluster cannot give ----------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ask, key, numbers", [
+    (["runtime.workers=8"], "runtime.workers=8", f"asks for 8 CPUs, this machine has {len(os.sched_getaffinity(0))}"),
+    (["runtime.workers=1", "runtime.num_gpus=1"], "runtime.num_gpus=1", "asks for 1 GPUs, this machine has 0"),
+    (["sweep", "runtime.workers=4"], "runtime.workers=4", f"asks for 4 CPUs, this machine has {len(os.sched_getaffinity(0))}"),
+], ids=["workers", "gpu", "sweep trials"])  # fmt: skip
+def test_infeasible_resources_fail_fast(ask, key, numbers, tmp_path):
+    import torch
+
+    if len(os.sched_getaffinity(0)) >= 8 or ("runtime.num_gpus=1" in ask and torch.cuda.is_available()):
+        pytest.skip("this machine can give what the test asks")
+    if ask[0] == "sweep":
+        sweep = tmp_path / "s.yaml"
+        sweep.write_text(f"name: s\noverrides: [runtime=ray, rounds=1, {ask[1]}]\ngrid:\n  method.theta: [0.5, 0.3]\n")
+        args = ["fedsweep.tune", str(sweep), "--results", str(tmp_path / "results")]
+    else:
+        args = ["fedsweep.run", "runtime=ray", "rounds=1", f"log_dir={tmp_path / 'run'}", *ask]
+    status, _, err, seconds = run_cli(args, timeout=60, cwd=tmp_path)
+    lines = error_lines(err)
+    assert status != 0 and len(lines) == 1, err[-3000:]
+    assert key in lines[0] and numbers in lines[0], lines
+    assert seconds < 15, seconds
+
+
+@pytest.mark.slow
+def test_workers_ray_cannot_place_time_out_in_one_line(ray_session):
+    """A pool whose workers stay pending (a cluster that shrank under it) stops in one line."""
+    from fedsweep.core.errors import RunError
+    from fedsweep.federation.runtime.ray_runtime import RayRuntime, WorkerResources
+
+    pool = RayRuntime(workers=1, resources=WorkerResources(num_cpus=64), label="pending")
+    start = time.time()
+    try:
+        with pytest.raises(RunError, match=r"^1 of 1 workers of pending not started within 3 s \(each asks "
+                                            r"runtime.num_cpus=64, runtime.num_gpus=0; the Ray cluster has .* CPUs"):
+            pool.wait_ready(timeout=3)
+    finally:
+        pool.close()
+    assert time.time() - start < 15

@@ -74,6 +74,19 @@ def trial_share(sweep: Sweep, trials: int) -> dict[str, float]:
     return {"cpus": cluster.get("CPU", 1) / concurrent, "gpus": cluster.get("GPU", 0)}
 
 
+def check_trials_fit(points: list[dict[str, Any]], share: dict[str, float]) -> None:
+    """One line, before any trial is placed, when a trial's workers ask more than the cluster has."""
+    import ray
+
+    from fedsweep.federation.runtime.resources import check_fits
+
+    cluster = ray.cluster_resources()
+    for point in points:
+        if uses_ray(point):
+            check_fits(resolve_runtime(point, **share)["runtime"], cpus=cluster.get("CPU", 0), gpus=cluster.get("GPU", 0),
+                       where="the Ray cluster")  # fmt: skip
+
+
 def trial(config: dict[str, Any], *, tensorboard_root: str, share: dict[str, float], keys: tuple[str, ...] = ()) -> None:
     """A Tune trial: one experiment on its share of the cluster, reported every round; what it
     prints reaches the driver behind the trial's short name (its grid ``keys``' values)."""
@@ -204,6 +217,7 @@ def _run_sweep(sweep: Sweep, base, grid, points, exp_dir: Path, *, results_dir: 
             print(f"Ray dashboard: http://{context.dashboard_url}")
     try:
         share = trial_share(sweep, trials)
+        check_trials_fit(points, share)  # Ray would keep a trial that cannot fit pending forever
         trainable = tune.with_resources(
             tune.with_parameters(trial, tensorboard_root=str(tensorboard_root), share=share, keys=tuple(sweep.columns)),
             functools.partial(trial_resources, share=share),

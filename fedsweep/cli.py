@@ -5,7 +5,9 @@ argument handling and printing; the work is ``fedsweep.experiment`` and ``fedswe
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -34,7 +36,8 @@ def kept(log_dir: Path, overrides: list[str]) -> str:
 
     saved = saved_rounds(log_dir)
     if not saved:
-        return f"; nothing kept to continue from (no checkpoint in {log_dir})"
+        again = " ".join([sys.executable, "-m", "fedsweep.run", *overrides])
+        return f"; nothing kept to continue from (no checkpoint in {log_dir}); start again with: {again}"
     again = [arg for arg in overrides if not arg.startswith(("checkpoint.resume=", "log_dir="))]
     command = [sys.executable, "-m", "fedsweep.run", *again, f"log_dir={log_dir}",
                f"checkpoint.resume={checkpoint_path(log_dir, saved[-1])}"]  # fmt: skip
@@ -44,11 +47,19 @@ def kept(log_dir: Path, overrides: list[str]) -> str:
 USAGE = "usage: fedsweep run [key=value ...] | fedsweep tune SWEEP_FILE [key=value ...] [--name NAME] [--results DIR]"
 
 
+def sigterm_as_ctrl_c() -> None:
+    """SIGTERM stops a command as Ctrl-C does (Ray Tune's graceful stop while a sweep runs,
+    KeyboardInterrupt otherwise): the run's Ray is shut down and what was kept is said."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] not in ("run", "tune"):
         print(USAGE, file=sys.stderr)
         return 0 if args and args[0] in ("-h", "--help") else 2
+    sigterm_as_ctrl_c()
     return run_main(args[1:]) if args[0] == "run" else tune_main(args[1:])
 
 
@@ -85,6 +96,20 @@ def run_main(argv: list[str] | None = None) -> int:
     if any(arg in ("-h", "--help") for arg in overrides):
         print(run_main.__doc__.strip())
         return 0
+    if argv is None:  # the command itself (fedsweep run: main() installs it)
+        sigterm_as_ctrl_c()
+    stopped: dict[str, Path] = {}
+    try:
+        return _run_main(overrides, stopped)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM, at any moment; Ray (if started) is shut down on the way out
+        again = [sys.executable, "-m", "fedsweep.run", *overrides]
+        where = stopped.get("log_dir")
+        kept_line = kept(where, overrides).removeprefix("; ") if where else f"nothing kept; start again with: {' '.join(again)}"
+        print(f"error: stopped (Ctrl-C or SIGTERM); {kept_line}", file=sys.stderr)
+        return 130
+
+
+def _run_main(overrides: list[str], stopped: dict[str, Path]) -> int:
     show_only, given = "--cfg" in overrides, [arg for arg in overrides if arg != "--cfg"]
     try:
         overrides, config_dirs = split_config_dirs([arg for arg in overrides if arg != "--cfg"])
@@ -100,7 +125,7 @@ def run_main(argv: list[str] | None = None) -> int:
     try:
         check_writable(cfg["log_dir"] or RUNS_DIR, "the run's results")  # before Ray starts
         with writing(cfg["log_dir"] or RUNS_DIR):
-            log_dir = open_run_dir(cfg)
+            log_dir = stopped["log_dir"] = open_run_dir(cfg)
     except (ConfigError, RunError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -153,6 +178,17 @@ def tune_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config-dir", action="append", default=[], metavar="DIR",
                         help="a folder of your own config groups and options, joining Hydra's search path (repeatable)")  # fmt: skip
     args = parser.parse_args(argv)
+    if argv is None:  # the command itself (fedsweep tune: main() installs it)
+        sigterm_as_ctrl_c()  # while the sweep runs, Tune's own graceful stop (its state saved)
+    try:
+        return _tune_main(args, run_sweep, load_sweep)
+    except KeyboardInterrupt:  # stopped outside Tune's run (before or while Ray starts, while reporting)
+        print(f"error: stopped (Ctrl-C or SIGTERM); what the sweep finished is kept, resume with: "
+              f"{' '.join(tune_command(args))}", file=sys.stderr)  # fmt: skip
+        return 130
+
+
+def _tune_main(args: argparse.Namespace, run_sweep, load_sweep) -> int:
     try:
         overrides = [*args.overrides, *([search_path(args.config_dir)] if args.config_dir else [])]
         sweep = load_sweep(args.sweep, overrides=overrides, name=args.name)

@@ -28,9 +28,16 @@ PAGE = 4096
 TQDM = re.compile(r"\|\s*\d+/\d+ \[")  # a progress bar's redraw, not a line of fedsweep's
 
 
+RAY_STARTUP = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+\s+(WARNING authentication_token_setup\.py:\d+ -- Token authentication "
+                         r"is enabled|INFO worker\.py:\d+ -- (Started a local Ray instance|Connecting to existing Ray))")
+"""Ray's two lines as a local Ray starts (library output, issue 19's other half), not fedsweep's."""
+
+
 def error_lines(stderr: str) -> list[str]:
-    """What stderr says besides progress bars (which redraw with carriage returns)."""
-    return [line for line in re.split(r"[\r\n]", stderr) if line.strip() and not TQDM.search(line)]
+    """What stderr says besides progress bars (which redraw with carriage returns) and Ray's
+    start-up lines."""
+    return [line for line in re.split(r"[\r\n]", stderr)
+            if line.strip() and not TQDM.search(line) and not RAY_STARTUP.search(line)]  # fmt: skip
 
 
 @contextmanager
@@ -155,7 +162,7 @@ def test_sweep_on_full_disk_stops_in_one_line_and_resumes_to_undisturbed_numbers
         command = ["fedsweep.tune", str(sweep), "--results", str(disk)]
         status, _, err, _ = run_cli(command, timeout=300, cwd=tmp_path)
         assert "Traceback" not in err, err[-3000:]
-        lines = [line for line in error_lines(err) if not re.match(r"\d{4}-\d\d-\d\d ", line)]  # Ray's start-up lines apart
+        lines = [line for line in error_lines(err) if not re.match(r"\d{4}-\d\d-\d\d [\d:,]+\s+INFO tune\.py", line)]  # Tune's "Wrote" line apart
         assert len(lines) == 1, err[-3000:]
         line = lines[0]
         assert status == 1, err[-3000:]
@@ -248,3 +255,48 @@ def test_workers_ray_cannot_place_time_out_in_one_line(ray_session):
     finally:
         pool.close()
     assert time.time() - start < 15
+
+
+# -- 4. SIGTERM and Ctrl-C -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["mid-run", "before Ray"])
+def test_sigterm_keeps_checkpoints_says_how_to_continue_and_leaves_no_ray(when, tmp_path):
+    from tests.ray_processes import stop, with_in_command_line
+
+    import shutil
+    import tempfile
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="fsr", dir="/tmp"))  # short (Ray's socket paths); in its processes' command lines
+    log_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "fedsweep.run", "runtime=ray", "runtime.workers=1", "rounds=50", "checkpoint.every=1",
+            f"log_dir={log_dir}"]  # fmt: skip
+    run = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                           env={**os.environ, "PYTHONPATH": str(ROOT), "RAY_TMPDIR": str(ray_tmp)})  # fmt: skip
+    try:
+        deadline = time.time() + 240
+        if when == "mid-run":
+            while not list(log_dir.glob("checkpoints/round_*/checkpoint.pt")) and time.time() < deadline:
+                assert run.poll() is None, run.communicate()
+                time.sleep(0.2)
+        else:
+            time.sleep(1.0)  # still importing and composing the config
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    lines = error_lines(err)
+    assert run.returncode == 130 and len(lines) == 1, err[-3000:]
+    assert lines[0].startswith("error: stopped (Ctrl-C or SIGTERM); "), lines
+    if when == "mid-run":
+        assert re.search(r"checkpoint of round \d+ kept, continue with: .* checkpoint\.resume=\S+checkpoint\.pt$", lines[0])
+    else:
+        assert "start again with: " in lines[0] and "rounds=50" in lines[0], lines
+    deadline = time.time() + 10
+    while (left := with_in_command_line(str(ray_tmp))) and time.time() < deadline:
+        time.sleep(0.2)
+    stop(left)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert not left, "the run's Ray processes outlived it"

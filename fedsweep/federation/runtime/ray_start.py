@@ -14,7 +14,9 @@ and one line).
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -46,13 +48,14 @@ def init_ray(address: str | None, *, dashboard: bool, trial_output: bool = False
         import ray
 
         try:
-            return ray.init(address=address, include_dashboard=dashboard, log_to_driver=trial_output)
+            with _keep_sigterm():
+                return ray.init(address=address, include_dashboard=dashboard, log_to_driver=trial_output)
         except (ConnectionError, RuntimeError, ValueError) as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise RunError(f"cannot join the Ray cluster at {where}: {first[:200]}") from None
     import ray
 
-    with _single_machine():
+    with _single_machine(), _keep_sigterm():
         context = ray.init(
             include_dashboard=dashboard,
             dashboard_host=LOOPBACK,
@@ -101,6 +104,19 @@ def probe_address(address: str, where: str, *, timeout: float = PROBE_SECONDS) -
         raise RunError(f"cannot reach the Ray cluster at {where}: no answer from {host}:{port} within {timeout:g} s") from None
     except OSError as err:
         raise RunError(f"cannot reach the Ray cluster at {where}: {err.strerror or err} ({host}:{port})") from None
+
+
+@contextmanager
+def _keep_sigterm() -> Iterator[None]:
+    """Ray's driver installs its own SIGTERM handler (it aborts the process, Ray 2.60): keep the
+    caller's, which stops a run as Ctrl-C does (``fedsweep.cli``) and so shuts this Ray down."""
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if callable(before):
+            signal.signal(signal.SIGTERM, before)
 
 
 @contextmanager

@@ -5,14 +5,17 @@ argument handling and printing; the work is ``fedsweep.experiment`` and ``fedswe
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from fedsweep.core.disk import DiskError, check_writable, writing
 from fedsweep.core.errors import ConfigError, RunError
 from fedsweep.experiment.config import compose, search_path, to_container, validate
-from fedsweep.experiment.run_dir import check_run_dir, open_run_dir
+from fedsweep.experiment.run_dir import RUNS_DIR, check_run_dir, open_run_dir
 
 
 def resume_checkpoint(cfg: dict) -> dict | None:
@@ -27,7 +30,28 @@ def resume_checkpoint(cfg: dict) -> dict | None:
     check_config(payload, cfg, path)
     return payload
 
+def kept(log_dir: Path, overrides: list[str]) -> str:
+    """What a stopped run kept and the command that continues it (``""`` without a checkpoint)."""
+    from fedsweep.experiment.checkpoint import checkpoint_path, saved_rounds
+
+    saved = saved_rounds(log_dir)
+    if not saved:
+        again = " ".join([sys.executable, "-m", "fedsweep.run", *overrides])
+        return f"; nothing kept to continue from (no checkpoint in {log_dir}); start again with: {again}"
+    again = [arg for arg in overrides if not arg.startswith(("checkpoint.resume=", "log_dir="))]
+    command = [sys.executable, "-m", "fedsweep.run", *again, f"log_dir={log_dir}",
+               f"checkpoint.resume={checkpoint_path(log_dir, saved[-1])}"]  # fmt: skip
+    return f"; checkpoint of round {saved[-1]} kept, continue with: {' '.join(command)}"
+
+
 USAGE = "usage: fedsweep run [key=value ...] | fedsweep tune SWEEP_FILE [key=value ...] [--name NAME] [--results DIR]"
+
+
+def sigterm_as_ctrl_c() -> None:
+    """SIGTERM stops a command as Ctrl-C does (Ray Tune's graceful stop while a sweep runs,
+    KeyboardInterrupt otherwise): the run's Ray is shut down and what was kept is said."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] not in ("run", "tune"):
         print(USAGE, file=sys.stderr)
         return 0 if args and args[0] in ("-h", "--help") else 2
+    sigterm_as_ctrl_c()
     return run_main(args[1:]) if args[0] == "run" else tune_main(args[1:])
 
 
@@ -71,7 +96,21 @@ def run_main(argv: list[str] | None = None) -> int:
     if any(arg in ("-h", "--help") for arg in overrides):
         print(run_main.__doc__.strip())
         return 0
-    show_only = "--cfg" in overrides
+    if argv is None:  # the command itself (fedsweep run: main() installs it)
+        sigterm_as_ctrl_c()
+    stopped: dict[str, Path] = {}
+    try:
+        return _run_main(overrides, stopped)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM, at any moment; Ray (if started) is shut down on the way out
+        again = [sys.executable, "-m", "fedsweep.run", *overrides]
+        where = stopped.get("log_dir")
+        kept_line = kept(where, overrides).removeprefix("; ") if where else f"nothing kept; start again with: {' '.join(again)}"
+        print(f"error: stopped (Ctrl-C or SIGTERM); {kept_line}", file=sys.stderr)
+        return 130
+
+
+def _run_main(overrides: list[str], stopped: dict[str, Path]) -> int:
+    show_only, given = "--cfg" in overrides, [arg for arg in overrides if arg != "--cfg"]
     try:
         overrides, config_dirs = split_config_dirs([arg for arg in overrides if arg != "--cfg"])
         cfg = to_container(compose(overrides, config_dirs=config_dirs))
@@ -88,16 +127,23 @@ def run_main(argv: list[str] | None = None) -> int:
     if show_only:
         print(OmegaConf.to_yaml(cfg), end="")
         return 0
+    try:
+        check_writable(cfg["log_dir"] or RUNS_DIR, "the run's results")  # before Ray starts
+        with writing(cfg["log_dir"] or RUNS_DIR):
+            log_dir = stopped["log_dir"] = open_run_dir(cfg)
+    except (ConfigError, RunError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     from fedsweep.experiment.loop import run_experiment  # heavy imports once the config is known good
 
-    log_dir = open_run_dir(cfg)
     try:
-        final = run_experiment(cfg, log_dir=log_dir, checked=True, checkpoint=checkpoint)
+        with writing(log_dir):  # a write that fails mid-run (a full disk): one line naming the path
+            final = run_experiment(cfg, log_dir=log_dir, checked=True, checkpoint=checkpoint)
     except ConfigError as err:  # found once the data is built (what a method needs of the federation)
         print(f"error: {err}", file=sys.stderr)
         return 2
     except RunError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err}{kept(log_dir, given) if isinstance(err, DiskError) else ''}", file=sys.stderr)
         return 1
     print(f"TensorBoard logs: {log_dir}   (tensorboard --logdir {log_dir})")
     from fedsweep.experiment.checkpoint import checkpoint_path, saved_rounds
@@ -137,6 +183,17 @@ def tune_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config-dir", action="append", default=[], metavar="DIR",
                         help="a folder of your own config groups and options, joining Hydra's search path (repeatable)")  # fmt: skip
     args = parser.parse_args(argv)
+    if argv is None:  # the command itself (fedsweep tune: main() installs it)
+        sigterm_as_ctrl_c()  # while the sweep runs, Tune's own graceful stop (its state saved)
+    try:
+        return _tune_main(args, run_sweep, load_sweep)
+    except KeyboardInterrupt:  # stopped outside Tune's run (before or while Ray starts, while reporting)
+        print(f"error: stopped (Ctrl-C or SIGTERM); what the sweep finished is kept, resume with: "
+              f"{' '.join(tune_command(args))}", file=sys.stderr)  # fmt: skip
+        return 130
+
+
+def _tune_main(args: argparse.Namespace, run_sweep, load_sweep) -> int:
     try:
         overrides = [*args.overrides, *([search_path(args.config_dir)] if args.config_dir else [])]
         sweep = load_sweep(args.sweep, overrides=overrides, name=args.name)
@@ -144,17 +201,27 @@ def tune_main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except DiskError as err:  # stopped with its state kept: the same command continues it
+        print(f"error: {err}; once space is freed, resume with: {' '.join(tune_command(args))}", file=sys.stderr)
+        return 1
+    except RunError as err:  # e.g. a cluster that cannot be reached
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     failed = int((table["status"] == "error").sum()) if len(table) else 0
     if failed:
         print(f"error: {failed} trial(s) failed; Ray Tune's error files are in {exp_dir}", file=sys.stderr)
         return 1
     if table.attrs.get("unfinished"):  # stopped (Ctrl-C): its state is saved for the resume
-        again = [sys.executable, "-m", "fedsweep.tune", args.sweep, *args.overrides, "--results", args.results]
-        again += [*(["--name", args.name] if args.name else []), *(["--address", args.address] if args.address else [])]
-        again += [part for folder in args.config_dir for part in ("--config-dir", folder)]
-        print("resume with: " + " ".join(again))
+        print("resume with: " + " ".join(tune_command(args)))
         return 130
     return 0
+
+
+def tune_command(args: argparse.Namespace) -> list[str]:
+    """The command that runs (or resumes) the sweep ``args`` describe."""
+    again = [sys.executable, "-m", "fedsweep.tune", args.sweep, *args.overrides, "--results", args.results]
+    again += [*(["--name", args.name] if args.name else []), *(["--address", args.address] if args.address else [])]
+    return again + [part for folder in args.config_dir for part in ("--config-dir", folder)]
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ that differs, except for keys that do not change the numbers (``SAFE_TO_CHANGE``
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import pickle
 import re
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 
 from fedsweep.core.checks import shown
+from fedsweep.core.disk import writing
 from fedsweep.core.errors import ConfigError
 
 if TYPE_CHECKING:  # imported lazily: validation reads checkpoints before anything heavy loads
@@ -76,7 +78,6 @@ def save_checkpoint(
     later rounds are dropped first: they belong to an earlier attempt that this (resumed)
     run replaces, as its logs do."""
     path = checkpoint_path(log_dir, rnd)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
         "round": rnd,
@@ -92,8 +93,20 @@ def save_checkpoint(
         "torch_rng": torch.get_rng_state(),
     }
     tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with writing(path):  # a full disk: one line, the earlier checkpoints intact, no half file left
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            buffer = io.BytesIO()  # serialized first: a failed write is then an OSError, not torch's RuntimeError
+            torch.save(payload, buffer)
+            with open(tmp, "wb") as fh:
+                fh.write(buffer.getbuffer())
+                fh.flush()
+                os.fsync(fh.fileno())  # on disk before it replaces anything
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+            if not path.exists():  # no round folder without its checkpoint (saved_rounds lists folders)
+                shutil.rmtree(path.parent, ignore_errors=True)
     saved = saved_rounds(log_dir)
     kept = [r for r in saved if r <= rnd][-keep:]
     for old in set(saved) - set(kept):

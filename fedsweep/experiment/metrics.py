@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from fedsweep.core.disk import cause, writing
 
 
 REPORTED = (  # every metric a run may report besides the per-group ones (tests/test_experiment.py checks)
@@ -83,16 +86,23 @@ class RunLogger:
         from torch.utils.tensorboard import SummaryWriter  # here: sweep-file checks import this module
 
         log_dir = Path(log_dir)
+        _quiet_writer_threads()
+        self.log_dir = log_dir
         resume_comm = resume_comm or {}
-        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=resume_round + 1 if resume_round else 0)
         self.axes = comm_axes(groups)
         self._last_step = {axis: int(resume_comm.get(counter, 0)) for axis, counter in self.axes.items()}
-        self.comm_writers = {
-            axis: SummaryWriter(log_dir=str(log_dir / f"vs_comm_{axis}"), purge_step=self._last_step[axis] + 1)
-            for axis in self.axes
-        }
+        with writing(log_dir):
+            self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=resume_round + 1 if resume_round else 0)
+            self.comm_writers = {
+                axis: SummaryWriter(log_dir=str(log_dir / f"vs_comm_{axis}"), purge_step=self._last_step[axis] + 1)
+                for axis in self.axes
+            }
 
     def log(self, metrics: dict[str, float], rnd: int) -> None:
+        with writing(self.log_dir):  # a full disk: one line naming the run's folder
+            self._log(metrics, rnd)
+
+    def _log(self, metrics: dict[str, float], rnd: int) -> None:
         for tag, value in metrics.items():
             if tag != "round" and not tag.startswith(("target/", "similarity/")):
                 self.writer.add_scalar(tag, value, rnd)
@@ -115,8 +125,28 @@ class RunLogger:
             self.writer.add_scalar(tag, value, 0)
 
     def close(self) -> None:
-        for writer in (self.writer, *self.comm_writers.values()):
-            writer.close()
+        with writing(self.log_dir):
+            for writer in (self.writer, *self.comm_writers.values()):
+                writer.close()
+
+
+def _quiet_writer_threads() -> None:
+    """TensorBoard writes events on a thread of its own, which, when a write fails (a full
+    disk), raises again in the run's thread at the next write and also prints its traceback
+    through ``threading.excepthook``: keep only the run's (one line, :class:`RunLogger`)."""
+    from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
+
+    hook = threading.excepthook
+    if getattr(hook, "fedsweep_quiet", False):
+        return
+
+    def quiet(args: threading.ExceptHookArgs) -> None:
+        if isinstance(args.thread, _AsyncWriterThread) and isinstance(args.exc_value, OSError) and cause(args.exc_value):
+            return
+        hook(args)
+
+    quiet.fedsweep_quiet = True  # type: ignore[attr-defined]
+    threading.excepthook = quiet
 
 
 def write_hparams(
@@ -137,6 +167,7 @@ def write_hparams(
     from torch.utils.tensorboard.writer import FileWriter
 
     log_dir = Path(log_dir)
+    _quiet_writer_threads()
     log_dir.mkdir(parents=True, exist_ok=True)
     for old in log_dir.glob(f"events.out.tfevents.*{HPARAMS_SUFFIX}"):
         old.unlink()

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fedsweep.core.disk import DiskError, check_writable, writing
 from fedsweep.experiment.config import resolve_runtime, uses_ray
 from fedsweep.core.errors import ConfigError, DivergedError
 from fedsweep.experiment.metrics import EVERY_ROUND
@@ -72,6 +73,19 @@ def trial_share(sweep: Sweep, trials: int) -> dict[str, float]:
     cluster = ray.cluster_resources()
     concurrent = min(sweep.max_concurrent_trials or trials, trials)
     return {"cpus": cluster.get("CPU", 1) / concurrent, "gpus": cluster.get("GPU", 0)}
+
+
+def check_trials_fit(points: list[dict[str, Any]], share: dict[str, float]) -> None:
+    """One line, before any trial is placed, when a trial's workers ask more than the cluster has."""
+    import ray
+
+    from fedsweep.federation.runtime.resources import check_fits
+
+    cluster = ray.cluster_resources()
+    for point in points:
+        if uses_ray(point):
+            check_fits(resolve_runtime(point, **share)["runtime"], cpus=cluster.get("CPU", 0), gpus=cluster.get("GPU", 0),
+                       where="the Ray cluster")  # fmt: skip
 
 
 def trial(config: dict[str, Any], *, tensorboard_root: str, share: dict[str, float], keys: tuple[str, ...] = ()) -> None:
@@ -136,7 +150,9 @@ def run_sweep(sweep: Sweep, *, results_dir: Path = RESULTS_DIR, address: str | N
     exp_dir = (root / sweep.name).resolve()
     if exp_dir.parent != root:  # e.g. a link planted under the sweep's name
         raise ConfigError(f"the sweep folder {exp_dir} lies outside the results folder {root}")
-    root.mkdir(parents=True, exist_ok=True)
+    check_writable(root, "the sweep's results")  # a file, read-only or full: one line, before Ray starts
+    with writing(root):
+        root.mkdir(parents=True, exist_ok=True)
     _check_private(exp_dir)
     exp_dir.mkdir(mode=0o700, exist_ok=True)
     os.chmod(exp_dir, 0o700)  # results (and Tune's pickles) are private to their owner
@@ -184,6 +200,8 @@ def _run_sweep(sweep: Sweep, base, grid, points, exp_dir: Path, *, results_dir: 
     import ray
     from ray import tune
 
+    from fedsweep.sweep.tune_state import DiskGuard, disk_cause, disk_text, quiet_on_disk, repair_state
+
     trials = trial_count(sweep, grid)
     saved = exp_dir / "sweep.yaml"
     if saved.exists() and saved.read_text() != sweep.source:
@@ -193,6 +211,7 @@ def _run_sweep(sweep: Sweep, base, grid, points, exp_dir: Path, *, results_dir: 
     saved.write_text(sweep.source)
     tensorboard_root = exp_dir / "tensorboard"
 
+    guard = DiskGuard(exp_dir)  # a full disk stops the sweep in one line, its state kept whole
     started = not ray.is_initialized()
     if started:
         from fedsweep.federation.runtime.ray_start import init_ray
@@ -202,12 +221,16 @@ def _run_sweep(sweep: Sweep, base, grid, points, exp_dir: Path, *, results_dir: 
             print(f"Ray dashboard: http://{context.dashboard_url}")
     try:
         share = trial_share(sweep, trials)
+        check_trials_fit(points, share)  # Ray would keep a trial that cannot fit pending forever
         trainable = tune.with_resources(
             tune.with_parameters(trial, tensorboard_root=str(tensorboard_root), share=share, keys=tuple(sweep.columns)),
             functools.partial(trial_resources, share=share),
         )
         if tune.Tuner.can_restore(str(exp_dir)):
             print(f"Resuming {exp_dir} (finished trials are kept)")
+            repaired = repair_state(exp_dir)  # a state a full disk cut short: its last whole copy
+            if repaired:
+                print(repaired)
             tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_errored=True)
         else:
             tuner = tune.Tuner(
@@ -225,7 +248,7 @@ def _run_sweep(sweep: Sweep, base, grid, points, exp_dir: Path, *, results_dir: 
                     name=sweep.name,
                     storage_path=str(results_dir),
                     verbose=0,  # one line per trial start and end instead (callbacks())
-                    callbacks=callbacks(tensorboard_root, sweep),
+                    callbacks=callbacks(tensorboard_root, sweep, guard),
                     # bounded: each trial keeps its newest checkpoint.keep checkpoints
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=base["checkpoint"]["keep"]),
                     # a trial whose process or node dies starts again from its last checkpoint
@@ -233,10 +256,20 @@ def _run_sweep(sweep: Sweep, base, grid, points, exp_dir: Path, *, results_dir: 
                 ),
             )
         with _environment(TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1"):  # only the loggers of callbacks()
-            results = tuner.fit()
+            try:
+                with quiet_on_disk(guard):  # a full disk: one line, not Ray's tracebacks
+                    results = tuner.fit()
+            except Exception as err:  # Tune's own write failed on a full disk (its state is synced apart)
+                found = disk_cause(err, exp_dir) or disk_text(str(err), exp_dir)
+                if found is None and guard.error is None:
+                    raise
+                guard.error = guard.error or found
     finally:
         if started:
-            ray.shutdown()
+            with quiet_on_disk(guard):
+                ray.shutdown()
+    if guard.error:  # stopped as Ctrl-C stops it: the trials keep their checkpoints
+        raise DiskError(f"{guard.error}; the sweep stopped with its trials' checkpoints kept")
 
     from fedsweep.sweep.report import write_report
     from fedsweep.sweep.summary import printable, seed_text
@@ -294,7 +327,7 @@ def scheduler(sweep: Sweep, *, rounds: int):
     )
 
 
-def callbacks(tensorboard_root: Path, sweep: Sweep) -> list:
+def callbacks(tensorboard_root: Path, sweep: Sweep, guard: DiskGuard | None = None) -> list:
     """Tune's CSV and JSON loggers (its results and tables read them), the HParams record and a
     line per trial start and end; not Tune's TensorBoard logger, whose curves would repeat each
     trial's own."""
@@ -303,8 +336,9 @@ def callbacks(tensorboard_root: Path, sweep: Sweep) -> list:
     from fedsweep.sweep.trial_output import HParamsCallback, ProgressCallback
 
     keys = list(sweep.columns)
-    return [CSVLoggerCallback(), JsonLoggerCallback(), HParamsCallback(str(tensorboard_root), keys),
-            ProgressCallback(keys, sweep.metric)]  # fmt: skip
+    on_disk_error = guard.stop if guard else None
+    return [CSVLoggerCallback(), JsonLoggerCallback(), HParamsCallback(str(tensorboard_root), keys, on_disk_error),
+            ProgressCallback(keys, sweep.metric), *([guard] if guard else [])]  # fmt: skip
 
 
 @contextmanager

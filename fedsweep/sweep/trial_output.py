@@ -20,13 +20,14 @@ from __future__ import annotations
 import io
 import logging
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any, TextIO
 
 from ray.tune import Callback
 
+from fedsweep.core.disk import cause
 from fedsweep.experiment.metrics import write_hparams
 from fedsweep.sweep.report import status
 from fedsweep.sweep.grid import label, short_label
@@ -90,8 +91,8 @@ def hparam_value(value: Any) -> str | int | float | bool | None:
 class HParamsCallback(Callback):
     """Writes each ended trial's grid values and final status to its TensorBoard run directory."""
 
-    def __init__(self, tensorboard_root: str, keys: Sequence[str]) -> None:
-        self.root, self.keys = str(tensorboard_root), tuple(keys)
+    def __init__(self, tensorboard_root: str, keys: Sequence[str], on_disk_error: Callable[[str], None] | None = None) -> None:
+        self.root, self.keys, self.on_disk_error = str(tensorboard_root), tuple(keys), on_disk_error
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         self._record(trial, failed=bool((trial.last_result or {}).get("diverged")))
@@ -102,7 +103,13 @@ class HParamsCallback(Callback):
     def _record(self, trial, *, failed: bool) -> None:
         values = {key: label(trial.config, key) for key in self.keys}  # None: the key does not apply
         hparams = {key: hparam_value(value) for key, value in values.items() if value is not None}
-        write_hparams(Path(self.root) / str(trial), hparams, failed=failed)
+        folder = Path(self.root) / str(trial)
+        try:
+            write_hparams(folder, hparams, failed=failed)
+        except OSError as err:  # a full disk: the sweep stops (one line), the record is written on resume
+            if cause(err) is None or self.on_disk_error is None:
+                raise
+            self.on_disk_error(f"cannot write {folder}: {cause(err)}")
 
 
 class ProgressCallback(Callback):

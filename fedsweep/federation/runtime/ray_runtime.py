@@ -42,7 +42,7 @@ from fedsweep.federation.client_data import ClientData
 from fedsweep.core.errors import RunError
 from fedsweep.core.checks import check
 from fedsweep.federation.runtime.base import Part, Runtime, check_vectorize
-from fedsweep.federation.runtime.resources import resolve
+from fedsweep.federation.runtime.resources import check_fits, local_resources, resolve
 from fedsweep.federation.runtime.ray_start import INLINE_BYTES
 from fedsweep.federation.requests import Reply, Request, TrainRequest
 from fedsweep.task.losses import Loss, cross_entropy
@@ -65,6 +65,10 @@ class WorkerSetup:
     model_fn: Callable[[], nn.Module]
     loss: Loss
     vectorize: bool | str
+
+
+READY_SECONDS = 120.0
+"""How long a pool's workers may wait for Ray to place and start them (torch's import included)."""
 
 
 class WorkerDiedError(RunError):
@@ -150,6 +154,7 @@ def ray_pool(
     cluster = ray.cluster_resources()
     node = resolve({"workers": workers, "num_cpus": num_cpus, "num_gpus": num_gpus},
                    cpus=cluster.get("CPU", 1), gpus=cluster.get("GPU", 0))  # fmt: skip
+    check_fits(node, cpus=cluster.get("CPU", 0), gpus=cluster.get("GPU", 0), where="the Ray cluster")
     if node["workers"] == 0:
         from fedsweep.federation.runtime.local import LocalRuntime
 
@@ -163,6 +168,10 @@ def _check_config(*, vectorize: object = "auto", address: object = None, device:
                   **pool: object) -> None:  # fmt: skip
     check_pool(**{"workers": "auto", "num_cpus": 1.0, "num_gpus": "auto", "max_restarts": 3, "dashboard": False, **pool})
     check_vectorize(vectorize)
+    if address is None and not os.environ.get("RAY_ADDRESS"):  # the Ray this run starts: known before it starts
+        cpus, gpus = local_resources()
+        node = resolve({"workers": "auto", "num_cpus": 1.0, "num_gpus": "auto", **pool}, cpus=cpus, gpus=gpus)
+        check_fits(node, cpus=cpus, gpus=gpus, where="this machine")
 
 
 ray_pool.name = "ray"  # type: ignore[attr-defined]
@@ -200,7 +209,7 @@ class RayRuntime(Runtime):
         actor = ray.remote(Worker)
         threads = max(1, int(resources.num_cpus))
         tag = uuid.uuid4().hex[:6]  # names stay unique when a label is reused
-        self.label, self.max_restarts = label, max_restarts
+        self.label, self.max_restarts, self.resources = label, max_restarts, resources
         self.workers = [
             actor.options(
                 num_cpus=resources.num_cpus,
@@ -303,8 +312,20 @@ class RayRuntime(Runtime):
             f"more than runtime.max_restarts={self.max_restarts} allows: {cause}"
         )
 
-    def wait_ready(self) -> None:
-        for index, ref in enumerate([w.where.remote() for w in self.workers]):
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Every worker started; a pool Ray cannot place within ``timeout`` seconds (default
+        :data:`READY_SECONDS`; a cluster that shrank, or is busy) stops the run in one line."""
+        refs = [w.where.remote() for w in self.workers]
+        timeout = READY_SECONDS if timeout is None else timeout
+        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        if pending:
+            free = ray.available_resources()
+            raise RunError(
+                f"{len(pending)} of {len(refs)} workers of {self.label} not started within {timeout:g} s "
+                f"(each asks runtime.num_cpus={self.resources.num_cpus:g}, runtime.num_gpus={self.resources.num_gpus:g}; "
+                f"the Ray cluster has {free.get('CPU', 0):g} CPUs and {free.get('GPU', 0):g} GPUs free)"
+            )
+        for index, ref in enumerate(refs):
             self._get(ref, index)
 
     def close(self) -> None:

@@ -14,10 +14,13 @@ and one line).
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from fedsweep.core.errors import RunError
+from fedsweep.core.errors import ConfigError, RunError
 
 INLINE_BYTES = 1 << 20
 """Objects up to this size travel inside their call, not through the object store (in a Ray
@@ -38,11 +41,21 @@ def init_ray(address: str | None, *, dashboard: bool, trial_output: bool = False
     print reaches the driver's terminal (each line carries the trial's short name, see
     ``fedsweep.sweep.trial_output``; ``fedsweep.sweep.driver`` turns off Ray's ``(name pid=…)`` prefix and
     its merging of similar lines before Ray is imported)."""
+    if address or os.environ.get("RAY_ADDRESS"):
+        given = address or os.environ["RAY_ADDRESS"]
+        where = f"--address/runtime.address={address}" if address else f"RAY_ADDRESS={given}"
+        probe_address(given, where)  # one line within PROBE_SECONDS, not Ray's reconnect loop
+        import ray
+
+        try:
+            with _keep_sigterm():
+                return ray.init(address=address, include_dashboard=dashboard, log_to_driver=trial_output)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise RunError(f"cannot join the Ray cluster at {where}: {first[:200]}") from None
     import ray
 
-    if address or os.environ.get("RAY_ADDRESS"):
-        return ray.init(address=address, include_dashboard=dashboard, log_to_driver=trial_output)
-    with _single_machine():
+    with _single_machine(), _keep_sigterm():
         context = ray.init(
             include_dashboard=dashboard,
             dashboard_host=LOOPBACK,
@@ -54,6 +67,56 @@ def init_ray(address: str | None, *, dashboard: bool, trial_output: bool = False
         ray.shutdown()
         raise RunError(f"Ray did not start on {LOOPBACK}; refusing to run with its services on other interfaces")
     return context
+
+
+PROBE_SECONDS = 5.0
+"""How long a cluster's address may take to accept a connection before the run stops."""
+
+
+def parse_address(address: str, where: str) -> tuple[str, int] | None:
+    """``host:port`` (``ray://host:port`` for Ray Client; ``[v6]:port``) as (host, port); None
+    for ``auto`` (the Ray running on this machine, which Ray finds itself). A one-line
+    :class:`ConfigError` for anything else."""
+    text = address.strip()
+    if text == "auto":
+        return None
+    bare = text.removeprefix("ray://")
+    host, sep, port = bare.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in bare:
+        raise ConfigError(f"{where} is not a Ray address: give host:port (e.g. 10.0.0.5:6379), ray://host:port or auto")
+    return host, int(port)
+
+
+def probe_address(address: str, where: str, *, timeout: float = PROBE_SECONDS) -> None:
+    """Stop in one line unless something accepts a connection at ``address`` within
+    ``timeout`` seconds (Ray's own ``ray.init`` retries for minutes)."""
+    parsed = parse_address(address, where)
+    if parsed is None:
+        return
+    host, port = parsed
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except socket.gaierror as err:
+        raise RunError(f"cannot reach the Ray cluster at {where}: unknown host {host!r} ({err.strerror})") from None
+    except TimeoutError:
+        raise RunError(f"cannot reach the Ray cluster at {where}: no answer from {host}:{port} within {timeout:g} s") from None
+    except OSError as err:
+        raise RunError(f"cannot reach the Ray cluster at {where}: {err.strerror or err} ({host}:{port})") from None
+
+
+@contextmanager
+def _keep_sigterm() -> Iterator[None]:
+    """Ray's driver installs its own SIGTERM handler (it aborts the process, Ray 2.60): keep the
+    caller's, which stops a run as Ctrl-C does (``fedsweep.cli``) and so shuts this Ray down."""
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if callable(before):
+            signal.signal(signal.SIGTERM, before)
 
 
 @contextmanager

@@ -35,3 +35,35 @@ def resolve(node: Mapping[str, Any], *, cpus: float, gpus: float) -> dict[str, A
     """A pool's config ``node`` (a copy) with ``workers`` and ``num_gpus`` resolved."""
     workers = worker_count(node.get("workers", "auto"), node.get("num_cpus", 1), cpus)
     return {**node, "workers": workers, "num_gpus": gpu_share(node.get("num_gpus", "auto"), workers + 1, gpus)}
+
+
+def check_fits(node: Mapping[str, Any], *, cpus: float, gpus: float, where: str) -> None:
+    """A one-line ConfigError when a pool (``node``, resolved) asks more than Ray ``where`` has:
+    its workers' CPUs and GPUs together, or one worker's GPU share; Ray would keep such a
+    request pending forever."""
+    from fedsweep.core.errors import ConfigError
+
+    workers, num_cpus, num_gpus = int(node["workers"]), float(node.get("num_cpus", 1)), float(node.get("num_gpus", 0) or 0)
+    if workers and workers * num_cpus > cpus:
+        raise ConfigError(f"runtime.workers={workers} x runtime.num_cpus={num_cpus:g} asks for {workers * num_cpus:g} CPUs, "
+                          f"{where} has {cpus:g}")  # fmt: skip
+    if workers and num_gpus > 0 and workers * num_gpus > gpus + 1e-9:
+        raise ConfigError(f"runtime.workers={workers} x runtime.num_gpus={num_gpus:g} asks for {workers * num_gpus:g} GPUs, "
+                          f"{where} has {gpus:g}")  # fmt: skip
+
+
+def local_resources() -> tuple[float, float]:
+    """The CPUs and GPUs a Ray started on this machine will have (as Ray counts them)."""
+    import os
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - no torch or no driver: no GPU
+        gpus = 0
+    if visible is not None:
+        gpus = min(gpus, len([d for d in visible.split(",") if d.strip()]))
+    return float(cpus), float(gpus)

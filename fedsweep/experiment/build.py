@@ -69,8 +69,9 @@ def load_data(cfg: Mapping[str, Any]) -> DataBundle:
     return bundle
 
 
-def prepare(cfg: Mapping[str, Any]) -> Setup:
-    """Load data, partition it and fix the model constructor (deterministic for the config's seeds)."""
+def prepare(cfg: Mapping[str, Any], *, device: torch.device | None = None) -> Setup:
+    """Load data, partition it and fix the model constructor (deterministic for the config's seeds),
+    for ``device`` (default: the config's, checked on this machine)."""
     bundle = load_data(cfg)
     partition = components.build(
         "partition", cfg["partition"], bundle.train, num_classes=bundle.num_classes, seed=seed_of(cfg, "data")
@@ -82,7 +83,7 @@ def prepare(cfg: Mapping[str, Any]) -> Setup:
         seed=seed_of(cfg, "init"), plugins=tuple(cfg.get("plugins") or ()),
     )
     loss = components.build("loss", cfg["loss"])
-    return Setup(bundle, partition, model_fn, loss, resolve_device(cfg["device"]))
+    return Setup(bundle, partition, model_fn, loss, device or resolve_device(cfg["device"]))
 
 
 def make_runtime(cfg: Mapping[str, Any], *, label: str) -> Runtime:
@@ -140,7 +141,7 @@ def check_setup(cfg: Mapping[str, Any]) -> Setup:
     forward pass imports torch's meta kernels: 1.2 s measured, about what building a ResNet-18
     on the CPU costs here, 1.1 s with torchvision's import, and far more than an MLP.)
     """
-    setup = prepare(cfg)
+    setup = prepare(cfg, device=torch.device("cpu"))  # the trial's node resolves its device (a GPU the driver may lack)
     model = setup.model_fn()
     check_model(model, cfg)
     sample = setup.bundle.train.x[:2]

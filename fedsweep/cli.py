@@ -215,7 +215,7 @@ def tune_main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value Hydra overrides, after the file's own")
     parser.add_argument("--name", default=None, help="the sweep's name (results/<name>/), instead of the file's")
     parser.add_argument("--results", default=str(RESULTS_DIR), help="where results/<name>/ goes (default: results)")
-    parser.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: the Ray `fedsweep ray start` keeps, else a new local Ray)")
     parser.add_argument("--config-dir", action="append", default=[], metavar="DIR",
                         help="a folder of your own config groups and options, joining Hydra's search path (repeatable)")  # fmt: skip
     args = parser.parse_args(argv)

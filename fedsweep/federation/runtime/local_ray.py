@@ -70,8 +70,9 @@ def start(*, num_cpus: float | None = None, dashboard: bool = False, object_stor
     gcs = [pid for pid in pids if _name(pid) == "gcs_server"]
     if done.returncode != 0 or not gcs:
         _end(temp_dir)
-        lines = [line for line in (done.stderr + done.stdout).splitlines() if "Error" in line or "error" in line]
-        raise RunError(f"`ray start --head` failed: {(lines or ['exit code %d' % done.returncode])[-1].strip()[:300]}")
+        lines = [line for line in (done.stderr + done.stdout).splitlines() if "error" in line.lower()]
+        last = lines[-1].strip()[:300] if lines else f"exit code {done.returncode}"
+        raise RunError(f"`ray start --head` failed: {last}")
     state = {
         "address": f"{LOOPBACK}:{port}",
         "temp_dir": temp_dir,
@@ -202,8 +203,8 @@ def describe(state: dict) -> str:
     """The kept Ray in a few lines (``fedsweep ray start`` and ``status``)."""
     up = time.time() - state.get("started", time.time())
     lines = [
-        f"local Ray at {state['address']} (owner {state.get('owner')}, up {up / 60:.0f} min, "
-        f"authentication {state.get('auth')}, {len(state.get('pids', []))} processes)",
+        (f"local Ray at {state['address']} (owner {state.get('owner')}, up {up / 60:.0f} min, "
+         f"authentication {state.get('auth')}, {len(state.get('pids', []))} processes)"),
         f"  session: {state.get('session_dir')}",
         f"  state file: {state_path()}",
     ]

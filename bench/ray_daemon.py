@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -75,6 +76,8 @@ def main(pairs: int) -> None:
         os.environ["FEDSWEEP_STATE_DIR"] = kept_dir
         _, count = local_ray.stop()
         print(f"kept Ray stopped ({count} processes)")
+        shutil.rmtree(kept_dir, ignore_errors=True)
+        shutil.rmtree(empty_dir, ignore_errors=True)
     for which, label in (("kept", "with a kept Ray"), ("own", "starting its own Ray")):
         rows = runs[which]
         round1 = statistics.median(r["first_round"] - r["spawned"] for r in rows)

@@ -1,5 +1,6 @@
 """The ``fedsweep`` command: ``fedsweep run key=value …`` and ``fedsweep tune sweeps/x.yaml …``
-(the same as ``python -m fedsweep.run …`` and ``python -m fedsweep.tune …``). Everything here is
+(the same as ``python -m fedsweep.run …`` and ``python -m fedsweep.tune …``), and ``fedsweep ray
+start|status|stop`` (a local Ray kept running between commands). Everything here is
 argument handling and printing; the work is ``fedsweep.experiment`` and ``fedsweep.sweep``."""
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def kept(log_dir: Path, overrides: list[str]) -> str:
     return f"; checkpoint of round {saved[-1]} kept, continue with: {' '.join(command)}"
 
 
-USAGE = "usage: fedsweep run [key=value ...] | fedsweep tune SWEEP_FILE [key=value ...] [--name NAME] [--results DIR]"
+USAGE = ("usage: fedsweep run [key=value ...] | fedsweep tune SWEEP_FILE [key=value ...] [--name NAME] [--results DIR]"
+         " | fedsweep ray start|status|stop")
 
 
 def sigterm_as_ctrl_c() -> None:
@@ -56,11 +58,45 @@ def sigterm_as_ctrl_c() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] not in ("run", "tune"):
+    if not args or args[0] not in ("run", "tune", "ray"):
         print(USAGE, file=sys.stderr)
         return 0 if args and args[0] in ("-h", "--help") else 2
+    if args[0] == "ray":
+        return ray_main(args[1:])
     sigterm_as_ctrl_c()
     return run_main(args[1:]) if args[0] == "run" else tune_main(args[1:])
+
+
+def ray_main(argv: list[str]) -> int:
+    """``fedsweep ray start|status|stop``: a local Ray that every later ``fedsweep run runtime=ray``
+    and ``fedsweep tune`` joins (unless given an address), kept until ``fedsweep ray stop``."""
+    parser = argparse.ArgumentParser(prog="fedsweep ray", description=ray_main.__doc__)
+    parser.add_argument("action", choices=["start", "status", "stop"])
+    parser.add_argument("--num-cpus", type=float, default=None, help="CPUs it offers (default: the machine's)")
+    parser.add_argument("--dashboard", action="store_true", help="with Ray's dashboard (+~1 GB), on 127.0.0.1")
+    parser.add_argument("--object-store-memory", type=int, default=None, metavar="BYTES",
+                        help="its object store's size (default: Ray's, 30%% of memory)")  # fmt: skip
+    args = parser.parse_args(argv)
+    from fedsweep.federation.runtime import local_ray
+
+    try:
+        if args.action == "start":
+            state = local_ray.start(num_cpus=args.num_cpus, dashboard=args.dashboard,
+                                    object_store_memory=args.object_store_memory)  # fmt: skip
+            print(("already running: " if state.get("already") else "started: ") + local_ray.describe(state))
+            print("every `fedsweep run runtime=ray` and `fedsweep tune` now joins it; `fedsweep ray stop` ends it")
+        elif args.action == "status":
+            state = local_ray.status()
+            print(local_ray.describe(state) if state else "no local Ray kept (start one with `fedsweep ray start`)")
+            return 0 if state else 1
+        else:
+            state, count = local_ray.stop()
+            print(f"stopped the local Ray at {state.get('address', '?')} ({count} processes)" if state
+                  else "no local Ray kept: nothing to stop")  # fmt: skip
+    except RunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def split_config_dirs(args: list[str]) -> tuple[list[str], list[str]]:
@@ -179,7 +215,7 @@ def tune_main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value Hydra overrides, after the file's own")
     parser.add_argument("--name", default=None, help="the sweep's name (results/<name>/), instead of the file's")
     parser.add_argument("--results", default=str(RESULTS_DIR), help="where results/<name>/ goes (default: results)")
-    parser.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: the Ray `fedsweep ray start` keeps, else a new local Ray)")
     parser.add_argument("--config-dir", action="append", default=[], metavar="DIR",
                         help="a folder of your own config groups and options, joining Hydra's search path (repeatable)")  # fmt: skip
     args = parser.parse_args(argv)

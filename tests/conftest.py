@@ -5,12 +5,15 @@ thread spins against the Ray workers the tests start (shared helpers: ``tests/he
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# tests never join a Ray that `fedsweep ray start` keeps for its user: an empty state folder
+os.environ["FEDSWEEP_STATE_DIR"] = tempfile.mkdtemp(prefix="fedsweep-test-state-")
 torch.set_num_threads(1)
 
 

@@ -33,7 +33,8 @@ LOOPBACK = "127.0.0.1"
 
 def init_ray(address: str | None, *, dashboard: bool, trial_output: bool = False):
     """``ray.init`` for fedsweep runs and sweeps. Joining a cluster (``address``, or Ray's
-    ``RAY_ADDRESS``) keeps the cluster's settings. A new local Ray is a single-machine Ray:
+    ``RAY_ADDRESS``) keeps the cluster's settings. Otherwise the local Ray that ``fedsweep ray
+    start`` keeps running (``local_ray``) is joined when there is one. A new local Ray is a single-machine Ray:
     every service of it (GCS, raylet, object manager, workers, agents, dashboard) listens on
     127.0.0.1 only, and it passes objects up to ``INLINE_BYTES`` inline.
 
@@ -53,6 +54,11 @@ def init_ray(address: str | None, *, dashboard: bool, trial_output: bool = False
         except (ConnectionError, RuntimeError, ValueError) as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise RunError(f"cannot join the Ray cluster at {where}: {first[:200]}") from None
+    from fedsweep.federation.runtime.ray_state import running_ray
+
+    kept = running_ray()  # the local Ray of `fedsweep ray start`, if alive
+    if kept is not None:
+        return _join_kept(kept, dashboard=dashboard, trial_output=trial_output)
     import ray
 
     with _single_machine(), _keep_sigterm():
@@ -67,6 +73,27 @@ def init_ray(address: str | None, *, dashboard: bool, trial_output: bool = False
         ray.shutdown()
         raise RunError(f"Ray did not start on {LOOPBACK}; refusing to run with its services on other interfaces")
     return context
+
+
+def _join_kept(kept: dict, *, dashboard: bool, trial_output: bool):
+    """Join the local Ray that ``fedsweep ray start`` keeps (``local_ray``): on loopback, with its
+    authentication mode (Ray enables token authentication only for a Ray it finds itself, not
+    for an address given, and reads the mode once: it is refreshed here)."""
+    import ray
+
+    if kept.get("auth") == "token" and "RAY_AUTH_MODE" not in os.environ:
+        from ray._raylet import Config  # ray is pinned (pyproject.toml)
+
+        os.environ["RAY_AUTH_MODE"] = "token"
+        Config.initialize("")
+    print(f"Ray: the local Ray of `fedsweep ray start` at {kept['address']}")
+    try:
+        with _single_machine(), _keep_sigterm():
+            return ray.init(address=kept["address"], include_dashboard=dashboard, log_to_driver=trial_output)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise RunError(f"cannot join the local Ray of `fedsweep ray start` at {kept['address']}: {first[:200]} "
+                       "(`fedsweep ray stop` ends it)") from None  # fmt: skip
 
 
 PROBE_SECONDS = 5.0

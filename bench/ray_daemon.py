@@ -1,0 +1,102 @@
+"""Start-up of ``fedsweep run runtime=ray`` with and without a kept local Ray (``fedsweep ray start``).
+
+    python bench/ray_daemon.py        # 3 pairs, interleaved
+    python bench/ray_daemon.py 5      # 5 pairs
+
+The workload: the default config (digits, MLP, VRCS), ``runtime=ray rounds=1``. A fresh process
+does what ``python -m fedsweep.run`` does (compose and check the config, which imports torch,
+then ``run_experiment``); the time is from just before it is spawned to the end of round 1,
+split into interpreter and imports, config checks, Ray (``ray.init``: a new Ray, or joining the
+kept one), data, workers (the pool's actors importing torch) and round 1. The kept Ray is started
+once here (``local_ray.start``, in a private state folder) and stopped at the end by pid; the
+runs without it see an empty state folder. Pairs alternate which goes first.
+
+Target (issue 18): with a kept Ray, the end of round 1 in <= 2.5 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+PHASES = ("imported", "checked", "ray", "data", "workers", "first_round")
+
+
+def child(spawned: float) -> None:
+    imported = time.time()
+    from fedsweep.experiment.config import compose, to_container, validate
+    from fedsweep.experiment.loop import run_experiment
+
+    cfg = to_container(compose(["runtime=ray", "rounds=1"]))
+    validate(cfg)
+    checked = time.time()
+    timings: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as log_dir:
+        run_experiment(cfg, log_dir=log_dir, progress=False, timings=timings)
+    print(json.dumps({"spawned": spawned, "imported": imported, "checked": checked, **timings}))
+
+
+def one_run(state_dir: str) -> dict:
+    env = {**os.environ, "FEDSWEEP_STATE_DIR": state_dir}
+    spawned = time.time()
+    done = subprocess.run([sys.executable, __file__, "--child", repr(spawned)], env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    if done.returncode != 0:
+        raise SystemExit(done.stderr[-3000:])
+    stamps = json.loads(done.stdout.strip().splitlines()[-1])
+    stamps["exited"] = time.time()
+    return stamps
+
+
+def main(pairs: int) -> None:
+    from fedsweep.federation.runtime import local_ray
+
+    kept_dir, empty_dir = tempfile.mkdtemp(prefix="fsb-kept-"), tempfile.mkdtemp(prefix="fsb-none-")
+    os.environ["FEDSWEEP_STATE_DIR"] = kept_dir
+    loads = [os.getloadavg()[0]]
+    began = time.time()
+    state = local_ray.start()
+    print(f"kept Ray started in {time.time() - began:.1f} s at {state['address']}", flush=True)
+    runs: dict[str, list[dict]] = {"kept": [], "own": []}
+    try:
+        for i in range(pairs):
+            order = ("kept", "own") if i % 2 == 0 else ("own", "kept")
+            for which in order:
+                stamps = one_run(kept_dir if which == "kept" else empty_dir)
+                runs[which].append(stamps)
+                loads.append(os.getloadavg()[0])
+                print(f"{which}: {_line(stamps)}  (load {loads[-1]:.2f})", flush=True)
+    finally:
+        os.environ["FEDSWEEP_STATE_DIR"] = kept_dir
+        _, count = local_ray.stop()
+        print(f"kept Ray stopped ({count} processes)")
+        shutil.rmtree(kept_dir, ignore_errors=True)
+        shutil.rmtree(empty_dir, ignore_errors=True)
+    for which, label in (("kept", "with a kept Ray"), ("own", "starting its own Ray")):
+        rows = runs[which]
+        round1 = statistics.median(r["first_round"] - r["spawned"] for r in rows)
+        total = statistics.median(r["exited"] - r["spawned"] for r in rows)
+        each = ", ".join(f"{r['first_round'] - r['spawned']:.2f}" for r in rows)
+        print(f"{label}: end of round 1 median {round1:.2f} s (runs {each}); "
+              f"process exit median {total:.2f} s")  # fmt: skip
+    print(f"1-min load average: {', '.join(f'{x:.2f}' for x in loads)}")
+
+
+def _line(stamps: dict) -> str:
+    points = [stamps["spawned"], *(stamps[p] for p in PHASES)]
+    parts = " + ".join(f"{b - a:.2f}" for a, b in zip(points, points[1:]))
+    return (f"round 1 ends at {stamps['first_round'] - stamps['spawned']:.2f} s ({parts}: imports, config, Ray, "
+            f"data, workers, round 1); exit at {stamps['exited'] - stamps['spawned']:.2f} s")  # fmt: skip
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:
+        child(float(sys.argv[2]))
+    else:
+        main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)

@@ -92,8 +92,20 @@ def unwritable(request, tmp_path) -> Iterator[tuple[Path, str]]:
         folder.chmod(0o755)
 
 
-def test_unwritable_run_folder_stops_before_ray(unwritable, tmp_path, capsys):
+def no_ray_start(monkeypatch) -> bool:
+    """Make any ``ray.init`` fail the test; returns whether Ray was already up (a session's)."""
+    import ray
+
+    def started(*args, **kwargs):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(ray, "init", started)
+    return ray.is_initialized()
+
+
+def test_unwritable_run_folder_stops_before_ray(unwritable, tmp_path, capsys, monkeypatch):
     results, cause = unwritable
+    was_up = no_ray_start(monkeypatch)
     before = sorted(tmp_path.rglob("*"))
     assert run_main(["runtime=ray", "rounds=1", f"log_dir={results / 'run'}"]) == 2
     (line,) = error_lines(capsys.readouterr().err)
@@ -101,11 +113,12 @@ def test_unwritable_run_folder_stops_before_ray(unwritable, tmp_path, capsys):
     assert sorted(tmp_path.rglob("*")) == before  # no probe left, no folder made
     import ray
 
-    assert not ray.is_initialized()
+    assert ray.is_initialized() == was_up
 
 
-def test_unwritable_sweep_folder_stops_before_ray(unwritable, tmp_path, capsys):
+def test_unwritable_sweep_folder_stops_before_ray(unwritable, tmp_path, capsys, monkeypatch):
     results, cause = unwritable
+    was_up = no_ray_start(monkeypatch)
     sweep = tmp_path / "s.yaml"
     sweep.write_text("name: s\noverrides: [runtime=ray, rounds=1]\ngrid:\n  method.theta: [0.5]\n")
     before = sorted(tmp_path.rglob("*"))
@@ -115,7 +128,7 @@ def test_unwritable_sweep_folder_stops_before_ray(unwritable, tmp_path, capsys):
     assert sorted(tmp_path.rglob("*")) == before
     import ray
 
-    assert not ray.is_initialized()
+    assert ray.is_initialized() == was_up
 
 
 @pytest.mark.slow

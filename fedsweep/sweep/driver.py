@@ -265,6 +265,7 @@ def _run_sweep(sweep: Sweep, base, grid, points, exp_dir: Path, *, results_dir: 
                     raise
                 guard.error = guard.error or found
     finally:
+        guard.release()
         if started:
             with quiet_on_disk(guard):
                 ray.shutdown()

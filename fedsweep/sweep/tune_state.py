@@ -2,10 +2,12 @@
 resumed once space is freed.
 
 Ray Tune copies its experiment state (``experiment_state-*.json``: every trial, its config
-and its checkpoints) into the sweep's folder without a temporary file: a full disk leaves it
-cut short, and a resumed Tune that cannot read it starts the experiment anew from a broken
+and its checkpoints; ``basic-variant-state-*.json``: how far the grid search got) into the
+sweep's folder without a temporary file: a full disk leaves them cut short, and a resumed Tune that cannot read it starts the experiment anew from a broken
 search state (``KeyError: 'runtime'``, Ray 2.60). :class:`DiskGuard` keeps a whole copy of the
 newest readable state beside it, and :func:`repair_state` puts that copy back before a resume.
+It also holds a little space in reserve (``.reserve``, :data:`RESERVE` bytes) and frees it at the
+first disk error, so that Tune's own last save of its state on the way out has room to land whole.
 The guard also stops the sweep at the first disk error (a trial's, or the driver's own) the
 way Ctrl-C does, Tune's graceful stop (SIGUSR1): trials keep their checkpoints, and running
 the same command again continues them.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickletools
 import re
 import signal
 from collections.abc import Iterator
@@ -26,8 +29,10 @@ from ray.tune import Callback
 
 from fedsweep.core.disk import CAUSES, DiskError, cause
 
-STATE = "experiment_state-*.json"
+STATES = ("experiment_state-*.json", "basic-variant-state-*.json")  # the trials; the grid search's position
+# (the second is a cloudpickle despite its name: checked whole by its opcodes, never unpickled)
 WHOLE = ".whole-"  # prefix of the kept copy of a state file, in the sweep's folder
+RESERVE = 256 * 1024  # bytes held back for Tune's last save of its state (a few KB per trial)
 _DISK_TEXT = re.compile("|".join(re.escape(text) for text in ("No space left on device", "Read-only file system",
                                                               "Disk quota exceeded", *CAUSES.values())), re.I)  # fmt: skip
 _PATH = re.compile(r"cannot write (\S+): ")
@@ -67,9 +72,21 @@ class DiskGuard(Callback):
         self.exp_dir = Path(exp_dir)
         self.error: str | None = None
         self._seen: dict[str, tuple[int, int]] = {}
+        self.reserve = self.exp_dir / ".reserve"
+        try:  # best effort: a disk already too full for it stops the sweep at its first write anyway
+            with open(self.reserve, "wb") as fh:
+                fh.write(b"\0" * RESERVE)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError:
+            self.release()
+
+    def release(self) -> None:
+        """Give the reserved space back (at the first disk error, and when the sweep ends)."""
+        self.reserve.unlink(missing_ok=True)
 
     def on_step_begin(self, iteration: int, trials: list, **info) -> None:
-        for path in self.exp_dir.glob(STATE):
+        for path in (p for pattern in STATES for p in self.exp_dir.glob(pattern)):
             try:
                 stat = path.stat()
             except OSError:
@@ -100,6 +117,7 @@ class DiskGuard(Callback):
         """Stop the sweep as Ctrl-C does (Tune's graceful stop), once."""
         if self.error is None:
             self.error = error
+            self.release()  # room for Tune's last save of its state
             os.kill(os.getpid(), signal.SIGUSR1)
 
 
@@ -139,13 +157,27 @@ def quiet_on_disk(guard: DiskGuard) -> Iterator[None]:
             handler.removeFilter(quiet)
 
 
+def is_whole(path: Path, data: bytes) -> bool:
+    """Whether a Tune state file's bytes are complete: JSON that parses, or a pickle whose opcodes
+    run to its STOP (read by ``pickletools``, which executes nothing)."""
+    try:
+        if path.name.startswith("basic-variant-state-"):
+            ops = list(pickletools.genops(data))
+            return bool(ops) and ops[-1][0].name == "STOP"
+        json.loads(data)
+        return True
+    except Exception:  # noqa: BLE001 - any parse failure: a file cut short
+        return False
+
+
 def keep_whole(path: Path) -> None:
-    """Copy ``path`` (a Tune state file) to its ``.whole-`` copy if it reads as JSON; a copy
+    """Copy ``path`` (a Tune state file) to its ``.whole-`` copy if it is complete; a copy
     that cannot be written (the disk is full) leaves the previous one."""
     try:
         text = path.read_bytes()
-        json.loads(text)
-    except (OSError, ValueError):
+    except OSError:
+        return
+    if not is_whole(path, text):
         return
     whole = path.with_name(WHOLE + path.name)
     tmp = whole.with_suffix(".tmp")
@@ -166,12 +198,9 @@ def repair_state(exp_dir: Path) -> str | None:
     from fedsweep.core.errors import ConfigError
 
     repaired = []
-    for path in sorted(exp_dir.glob(STATE)):
-        try:
-            json.loads(path.read_bytes())
+    for path in sorted(p for pattern in STATES for p in exp_dir.glob(pattern)):
+        if is_whole(path, path.read_bytes()):
             continue
-        except ValueError:
-            pass
         whole = path.with_name(WHOLE + path.name)
         if not whole.exists():
             raise ConfigError(f"Ray Tune's state {path} is damaged and no whole copy is kept; "

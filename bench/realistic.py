@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -181,7 +182,8 @@ def child(variant: str, opts: dict, spawned: float) -> None:
 
 def spawn(variant: str, opts: dict, env: dict[str, str]) -> dict:
     """Run one variant's child; its JSON result with the tree's peak PSS and its exit time."""
-    env = {**os.environ, **env, "RAY_TMPDIR": tempfile.mkdtemp(prefix="fedsweep-realistic-")}
+    ray_dir = tempfile.mkdtemp(prefix="fedsweep-realistic-")  # this child's Ray only
+    env = {**os.environ, **env, "RAY_TMPDIR": ray_dir}
     spawned = time.time()
     proc = subprocess.Popen([sys.executable, __file__, "--child", variant, json.dumps(opts), repr(spawned)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
@@ -189,6 +191,7 @@ def spawn(variant: str, opts: dict, env: dict[str, str]) -> dict:
     out, err = proc.communicate(timeout=3600)
     exited = time.time()
     peak = sampler.stop()
+    shutil.rmtree(ray_dir, ignore_errors=True)
     lines = [line for line in out.splitlines() if line.startswith(MARK)]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{variant} failed ({proc.returncode}):\n{err[-3000:]}")

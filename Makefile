@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SWEEP ?= sweeps/vrcs_grid.yaml
 
-.PHONY: sweep test bench bench-scale bench-sweep install
+.PHONY: sweep test bench bench-scale bench-sweep bench-realistic install
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,3 +30,6 @@ bench-scale: $(VENV)/.installed
 
 bench-sweep: $(VENV)/.installed
 	$(PY) bench/sweep.py
+
+bench-realistic: $(VENV)/.installed
+	$(PY) bench/realistic.py

@@ -102,6 +102,30 @@ def test_unknown_dataset_names_it_and_lists_known() -> None:
     assert all(name in msg for name in DATASETS)
 
 
+# ---------------------------------------------------------------- random images (speed tests)
+
+
+def test_random_images_shapes_seeding_and_config() -> None:
+    from fedsweep.experiment.build import load_data
+    from fedsweep.experiment.config import compose, to_container, validate
+    from fedsweep.task import random_images
+
+    a = random_images(num_examples=30, test_examples=7, shape=(3, 12, 10), num_classes=4, seed=1)
+    assert a.input_shape == (3, 12, 10) and a.num_classes == 4
+    assert a.train.x.shape == (30, 3, 12, 10) and a.train.x.dtype == torch.float32 and len(a.test) == 7
+    assert a.train.y.dtype == torch.int64 and set(a.train.y.tolist()) <= {0, 1, 2, 3}
+    b = random_images(num_examples=30, test_examples=7, shape=(3, 12, 10), num_classes=4, seed=1)
+    c = random_images(num_examples=30, test_examples=7, shape=(3, 12, 10), num_classes=4, seed=2)
+    assert torch.equal(a.train.x, b.train.x) and torch.equal(a.test.y, b.test.y)
+    assert not torch.equal(a.train.x, c.train.x)
+    with pytest.raises(ConfigError, match=r"data.shape must be \(C, H, W\)"):
+        random_images(shape=(32, 32))
+    cfg = to_container(compose(["data=random_images", "data.num_examples=40", "data.test_examples=5", "seed=3"]))
+    validate(cfg)
+    bundle = load_data(cfg)
+    assert bundle.input_shape == (3, 32, 32) and len(bundle.train) == 40 and len(bundle.test) == 5
+
+
 # ---------------------------------------------------------------- CIFAR-10 (offline)
 
 CIFAR_MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)

@@ -20,10 +20,24 @@ def test_output_shape(name: str, shape: tuple[int, int, int]) -> None:
         with pytest.raises(ConfigError, match="model=lenet needs inputs of at least 16x16"):
             build_model(name, input_shape=shape, num_classes=7, seed=0)
         return
+    if name == "cifar_cnn" and shape[1] < 10:
+        with pytest.raises(ConfigError, match="model=cifar_cnn needs inputs of at least 10x10"):
+            build_model(name, input_shape=shape, num_classes=7, seed=0)
+        return
     model = build_model(name, input_shape=shape, num_classes=7, seed=0).eval()
     with torch.no_grad():
         out = model(torch.randn(2, *shape))
     assert out.shape == (2, 7)
+
+
+def test_cifar_cnn_is_pfl_researchs_benchmark_cnn() -> None:
+    model = build_model("cifar_cnn", input_shape=(3, 32, 32), num_classes=10)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.padding) for c in convs] == [
+        (3, 32, (3, 3), (0, 0)), (32, 64, (3, 3), (0, 0))]  # fmt: skip
+    assert [(m.in_features, m.out_features) for m in linears] == [(2304, 128), (128, 10)]
+    assert sum(p.numel() for p in model.parameters()) == 315_722
 
 
 @pytest.mark.parametrize("norm", ["group", "none"])

@@ -10,11 +10,12 @@ from fedsweep.task.datasets import (
     load_digits,
     load_fashion_mnist,
     load_mnist,
+    random_images,
 )
 from fedsweep.task.partitions import Partition
 from fedsweep.task.vrcs_partitions import SCHEMES, make_partition
 
 __all__ = [
     "DATASETS", "DataBundle", "Dataset", "load_dataset", "load_digits", "load_fashion_mnist", "load_mnist",
-    "load_cifar10", "SCHEMES", "Partition", "make_partition",
+    "load_cifar10", "random_images", "SCHEMES", "Partition", "make_partition",
 ]  # fmt: skip

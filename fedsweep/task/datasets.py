@@ -17,9 +17,12 @@ name               source and split
 ``mnist``          torchvision ``MNIST(download=True)``, official split.
 ``cifar10``        CIFAR-10 python batches, official 50k/10k split,
                    per-channel normalisation.
+``random_images``  standard normal pixels and uniform labels from a seeded
+                   generator, any shape and size: for speed tests (speed does
+                   not depend on the values), e.g. CIFAR-10's shape.
 =================  ==========================================================
 
-``seed`` and ``test_fraction`` only affect ``digits`` (the others have an official split).
+``seed`` and ``test_fraction`` only affect ``digits`` (and ``seed`` ``random_images``) (the others have an official split).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ import torch
 from fedsweep.core.checks import shown
 from fedsweep.core.errors import ConfigError
 
-DATASETS: tuple[str, ...] = ("digits", "fashion_mnist", "mnist", "cifar10")
+DATASETS: tuple[str, ...] = ("digits", "fashion_mnist", "mnist", "cifar10")  # by name in load_dataset
 
 DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 """Where Debian's ``dataset-fashion-mnist`` installs the original IDX files."""
@@ -272,6 +275,35 @@ def load_cifar10(root: str | os.PathLike) -> DataBundle:
         input_shape=(3, 32, 32),
         num_classes=10,
     )
+
+
+def random_images(
+    *,
+    num_examples: int = 50_000,
+    test_examples: int = 2_000,
+    shape: Sequence[int] = (3, 32, 32),
+    num_classes: int = 10,
+    seed: int = 0,
+) -> DataBundle:
+    """Random images for speed tests: N(0, 1) float32 pixels of ``shape`` and labels uniform over
+    ``num_classes``, from ``torch.Generator().manual_seed(seed)`` (the same data for the same
+    arguments). The defaults have CIFAR-10's shape and training-set size, as in pfl-research's
+    simulator benchmark; the values carry no signal."""
+    shape = tuple(shape)
+    if not (len(shape) == 3 and all(isinstance(s, int) and s > 0 for s in shape)):
+        raise ConfigError(f"data.shape must be (C, H, W) of positive ints, got data.shape={list(shape)}")
+    for key, value, low in (("num_examples", num_examples, 1), ("test_examples", test_examples, 1),
+                            ("num_classes", num_classes, 2)):  # fmt: skip
+        if not (isinstance(value, int) and value >= low):
+            raise ConfigError(f"data.{key} must be an integer >= {low}, got data.{key}={value!r}")
+    gen = torch.Generator().manual_seed(int(seed))
+
+    def draw(n: int) -> Dataset:
+        x = torch.randn((n, *shape), generator=gen)
+        return Dataset(x=x, y=torch.randint(num_classes, (n,), generator=gen))
+
+    train = draw(num_examples)
+    return DataBundle("random_images", train=train, test=draw(test_examples), input_shape=shape, num_classes=num_classes)
 
 
 def _idx_bundle(name: str, parts: Sequence, mean_std: tuple[float, float]) -> DataBundle:

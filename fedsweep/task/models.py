@@ -13,6 +13,10 @@ is deterministic for the run's seed (:func:`seeded`).
                            conv3x3(32->64) -> norm -> act -> AdaptiveAvgPool(4x4)
                            -> Linear(hidden) -> act -> Linear(num_classes). Works
                            for 8x8, 28x28 and 32x32 inputs.
+``fedsweep.task.models.cifar_cnn``  pfl-research's CIFAR-10 benchmark CNN: conv3x3(C->32) ->
+                           ReLU -> maxpool 2 -> conv3x3(32->64) -> ReLU -> maxpool 2 ->
+                           Linear(hidden=128) -> ReLU -> Linear(num_classes); no padding,
+                           no normalisation (Linear(2304, 128) on 32x32 inputs).
 ``fedsweep.task.models.lenet``  NIID-Bench's CNN for (Fashion-)MNIST: conv5(6) → pool →
                            conv5(16) → pool → Linear(120) → Linear(84) → classes, ReLU.
 ``fedsweep.task.models.resnet18``  torchvision ``resnet18(num_classes)`` with conv1 a 3x3
@@ -84,6 +88,25 @@ def cnn(
     )
 
 
+def cifar_cnn(*, input_shape: Sequence[int], num_classes: int, hidden: int = 128) -> nn.Module:
+    """The CNN of pfl-research's simulator benchmark on CIFAR-10 (Granlund et al., "pfl-research:
+    simulation framework for accelerating research in Private Federated Learning", 2024,
+    arXiv:2404.06430): conv3(C→32) → ReLU → maxpool 2 → conv3(32→64) → ReLU → maxpool 2 →
+    Linear(hidden) → ReLU → Linear(num_classes), unpadded; 2304 features before the first
+    Linear on 32×32 inputs (0.32 M parameters with hidden = 128)."""
+    shape, num_classes = _check_sizes(input_shape, num_classes, hidden, image=True)
+    height, width = (((side - 2) // 2 - 2) // 2 for side in shape[1:])
+    if min(height, width) < 1:
+        raise ConfigError(f"model=cifar_cnn needs inputs of at least 10x10, got input_shape={tuple(shape)}")
+    return nn.Sequential(
+        nn.Conv2d(shape[0], 32, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * height * width, hidden), nn.ReLU(),
+        nn.Linear(hidden, num_classes),
+    )  # fmt: skip
+
+
 def lenet(*, input_shape: Sequence[int], num_classes: int) -> nn.Module:
     """NIID-Bench's CNN for (Fashion-)MNIST (``SimpleCNNMNIST``, Li et al. 2022, arXiv 2102.02079):
     conv5(C→6) → ReLU → maxpool 2 → conv5(6→16) → ReLU → maxpool 2 → Linear(120) → ReLU →
@@ -113,7 +136,8 @@ def resnet18(*, input_shape: Sequence[int], num_classes: int, norm: Norm = "grou
     return model
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": cnn, "lenet": lenet, "resnet18": resnet18}
+MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": cnn, "cifar_cnn": cifar_cnn, "lenet": lenet,
+                                               "resnet18": resnet18}  # fmt: skip
 
 
 def seeded(factory: Callable[..., nn.Module], seed: int | None, **kwargs: Any) -> nn.Module:
@@ -126,7 +150,7 @@ def seeded(factory: Callable[..., nn.Module], seed: int | None, **kwargs: Any) -
 
 
 def build_model(name: str, *, seed: int | None = None, **kwargs: Any) -> nn.Module:
-    """Built-in model ``name`` (``mlp``, ``cnn``, ``lenet``, ``resnet18``), seeded: a shortcut for tests and notebooks."""
+    """Built-in model ``name`` (``mlp``, ``cnn``, ``cifar_cnn``, ``lenet``, ``resnet18``), seeded: a shortcut for tests and notebooks."""
     if name not in MODELS:
         raise ConfigError(f"unknown model name={shown(name)}; known: {', '.join(MODELS)}")
     return seeded(MODELS[name], seed, **kwargs)

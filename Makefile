@@ -1,6 +1,6 @@
 # Two commands take a fresh machine to a running sweep and to a passing test suite:
 #   make sweep   # create .venv if missing, install, run sweeps/vrcs_grid.yaml
-#   make test    # create .venv if missing, install, run the whole test suite
+#   make test    # create .venv if missing, install, run the whole test suite on both cores
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python

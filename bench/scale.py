@@ -37,6 +37,8 @@ import tempfile
 import threading
 import time
 
+from process_tree import descendants, pss_kb  # bench/process_tree.py (this folder is on sys.path)
+
 ROUNDS = 40
 WARMUP = 10  # rounds left out of the per-round medians (caches, allocator, first calls)
 KS = (4, 16, 64, 256, 1024)
@@ -132,32 +134,6 @@ def pool_child(k: int, rounds: int, spawned: float) -> None:
     checked_at = time.time()
     per_round, timings = run_seconds(cfg)
     print(json.dumps({"spawned": spawned, "imported": imported_at, "checked": checked_at, "per_round": per_round, **timings}))
-
-
-def pss_kb(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            return next(int(line.split()[1]) for line in fh if line.startswith("Pss:"))
-    except (OSError, StopIteration, ValueError):
-        return 0  # the process ended meanwhile
-
-
-def descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
 
 
 def pool_run(k: int, rounds: int) -> dict:

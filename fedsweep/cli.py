@@ -31,6 +31,7 @@ def resume_checkpoint(cfg: dict) -> dict | None:
     check_config(payload, cfg, path)
     return payload
 
+
 def kept(log_dir: Path, overrides: list[str]) -> str:
     """What a stopped run kept and the command that continues it (``""`` without a checkpoint)."""
     from fedsweep.experiment.checkpoint import checkpoint_path, saved_rounds

@@ -246,7 +246,12 @@ def _tune_main(args: argparse.Namespace, run_sweep, load_sweep) -> int:
         return 1
     failed = int((table["status"] == "error").sum()) if len(table) else 0
     if failed:
-        print(f"error: {failed} trial(s) failed; Ray Tune's error files are in {exp_dir}", file=sys.stderr)
+        reasons = table.attrs.get("reasons", [])
+        if len(reasons) < failed:  # crashed: Tune's tracebacks
+            why = f"; Ray Tune's error files are in {exp_dir}"
+        else:
+            why = f": {reasons[0]}" if len(set(reasons)) == 1 else " (each one's reason on its line above)"
+        print(f"error: {failed} trial(s) failed{why}", file=sys.stderr)
         return 1
     if table.attrs.get("unfinished"):  # stopped (Ctrl-C): its state is saved for the resume
         print("resume with: " + " ".join(tune_command(args)))

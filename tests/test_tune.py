@@ -65,14 +65,19 @@ def test_sweep_end_to_end_and_resume(ray_session, tmp_path):
 
 def test_a_failing_trial_makes_the_sweep_exit_non_zero(ray_session, tmp_path, capsys):
     """A value only the trial's node can refute (a CUDA device on a machine without one: the
-    driver may lack the GPUs a cluster's nodes have) fails its trial, not the sweep's start."""
+    driver may lack the GPUs a cluster's nodes have) fails its trial, not the sweep's start: in
+    one line, once (the same on every retry, so Tune does not retry it)."""
     from fedsweep.cli import tune_main as main
 
     path = tmp_path / "bad.yaml"
     path.write_text("name: bad\noverrides: [runtime=ray, rounds=1, device=cuda]\ngrid:\n  method.theta: [0.5]\n")
     assert main([str(path), "--results", str(tmp_path / "results")]) == 1
-    assert "1 trial(s) failed" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    reason = "device=cuda but torch finds no CUDA device here"
+    assert f"error: 1 trial(s) failed: {reason}" in err and "Traceback" not in err, err
+    assert f"[#0 theta=0.5] error: {reason}" in out, out  # the trial's one line
     assert "error" in (tmp_path / "results" / "bad" / "results.csv").read_text()
+    assert not list((tmp_path / "results" / "bad").rglob("error.txt"))  # a result, not a crash Tune retries
 
 
 def test_a_value_the_data_refutes_stops_the_sweep_before_ray(tmp_path, monkeypatch, capsys):

@@ -26,7 +26,7 @@ from typing import Any
 
 from fedsweep.core.disk import DiskError, check_writable, writing
 from fedsweep.experiment.config import resolve_runtime, uses_ray
-from fedsweep.core.errors import ConfigError, DivergedError
+from fedsweep.core.errors import ConfigError, DivergedError, SolverError
 from fedsweep.experiment.metrics import EVERY_ROUND
 from fedsweep.sweep.sweep_file import Sweep
 from fedsweep.sweep.grid import expand, param_space, short_label, trial_count
@@ -122,13 +122,24 @@ def _trial(config: dict[str, Any], *, tensorboard_root: str, share: dict[str, fl
         else:
             tune.report(metrics)
 
+    reached = {"round": 0.0}
+
+    def report_and_track(metrics: dict[str, float]) -> None:
+        reached["round"] = float(metrics["round"])
+        report(metrics)
+
+    # Results, not crashes: the table marks the trial and does not rank it; NaN for the metrics a
+    # search or scheduler may follow. The driver prints the reason, one line (a trial's last
+    # prints can miss the terminal when the sweep ends).
     try:
-        run_experiment(config, log_dir=log_dir, report=report, progress=False, checked=True)  # the driver checked it
-    except DivergedError as err:  # a result, not a crash: the table marks the trial and does not rank it
-        # NaN for the metrics a search or scheduler may follow: reported, never ranked. The driver
-        # prints the reason (a trial's last prints can miss the terminal when the sweep ends).
+        run_experiment(config, log_dir=log_dir, report=report_and_track, progress=False, checked=True)  # the driver checked it
+    except DivergedError as err:
         diverged = {"round": float(err.round), "diverged": 1.0, "diverged/reason": str(err)}
         tune.report({**dict.fromkeys(EVERY_ROUND, math.nan), **diverged})
+    except (ConfigError, SolverError) as err:  # what this trial's node refutes (e.g. device=cuda without
+        # CUDA) or a solve that stops short: the same on every retry, so a result, not a Tune failure
+        failed = {"round": reached["round"], "failed": 1.0, "failed/reason": f"error: {err}"}
+        tune.report({**dict.fromkeys(EVERY_ROUND, math.nan), **failed})
 
 
 def trial_name(sweep: Sweep):

@@ -47,9 +47,10 @@ def budget_counters(budget: str) -> tuple[str, ...]:
 
 def status(metrics: dict, rounds: int, *, error: bool = False) -> str:
     """A trial's state from its last result: ``done``; ``stopped early at r`` (the scheduler
-    stopped it: Tune marks that result done); ``diverged at r``; ``error``; or ``unfinished at
+    stopped it: Tune marks that result done); ``diverged at r``; ``error`` (the trial crashed, or
+    reported fedsweep's one-line error: ``failed/reason``); or ``unfinished at
     r/R`` (the sweep was stopped: a resume continues it)."""
-    if error:
+    if error or metrics.get("failed"):  # a Tune failure, or a one-line error the trial reported
         return "error"
     if metrics.get("diverged"):
         return f"diverged at {int(metrics['round'])}"
@@ -120,7 +121,7 @@ def write_report(results, sweep: Sweep, out_dir: Path) -> pd.DataFrame:
     its ``attrs``. Trials that never started (a stopped sweep) are left out; a resumed sweep
     runs them.
     """
-    rows, histories, targets = [], [], set()
+    rows, histories, targets, reasons = [], [], set(), []
     chosen_rows = trial_rows(results, sweep)
     for result in results:
         if not result.config:
@@ -138,6 +139,8 @@ def write_report(results, sweep: Sweep, out_dir: Path) -> pd.DataFrame:
         if result.config.get("similarity", {}).get("estimate"):
             row.update({name: chosen.get(name) for name in chosen if name.startswith("similarity/")})
         row["status"] = status(metrics, result.config["rounds"], error=result.error is not None)
+        if result.error is None and metrics.get("failed/reason"):
+            reasons.append(str(metrics["failed/reason"]).removeprefix("error: "))
         rows.append(row)
         if history is not None and "accuracy/test" in history:
             histories.append((row, history))
@@ -147,6 +150,7 @@ def write_report(results, sweep: Sweep, out_dir: Path) -> pd.DataFrame:
         table = table.assign(_last=ranked).sort_values(
             ["_last", sweep.metric], ascending=[True, sweep.mode == "min"], na_position="last", kind="stable"
         ).drop(columns="_last")
+    table.attrs["reasons"] = reasons  # the one-line errors trials reported (they did not crash)
     table.to_csv(out_dir / "results.csv", index=False)
     summary = summarize(table, sweep)
     if summary is not None:

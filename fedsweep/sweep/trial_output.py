@@ -95,7 +95,8 @@ class HParamsCallback(Callback):
         self.root, self.keys, self.on_disk_error = str(tensorboard_root), tuple(keys), on_disk_error
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        self._record(trial, failed=bool((trial.last_result or {}).get("diverged")))
+        result = trial.last_result or {}
+        self._record(trial, failed=bool(result.get("diverged") or result.get("failed")))
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         self._record(trial, failed=True)
@@ -135,6 +136,8 @@ class ProgressCallback(Callback):
             state = f"{state.split(' at ')[0]} at round {int(result['round'])}"
         if state.startswith("diverged") and result.get("diverged/reason"):
             state = result["diverged/reason"]  # "diverged at round r: …; try …"
+        elif result.get("failed/reason"):
+            state, error = result["failed/reason"], True  # "error: device=cuda but …"
         value = result.get(self.metric)
         shown = f": {self.metric}={value:.4g}" if isinstance(value, float) and not error and "diverged" not in state else ""
         print(f"{trial_prefix(trial.trial_id, trial.config, self.keys)}{state}{shown}", flush=True)

@@ -20,7 +20,7 @@ sweep: $(VENV)/.installed
 	$(PY) -m fedsweep.tune $(SWEEP)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --dist worksteal
 
 bench: $(VENV)/.installed
 	$(PY) bench/weights.py

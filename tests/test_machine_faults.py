@@ -226,6 +226,38 @@ def test_unreachable_cluster_fails_fast_naming_the_address(how, tmp_path):
     assert seconds < 15, seconds
 
 
+@pytest.mark.parametrize("server", ["http", "silent"])
+def test_an_address_where_something_else_listens_fails_fast(server):
+    """A port that accepts connections but is not Ray's GCS (a web server, the dashboard's port,
+    a listener that never answers): one line within the probe's bound, not Ray's minutes of
+    reconnecting (before: ~25 s for a web server)."""
+    import socket
+    import threading
+
+    from fedsweep.core.errors import RunError
+    from fedsweep.federation.runtime.ray_start import PROBE_SECONDS, probe_address
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+
+    def answer_as_a_web_server() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(1024)
+            connection.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+
+    if server == "http":
+        threading.Thread(target=answer_as_a_web_server, daemon=True).start()
+    start = time.time()
+    expected = "answers, but not as Ray's GCS" if server == "http" else f"no answer from {address} within"
+    with pytest.raises(RunError, match=re.escape(expected)):
+        probe_address(address, f"--address={address}")
+    assert time.time() - start < 2 * PROBE_SECONDS + 1
+    listener.close()
+
+
 # -- 3. resources the cluster cannot give ----------------------------------------------------
 
 

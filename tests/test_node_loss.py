@@ -28,7 +28,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # Ray, subprocesses or long runs: not in the fast tier
 
-ROUNDS, EVERY = 150, 2
+ROUNDS, EVERY = 60, 2  # ~0.1 s a round: the kill lands long before the lost trial could finish
 SWEEP = f"""\
 name: nodes
 overrides: [runtime=local, rounds={ROUNDS}, checkpoint.every={EVERY}, solver=steps, solver.tolerance=null, solver.epochs=1,

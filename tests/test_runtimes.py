@@ -53,14 +53,15 @@ def assert_same_numbers(a, b, rel=1e-6):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("workers", [1, 3])
-def test_pool_equals_in_process_for_every_method(ray_session, tmp_path, workers):
-    """One pool per worker count serves every method's run on 4 and on 100 clients (the pool is
-    reused across runs: its workers start once)."""
+@pytest.mark.parametrize("workers, population", [(1, (4,)), (3, (4, 100))])
+def test_pool_equals_in_process_for_every_method(ray_session, tmp_path, workers, population):
+    """One pool per worker count serves every method's run on 4 clients, and with 3 workers on
+    100 (clients split unevenly over the workers); the pool is reused across runs: its workers
+    start once."""
     from fedsweep.federation.runtime.ray_runtime import ray_pool
 
     with ray_pool(workers=workers, num_cpus=0.5, num_gpus=0, device="cpu", label="equal") as pool:
-        for clients in (4, 100):
+        for clients in population:
             split = [f"partition.clients_f={clients // 2}", f"partition.clients_g={clients - clients // 2}"]
             for name, extra in METHODS.items():
                 remote = history(SHORT + split + extra + ["runtime=ray"], tmp_path / f"{name}-{clients}", runtime=pool)

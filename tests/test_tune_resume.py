@@ -20,7 +20,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # Ray, subprocesses or long runs: not in the fast tier
 
-ROUNDS = 20
+ROUNDS = 12
 SWEEP = f"""\
 name: stop
 overrides: [runtime=ray, rounds={ROUNDS}, checkpoint.every=2]

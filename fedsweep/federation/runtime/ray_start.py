@@ -115,22 +115,43 @@ def parse_address(address: str, where: str) -> tuple[str, int] | None:
     return host, int(port)
 
 
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+"""HTTP/2's client connection preface and an empty SETTINGS frame: a gRPC server (Ray's GCS, and
+Ray Client's server) answers with a SETTINGS frame of its own before any call or authentication."""
+
+
 def probe_address(address: str, where: str, *, timeout: float = PROBE_SECONDS) -> None:
-    """Stop in one line unless something accepts a connection at ``address`` within
-    ``timeout`` seconds (Ray's own ``ray.init`` retries for minutes)."""
+    """Stop in one line unless a gRPC server answers at ``address`` within ``timeout`` seconds
+    (Ray's own ``ray.init`` retries for minutes, at a closed port and at one where something
+    else listens). Under ``RAY_USE_TLS`` only the connection is checked (the handshake is TLS)."""
     parsed = parse_address(address, where)
     if parsed is None:
         return
     host, port = parsed
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
+        with socket.create_connection((host, port), timeout=timeout) as connection:
+            if os.environ.get("RAY_USE_TLS", "0").lower() in ("0", "", "false"):
+                connection.sendall(HTTP2_PREFACE)
+                reply = _read(connection, 9)  # a frame header: length (3 bytes), type, flags, stream id
+                if len(reply) < 9 or reply[3] != 4:
+                    raise RunError(f"cannot join the Ray cluster at {where}: {host}:{port} answers, but not as Ray's "
+                                   "GCS (no gRPC reply); give the head node's GCS port (6379 by default)")  # fmt: skip
     except socket.gaierror as err:
         raise RunError(f"cannot reach the Ray cluster at {where}: unknown host {host!r} ({err.strerror})") from None
     except TimeoutError:
         raise RunError(f"cannot reach the Ray cluster at {where}: no answer from {host}:{port} within {timeout:g} s") from None
     except OSError as err:
         raise RunError(f"cannot reach the Ray cluster at {where}: {err.strerror or err} ({host}:{port})") from None
+
+
+def _read(connection: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = connection.recv(size - len(data))
+        if not chunk:  # closed by the other side
+            break
+        data += chunk
+    return data
 
 
 @contextmanager

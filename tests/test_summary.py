@@ -175,7 +175,10 @@ def test_a_sweep_selects_on_some_seeds_and_reports_on_fresh_ones_end_to_end(ray_
     assert {"target/comm_total", "budget/round", "budget/comm_f"} <= set(results)
     assert (results["budget/round"] == 2).all()
     summary = pd.read_csv(out / "summary.csv")
-    assert summary["seeds"].tolist() == [1, 1]  # chosen on seed 0 alone
+    assert summary["seeds"].tolist() == [1, 1] and summary["finished"].tolist() == [1, 1]  # chosen on seed 0 alone
+    for _, row in summary.iterrows():  # the summary's statistics are over the selection seeds' rows
+        chosen_rows = results[(results["method.theta"] == row["method.theta"]) & (results["seed"] == 0)]
+        assert row["accuracy/test mean"] == pytest.approx(chosen_rows["accuracy/test"].mean())
     best = pd.read_csv(out / "best.csv")
     assert best["method"].tolist() == ["sliding"] and best["seeds"].tolist() == [2]
     assert best["select_seeds"].astype(str).tolist() == ["0"] and best["report_seeds"].tolist() == ["1-2"]

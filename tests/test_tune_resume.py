@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pandas as pd
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -30,24 +34,37 @@ grid:
 
 
 def test_stopped_sweep_resumes_mid_trial(ray_session, tmp_path):
+    """SIGTERM (a scheduler's or the system's stop; fedsweep turns it into Ctrl-C's SIGINT, Tune's
+    graceful stop) mid-trial: exit 130, the resume command said, no process of the sweep's Ray
+    left; the same command resumes the trial from its checkpoint to the undisturbed numbers."""
+    from tests.ray_processes import stop, with_in_command_line
+
     path = tmp_path / "stop.yaml"
     path.write_text(SWEEP)
     results = tmp_path / "results"
+    ray_tmp = Path(tempfile.mkdtemp(prefix="fsr", dir="/tmp"))  # short (Ray's socket paths); in its processes' command lines
     driver = subprocess.Popen(
         [sys.executable, "-m", "fedsweep.tune", str(path), "--results", str(results)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        env={**os.environ, "RAY_TMPDIR": str(ray_tmp)},
     )
     deadline = time.time() + 180
     while len(list(results.glob("stop/*/checkpoint_*"))) < 2 and time.time() < deadline:
         assert driver.poll() is None, driver.stdout.read().decode()[-2000:]
         time.sleep(0.2)
-    driver.send_signal(signal.SIGINT)  # what Ctrl-C does
+    driver.send_signal(signal.SIGTERM)
     output = driver.communicate(timeout=180)[0].decode()
     assert driver.returncode == 130, output[-2000:]  # stopped, not done: the shell sees it
     assert "1 of 1 trial(s) not finished: run the same command again" in output, output[-2000:]
     assert f"resume with: {sys.executable} -m fedsweep.tune {path} --results {results}" in output
+    deadline = time.time() + 10
+    while (left := with_in_command_line(str(ray_tmp))) and time.time() < deadline:
+        time.sleep(0.2)
+    stop(left)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert not left, "the sweep's Ray processes outlived it"
     stopped = pd.read_csv(results / "stop" / "results.csv")
     assert stopped["status"][0].startswith("unfinished at")
 

@@ -153,3 +153,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def processes_left_under(folder: Path, *, wait: float = 10.0) -> set[int]:
+    """The processes whose command line names ``folder`` (a Ray's private temp folder) still
+    running after up to ``wait`` seconds; they are stopped and the folder removed, and the
+    caller asserts the set is empty."""
+    import shutil
+
+    deadline = time.time() + wait
+    while (left := with_in_command_line(str(folder))) and time.time() < deadline:
+        time.sleep(0.2)
+    stop(left)
+    shutil.rmtree(folder, ignore_errors=True)
+    return left

@@ -167,11 +167,11 @@ def test_sweep_on_full_disk_stops_in_one_line_and_resumes_to_undisturbed_numbers
     from tests.helpers import history
 
     sweep = tmp_path / "full.yaml"
-    thetas = [0.5, 0.3, 0.2]
-    sweep.write_text(f"name: full\noverrides: [runtime=local, rounds=4, checkpoint.every=1]\n"
+    thetas = [0.5, 0.3]
+    sweep.write_text(f"name: full\noverrides: [runtime=local, rounds=3, checkpoint.every=1]\n"
                      f"grid:\n  method.theta: {thetas}\n")  # fmt: skip
     with tmpfs(tmp_path / "disk", size=512 * PAGE) as disk:
-        fill(disk, leave_pages=112)  # about half of what the sweep writes
+        fill(disk, leave_pages=76)  # about 40% of what the sweep writes (194 pages measured)
         command = ["fedsweep.tune", str(sweep), "--results", str(disk)]
         status, _, err, _ = run_cli(command, timeout=300, cwd=tmp_path)
         assert "Traceback" not in err, err[-3000:]
@@ -187,9 +187,9 @@ def test_sweep_on_full_disk_stops_in_one_line_and_resumes_to_undisturbed_numbers
         status, out, err, _ = run_cli(command, timeout=300, cwd=tmp_path)
         assert status == 0, (out + err)[-3000:]
         table = pd.read_csv(disk / "full" / "results.csv").set_index("method.theta")
-    assert table["status"].tolist() == ["done"] * 3
+    assert table["status"].tolist() == ["done"] * 2
     for theta in thetas:
-        final = history(["rounds=4", f"method.theta={theta}"], tmp_path / f"straight_{theta}")[-1]
+        final = history(["rounds=3", f"method.theta={theta}"], tmp_path / f"straight_{theta}")[-1]
         assert table.loc[theta, "accuracy/test"] == pytest.approx(final["accuracy/test"], abs=1e-12)
         assert table.loc[theta, "loss/test"] == pytest.approx(final["loss/test"], rel=1e-9)
 
@@ -308,9 +308,8 @@ def test_workers_ray_cannot_place_time_out_in_one_line(ray_session):
 @pytest.mark.slow
 @pytest.mark.parametrize("when", ["mid-run", "before Ray"])
 def test_sigterm_keeps_checkpoints_says_how_to_continue_and_leaves_no_ray(when, tmp_path):
-    from tests.ray_processes import stop, with_in_command_line
+    from tests.ray_processes import processes_left_under
 
-    import shutil
     import tempfile
 
     ray_tmp = Path(tempfile.mkdtemp(prefix="fsr", dir="/tmp"))  # short (Ray's socket paths); in its processes' command lines
@@ -339,9 +338,4 @@ def test_sigterm_keeps_checkpoints_says_how_to_continue_and_leaves_no_ray(when, 
         assert re.search(r"checkpoint of round \d+ kept, continue with: .* checkpoint\.resume=\S+checkpoint\.pt$", lines[0])
     else:
         assert "start again with: " in lines[0] and "rounds=50" in lines[0], lines
-    deadline = time.time() + 10
-    while (left := with_in_command_line(str(ray_tmp))) and time.time() < deadline:
-        time.sleep(0.2)
-    stop(left)
-    shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert not left, "the run's Ray processes outlived it"
+    assert not processes_left_under(ray_tmp), "the run's Ray processes outlived it"

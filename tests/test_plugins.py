@@ -140,14 +140,14 @@ def test_the_plugin_package_sweeps_and_the_api_takes_a_mapping(ray_session, tmp_
     import pandas as pd
 
     monkeypatch.syspath_prepend(str(EXAMPLES))
-    table = fedsweep.run_sweep(EXAMPLES / "sweeps" / "regression.yaml", results_dir=tmp_path / "results")
+    table = fedsweep.run_sweep(EXAMPLES / "sweeps" / "regression.yaml", overrides=["rounds=2"], results_dir=tmp_path / "results")
     (folder,) = (tmp_path / "results").iterdir()
     assert pd.read_csv(folder / "results.csv").shape[0] == len(table) == 4 and table["loss/test"].notna().all()
     assert (table["status"] == "done").all()
     assert sorted(table["method"]) == ["prox_plugin", "prox_plugin", "vrcs", "vrcs"]
     assert table.loc[table["method"] == "vrcs", "method.mu"].isna().all()  # mu does not apply to VRCS
 
-    sweep = {"name": "api", "overrides": ["runtime=local", "rounds=2"], "grid": {"method.theta": [0.5, 1.0]},
+    sweep = {"name": "api", "overrides": ["runtime=local", "rounds=1"], "grid": {"method.theta": [0.5, 1.0]},
              "max_concurrent_trials": 2}  # fmt: skip
     with pytest.raises(ConfigError, match="grid.method.theta must be a non-empty list"):
         fedsweep.run_sweep({**sweep, "grid": {"method.theta": []}}, results_dir=tmp_path / "results")

@@ -62,6 +62,20 @@ def make(rule, *, train: Dataset = TRAIN, seed: int = 0, clients: int = 10, **ke
 # ---------------------------------------------------------------- every partition
 
 
+@pytest.mark.parametrize("rule, keys", STANDARD)
+def test_the_clients_data_is_one_copy_of_the_rows(rule, keys) -> None:
+    """A partition gathers its clients' rows once; the run's clients' data (ClientData) is that
+    copy, not another (the training set itself can then be dropped)."""
+    from fedsweep.federation.client_data import ClientData
+
+    partition = make(rule, **keys)
+    data = ClientData.from_partition(partition)
+    first = partition.clients["clients"][0]
+    assert np.shares_memory(data.x, first.x.numpy()) and np.shares_memory(data.y, first.y.numpy())
+    assert not np.shares_memory(data.x, TRAIN.x.numpy())
+    assert [data.shard(i).x.view(-1).long().tolist() for i in range(data.num_clients)] == shards(partition)
+
+
 @pytest.mark.parametrize("server_fraction", [0.0, 0.1])
 @pytest.mark.parametrize("rule, keys", STANDARD)
 def test_sizes_disjoint_covering_and_labels_travel(rule, keys, server_fraction) -> None:

@@ -63,23 +63,6 @@ def test_sweep_end_to_end_and_resume(ray_session, tmp_path):
     assert before == after
 
 
-def test_a_failing_trial_makes_the_sweep_exit_non_zero(ray_session, tmp_path, capsys):
-    """A value only the trial's node can refute (a CUDA device on a machine without one: the
-    driver may lack the GPUs a cluster's nodes have) fails its trial, not the sweep's start: in
-    one line, once (the same on every retry, so Tune does not retry it)."""
-    from fedsweep.cli import tune_main as main
-
-    path = tmp_path / "bad.yaml"
-    path.write_text("name: bad\noverrides: [runtime=ray, rounds=1, device=cuda]\ngrid:\n  method.theta: [0.5]\n")
-    assert main([str(path), "--results", str(tmp_path / "results")]) == 1
-    out, err = capsys.readouterr()
-    reason = "device=cuda but torch finds no CUDA device here"
-    assert f"error: 1 trial(s) failed: {reason}" in err and "Traceback" not in err, err
-    assert f"[#0 theta=0.5] error: {reason}" in out, out  # the trial's one line
-    assert "error" in (tmp_path / "results" / "bad" / "results.csv").read_text()
-    assert not list((tmp_path / "results" / "bad").rglob("error.txt"))  # a result, not a crash Tune retries
-
-
 def test_a_value_the_data_refutes_stops_the_sweep_before_ray(tmp_path, monkeypatch, capsys):
     """The data, partition and model are built once on the driver (cheaply) before Ray starts."""
     import ray
@@ -182,7 +165,7 @@ def test_the_default_sweep_makes_one_tensorboard_tree_with_hparams(ray_session, 
     from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
     default = Path(__file__).resolve().parents[1] / "sweeps" / "vrcs_grid.yaml"
-    sweep = load_sweep(default, overrides=["runtime=local", "rounds=2", "checkpoint.every=0"], name="tb")
+    sweep = load_sweep(default, overrides=["runtime=local", "rounds=1", "checkpoint.every=0"], name="tb")
     out, table = run_sweep(sweep, results_dir=tmp_path / "results")
     assert len(table) == 8 and (table["status"] == "done").all()
 
@@ -285,24 +268,37 @@ def test_rank_best_ranks_each_trial_by_its_best_round(ray_session, tmp_path):
 
 def test_trial_output_reaches_the_terminal_behind_the_trial_name(tmp_path):
     """A trial's prints (the θ ≈ 1/δ hint, the divergence line) reach the sweep's terminal, each
-    line behind the trial's short name, without Ray's (name pid=…) prefix."""
+    line behind the trial's short name, without Ray's (name pid=…) prefix. A value only the
+    trial's node can refute (a CUDA device on a machine without one: the driver may lack the
+    GPUs a cluster's nodes have) fails its trial, not the sweep's start: in one line, once (the
+    same on every retry, so Tune does not retry it), and the sweep exits with status 1."""
     import os
     import re
     import subprocess
     import sys
     import tempfile
 
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
     path = tmp_path / "out.yaml"
     path.write_text("name: out\noverrides: [runtime=local, rounds=3, solver=steps, solver.tolerance=null, similarity.estimate=true,"
-                    " similarity.iterations=2]\ngrid:\n  method.theta: [0.5, 0.01]\n")  # fmt: skip
+                    " similarity.iterations=2]\ngrid:\n  method.theta: [0.5, 0.01]\n  device: [cpu, cuda]\n")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="fs-", dir="/tmp") as ray_tmp:  # short: Ray's socket paths
         done = subprocess.run(
             [sys.executable, "-m", "fedsweep.tune", str(path), "--results", str(tmp_path / "results")],
             capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_TMPDIR": ray_tmp},
         )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
     lines = done.stdout.splitlines()
-    assert any(re.fullmatch(r"\[#0 theta=0\.5\] similarity at x0 \(exact Hessians\): delta_f = .*\(method\.theta=0\.5\), p ~ .*", line) for line in lines)
-    assert any(re.fullmatch(r"\[#1 theta=0\.01\] diverged at round 1: .*", line) for line in lines), lines
-    assert "[#0 theta=0.5] done at round 3: accuracy/test=" in done.stdout
-    assert "pid=" not in done.stdout + done.stderr
+    assert any(re.fullmatch(r"\[#\d theta=0\.5,device=cpu\] similarity at x0 \(exact Hessians\): delta_f = .*\(method\.theta=0\.5\), p ~ .*", line) for line in lines), lines
+    assert any(re.fullmatch(r"\[#\d theta=0\.01,device=cpu\] diverged at round 1: .*", line) for line in lines), lines
+    assert re.search(r"\[#\d theta=0\.5,device=cpu\] done at round 3: accuracy/test=", done.stdout)
+    reason = "device=cuda but torch finds no CUDA device here"
+    for theta in ("0.5", "0.01"):
+        assert len(re.findall(rf"\[#\d theta={theta},device=cuda\] error: {reason}", done.stdout)) == 1, lines
+    assert done.stderr.splitlines()[-1] == f"error: 2 trial(s) failed: {reason}; use device=cpu or device=auto"
+    assert "Traceback" not in done.stderr and "pid=" not in done.stdout + done.stderr
+    table = (tmp_path / "results" / "out" / "results.csv").read_text()
+    assert table.count(",error") == 2 and not list((tmp_path / "results" / "out").rglob("error.txt"))  # results, not crashes

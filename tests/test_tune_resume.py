@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,7 +36,7 @@ def test_stopped_sweep_resumes_mid_trial(ray_session, tmp_path):
     """SIGTERM (a scheduler's or the system's stop; fedsweep turns it into Ctrl-C's SIGINT, Tune's
     graceful stop) mid-trial: exit 130, the resume command said, no process of the sweep's Ray
     left; the same command resumes the trial from its checkpoint to the undisturbed numbers."""
-    from tests.ray_processes import stop, with_in_command_line
+    from tests.ray_processes import processes_left_under
 
     path = tmp_path / "stop.yaml"
     path.write_text(SWEEP)
@@ -59,12 +58,7 @@ def test_stopped_sweep_resumes_mid_trial(ray_session, tmp_path):
     assert driver.returncode == 130, output[-2000:]  # stopped, not done: the shell sees it
     assert "1 of 1 trial(s) not finished: run the same command again" in output, output[-2000:]
     assert f"resume with: {sys.executable} -m fedsweep.tune {path} --results {results}" in output
-    deadline = time.time() + 10
-    while (left := with_in_command_line(str(ray_tmp))) and time.time() < deadline:
-        time.sleep(0.2)
-    stop(left)
-    shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert not left, "the sweep's Ray processes outlived it"
+    assert not processes_left_under(ray_tmp), "the sweep's Ray processes outlived it"
     stopped = pd.read_csv(results / "stop" / "results.csv")
     assert stopped["status"][0].startswith("unfinished at")
 

@@ -36,8 +36,7 @@ class ClientData:
         shards = [shard for clients in groups.values() for shard in clients]
         sizes = np.array([len(s) for s in shards], dtype=np.int64)
         starts = np.concatenate([[0], np.cumsum(sizes)])
-        x = torch.cat([s.x for s in shards]).cpu().contiguous().numpy()
-        y = torch.cat([s.y for s in shards]).cpu().contiguous().numpy()
+        x, y = _joined([s.x for s in shards]), _joined([s.y for s in shards])
         bounds, first = {}, 0
         for name, clients in groups.items():
             bounds[name] = (first, first + len(clients))
@@ -67,3 +66,19 @@ class ClientData:
         """Client ``client``'s examples as tensors (views of the arrays)."""
         lo, hi = self.starts[client], self.starts[client + 1]
         return Dataset(torch.from_numpy(self.x[lo:hi]), torch.from_numpy(self.y[lo:hi]))
+
+
+def _joined(parts: list[torch.Tensor]) -> np.ndarray:
+    """``torch.cat(parts)`` as numpy; without a copy when the parts are consecutive contiguous
+    views of one CPU tensor (``Dataset.split``'s shards): the run then holds its clients' data once."""
+    first = parts[0]
+    consecutive = first.device.type == "cpu" and all(p.is_contiguous() and p.dtype == first.dtype for p in parts)
+    if consecutive:
+        storage, address = first.untyped_storage().data_ptr(), first.data_ptr()
+        for part in parts:
+            consecutive = consecutive and part.untyped_storage().data_ptr() == storage and part.data_ptr() == address
+            address += part.numel() * part.element_size()
+    if not consecutive:
+        return torch.cat(parts).cpu().contiguous().numpy()
+    rows = sum(p.shape[0] for p in parts)
+    return first.as_strided((rows, *first.shape[1:]), first.stride()).numpy()

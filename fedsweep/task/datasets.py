@@ -108,6 +108,14 @@ class Dataset:
         ids = None if self.client_ids is None else self.client_ids[idx]
         return Dataset(x=self.x[idx], y=self.y[idx], client_ids=ids)
 
+    def split(self, parts: Sequence[np.ndarray]) -> tuple[Dataset, ...]:
+        """The examples at each index array of ``parts``, gathered in one copy: the parts are
+        consecutive views of it (so the clients' data, ``ClientData``, takes it as it is)."""
+        sizes = [len(part) for part in parts]
+        whole = self.subset(np.concatenate([np.asarray(part, dtype=np.int64) for part in parts]) if parts else [])
+        ends = np.cumsum([0, *sizes])
+        return tuple(whole.subset(slice(int(lo), int(hi))) for lo, hi in zip(ends[:-1], ends[1:]))
+
 
 @dataclass(frozen=True, eq=False)
 class DataBundle:

@@ -286,7 +286,7 @@ def _server_sample(n: int, server_fraction: float, rng: np.random.Generator) -> 
 def _federation(train: Dataset, shards: list[np.ndarray], server: np.ndarray) -> Partition:
     """One group of ``shards`` (indices into ``train``), the server's part if non-empty."""
     return Partition(
-        clients={GROUP: tuple(train.subset(s) for s in shards)},
+        clients={GROUP: train.split(shards)},
         server={GROUP: train.subset(server)} if len(server) else {},
     )
 

@@ -117,8 +117,9 @@ def make_partition(
     split = _split_iid if client_split == "iid" else _split_dirichlet
     parts_f = split(rest_f, y, clients_f, dirichlet_alpha, rng)
     parts_g = split(rest_g, y, clients_g, dirichlet_alpha, rng)
+    shards = train.split([*parts_f, *parts_g])  # one copy, group f's clients then g's
     return Partition(
-        clients={"f": tuple(train.subset(p) for p in parts_f), "g": tuple(train.subset(p) for p in parts_g)},
+        clients={"f": shards[: len(parts_f)], "g": shards[len(parts_f) :]},
         server={"f": train.subset(server_f_idx), "g": train.subset(server_g_idx)},
         weights={"f": 0.5, "g": 0.5},
     )

@@ -7,6 +7,7 @@ round → evaluate → log. Methods do the maths; runtimes reach the clients.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -123,6 +124,8 @@ def run_experiment(
             logger.log_once(similarity)
             _print_similarity(similarity, getattr(run.method, "theta", None), batch_size)
         metrics: dict[str, float] = {}
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        evaluation_threads = max(torch.get_num_threads(), min(cores, int(runtime.idle_cpus)))
         name = components.label(cfg["method"])
         bar = tqdm(range(done + 1, cfg["rounds"] + 1), desc=name, disable=not progress, unit="round")
         for rnd in bar:
@@ -131,7 +134,8 @@ def run_experiment(
             except SolverError as err:
                 raise DivergedError(_solver_message(err, rnd), round=rnd) from None
             state.x.to_model(run.server.model)
-            evaluation = _evaluate(run.server.model, run.server, run.test_data, run.loss)
+            with _torch_threads(evaluation_threads):  # the pool's cores, idle between its requests
+                evaluation = _evaluate(run.server.model, run.server, run.test_data, run.loss)
             metrics = {**stats, **evaluation, **oracle.comm.as_metrics()}
             metrics["round"] = float(rnd)
             metrics.update(similarity)

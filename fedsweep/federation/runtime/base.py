@@ -50,6 +50,12 @@ class Runtime(ABC):
         """Each client's own reply to a training request, stacked (row r: ``clients[r]``'s), in
         one round trip (``VirtualClients.serve_each``): for methods that keep state per client."""
 
+    @property
+    def idle_cpus(self) -> float:
+        """CPUs this runtime holds that sit idle between its requests (a pool's workers' shares):
+        the driver may compute on them then, e.g. to evaluate the model."""
+        return 0.0
+
     def wait_ready(self) -> None:
         """Block until every worker can serve (start-up is otherwise paid by the first request)."""
 

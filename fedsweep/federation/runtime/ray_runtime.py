@@ -312,6 +312,10 @@ class RayRuntime(Runtime):
             f"more than runtime.max_restarts={self.max_restarts} allows: {cause}"
         )
 
+    @property
+    def idle_cpus(self) -> float:
+        return len(self.workers) * self.resources.num_cpus
+
     def wait_ready(self, timeout: float | None = None) -> None:
         """Every worker started; a pool Ray cannot place within ``timeout`` seconds (default
         :data:`READY_SECONDS`; a cluster that shrank, or is busy) stops the run in one line."""

@@ -13,6 +13,7 @@ and one line).
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -50,7 +51,8 @@ def init_ray(address: str | None, *, dashboard: bool, trial_output: bool = False
 
         try:
             with _keep_sigterm():
-                return ray.init(address=address, include_dashboard=dashboard, log_to_driver=trial_output)
+                return ray.init(address=address, include_dashboard=dashboard, log_to_driver=trial_output,
+                                logging_level=logging.WARNING)  # fmt: skip
         except (ConnectionError, RuntimeError, ValueError) as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise RunError(f"cannot join the Ray cluster at {where}: {first[:200]}") from None
@@ -61,11 +63,14 @@ def init_ray(address: str | None, *, dashboard: bool, trial_output: bool = False
         return _join_kept(kept, dashboard=dashboard, trial_output=trial_output)
     import ray
 
+    if "RAY_AUTH_MODE" not in os.environ:  # token authentication, chosen (Ray's default, without its warning)
+        _auth_mode("token")
     with _single_machine(), _keep_sigterm():
         context = ray.init(
             include_dashboard=dashboard,
             dashboard_host=LOOPBACK,
             log_to_driver=trial_output,
+            logging_level=logging.WARNING,  # not Ray's start-up lines around fedsweep's own
             _node_ip_address=LOOPBACK,
             _system_config={"max_direct_call_object_size": INLINE_BYTES},
         )
@@ -82,18 +87,25 @@ def _join_kept(kept: dict, *, dashboard: bool, trial_output: bool):
     import ray
 
     if kept.get("auth") == "token" and "RAY_AUTH_MODE" not in os.environ:
-        from ray._raylet import Config  # ray is pinned (pyproject.toml)
-
-        os.environ["RAY_AUTH_MODE"] = "token"
-        Config.initialize("")
+        _auth_mode("token")
     print(f"Ray: the local Ray of `fedsweep ray start` at {kept['address']}")
     try:
         with _single_machine(), _keep_sigterm():
-            return ray.init(address=kept["address"], include_dashboard=dashboard, log_to_driver=trial_output)
+            return ray.init(address=kept["address"], include_dashboard=dashboard, log_to_driver=trial_output,
+                            logging_level=logging.WARNING)  # fmt: skip
     except (ConnectionError, RuntimeError, ValueError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise RunError(f"cannot join the local Ray of `fedsweep ray start` at {kept['address']}: {first[:200]} "
                        "(`fedsweep ray stop` ends it)") from None  # fmt: skip
+
+
+def _auth_mode(mode: str) -> None:
+    """Set Ray's ``RAY_AUTH_MODE`` for this process and the Ray it starts or joins (Ray reads
+    it once, at import: its config is read again)."""
+    from ray._raylet import Config  # ray is pinned (pyproject.toml)
+
+    os.environ["RAY_AUTH_MODE"] = mode
+    Config.initialize("")
 
 
 PROBE_SECONDS = 5.0

@@ -166,7 +166,7 @@ def test_sweep_on_full_disk_stops_in_one_line_and_resumes_to_undisturbed_numbers
                      f"grid:\n  method.theta: {thetas}\n")  # fmt: skip
     with tmpfs(tmp_path / "disk", size=512 * PAGE) as disk:
         fill(disk, leave_pages=76)  # about 40% of what the sweep writes (194 pages measured)
-        command = ["fedsweep.tune", str(sweep), "--results", str(disk)]
+        command = ["fedsweep.tune", str(sweep), "--results", str(disk), "--no-dashboard"]
         status, _, err, _ = run_cli(command, timeout=300, cwd=tmp_path)
         assert "Traceback" not in err, err[-3000:]
         lines = error_lines(err)
@@ -174,7 +174,7 @@ def test_sweep_on_full_disk_stops_in_one_line_and_resumes_to_undisturbed_numbers
         line = lines[0]
         assert status == 1, err[-3000:]
         assert re.match(rf"error: cannot write {re.escape(str(disk))}\S*: no space left on device; ", line), line
-        assert line.endswith(f"resume with: {sys.executable} -m fedsweep.tune {sweep} --results {disk}"), line
+        assert line.endswith(f"resume with: {sys.executable} -m fedsweep.tune {sweep} --results {disk} --no-dashboard"), line
         assert sorted(p.name for p in disk.iterdir()) == ["filler", "full"]
 
         (disk / "filler").unlink()  # space freed: the same command resumes
@@ -269,7 +269,7 @@ def test_infeasible_resources_fail_fast(ask, key, numbers, tmp_path):
     if ask[0] == "sweep":
         sweep = tmp_path / "s.yaml"
         sweep.write_text(f"name: s\noverrides: [runtime=ray, rounds=1, {ask[1]}]\ngrid:\n  method.theta: [0.5, 0.3]\n")
-        args = ["fedsweep.tune", str(sweep), "--results", str(tmp_path / "results")]
+        args = ["fedsweep.tune", str(sweep), "--results", str(tmp_path / "results"), "--no-dashboard"]
     else:
         args = ["fedsweep.run", "runtime=ray", "rounds=1", f"log_dir={tmp_path / 'run'}", *ask]
     status, _, err, seconds = run_cli(args, timeout=60, cwd=tmp_path)

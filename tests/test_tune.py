@@ -83,7 +83,7 @@ def test_two_trials_of_a_thousand_clients_each_share_two_cpus(ray_session, tmp_p
     path = tmp_path / "many.yaml"
     path.write_text(
         "name: many\n"
-        "overrides: [runtime=ray, runtime.workers=1, rounds=2, partition=groups_iid,"
+        "overrides: [runtime=ray, runtime.workers=1, rounds=1, partition=groups_iid,"
         " partition.clients_f=500, partition.clients_g=500]\n"
         "grid:\n  method.theta: [0.1, 1.0]\nmax_concurrent_trials: 2\n"
     )
@@ -287,7 +287,7 @@ def test_trial_output_reaches_the_terminal_behind_the_trial_name(tmp_path):
                     " similarity.iterations=2]\ngrid:\n  method.theta: [0.5, 0.01]\n  device: [cpu, cuda]\n")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="fs-", dir="/tmp") as ray_tmp:  # short: Ray's socket paths
         done = subprocess.run(
-            [sys.executable, "-m", "fedsweep.tune", str(path), "--results", str(tmp_path / "results")],
+            [sys.executable, "-m", "fedsweep.tune", str(path), "--results", str(tmp_path / "results"), "--no-dashboard"],
             capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_TMPDIR": ray_tmp},
         )  # fmt: skip
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
@@ -300,5 +300,6 @@ def test_trial_output_reaches_the_terminal_behind_the_trial_name(tmp_path):
         assert len(re.findall(rf"\[#\d theta={theta},device=cuda\] error: {reason}", done.stdout)) == 1, lines
     assert done.stderr.splitlines()[-1] == f"error: 2 trial(s) failed: {reason}; use device=cpu or device=auto"
     assert "Traceback" not in done.stderr and "pid=" not in done.stdout + done.stderr
+    assert "Ray dashboard:" not in done.stdout  # --no-dashboard
     table = (tmp_path / "results" / "out" / "results.csv").read_text()
     assert table.count(",error") == 2 and not list((tmp_path / "results" / "out").rglob("error.txt"))  # results, not crashes

@@ -43,7 +43,7 @@ def test_stopped_sweep_resumes_mid_trial(ray_session, tmp_path):
     results = tmp_path / "results"
     ray_tmp = Path(tempfile.mkdtemp(prefix="fsr", dir="/tmp"))  # short (Ray's socket paths); in its processes' command lines
     driver = subprocess.Popen(
-        [sys.executable, "-m", "fedsweep.tune", str(path), "--results", str(results)],
+        [sys.executable, "-m", "fedsweep.tune", str(path), "--results", str(results), "--no-dashboard"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,

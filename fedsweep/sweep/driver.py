@@ -149,8 +149,9 @@ def trial_name(sweep: Sweep):
     return name
 
 
-def run_sweep(sweep: Sweep, *, results_dir: Path = RESULTS_DIR, address: str | None = None):
+def run_sweep(sweep: Sweep, *, results_dir: Path = RESULTS_DIR, address: str | None = None, dashboard: bool = True):
     """Run (or resume) ``sweep``; returns its results directory and its table (a DataFrame).
+    ``dashboard``: a Ray the sweep starts shows it in Ray's dashboard (on 127.0.0.1).
 
     The sweep writes only inside ``results_dir/<name>/`` (mode 700), and one driver at a time.
     """
@@ -168,7 +169,7 @@ def run_sweep(sweep: Sweep, *, results_dir: Path = RESULTS_DIR, address: str | N
     exp_dir.mkdir(mode=0o700, exist_ok=True)
     os.chmod(exp_dir, 0o700)  # results (and Tune's pickles) are private to their owner
     with one_driver(exp_dir):
-        return _run_sweep(sweep, base, grid, points, exp_dir, results_dir=root, address=address)
+        return _run_sweep(sweep, base, grid, points, exp_dir, results_dir=root, address=address, dashboard=dashboard)
 
 
 def _check_private(exp_dir: Path) -> None:
@@ -207,7 +208,7 @@ def one_driver(exp_dir: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _run_sweep(sweep: Sweep, base, grid, points, exp_dir: Path, *, results_dir: Path, address: str | None):
+def _run_sweep(sweep: Sweep, base, grid, points, exp_dir: Path, *, results_dir: Path, address: str | None, dashboard: bool):
     import ray
     from ray import tune
 
@@ -227,7 +228,7 @@ def _run_sweep(sweep: Sweep, base, grid, points, exp_dir: Path, *, results_dir: 
     if started:
         from fedsweep.federation.runtime.ray_start import init_ray
 
-        context = init_ray(address, dashboard=True, trial_output=True)
+        context = init_ray(address, dashboard=dashboard, trial_output=True)
         if context.dashboard_url:
             print(f"Ray dashboard: http://{context.dashboard_url}")
     try:

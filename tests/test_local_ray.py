@@ -34,40 +34,44 @@ def test_a_kept_ray_is_joined_by_a_run_and_stopped_by_pid(tmp_path, monkeypatch,
     before = others_ray()
 
     assert main(["ray", "start", "--num-cpus", "2"]) == 0
-    state = json.loads(state_path().read_text())
-    assert stat.S_IMODE(state_path().stat().st_mode) == 0o600
-    assert state["address"].startswith("127.0.0.1:") and state["auth"] == "token"
-    assert (tmp_path / ".ray" / "auth_token").is_file()
-    ours = local_ray.processes(state["temp_dir"])
-    assert state["gcs_pid"] in ours and not ours & before
-    assert [s for s in listening(ours) if not is_loopback(s[2])] == []
-    assert main(["ray", "start"]) == 0 and "already running" in capsys.readouterr().out  # one kept Ray
+    try:
+        state = json.loads(state_path().read_text())
+        assert stat.S_IMODE(state_path().stat().st_mode) == 0o600
+        assert state["address"].startswith("127.0.0.1:") and state["auth"] == "token"
+        assert (tmp_path / ".ray" / "auth_token").is_file()
+        ours = local_ray.processes(state["temp_dir"])
+        assert state["gcs_pid"] in ours and not ours & before
+        assert [s for s in listening(ours) if not is_loopback(s[2])] == []
+        assert main(["ray", "start"]) == 0 and "already running" in capsys.readouterr().out  # one kept Ray
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(
-        [sys.executable, "-m", "fedsweep.run", "runtime=ray", "runtime.workers=1", "rounds=1", f"log_dir={tmp_path / 'run'}"],
-        capture_output=True, text=True, timeout=240, env=env, cwd=ROOT,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert f"the local Ray of `fedsweep ray start` at {state['address']}" in done.stdout
-    assert "Started a local Ray instance" not in done.stderr and " -- " not in done.stderr, done.stderr  # joined, no Ray log line
-    assert main(["ray", "status"]) == 0 and state["address"] in capsys.readouterr().out
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        done = subprocess.run(
+            [sys.executable, "-m", "fedsweep.run", "runtime=ray", "runtime.workers=1", "rounds=1", f"log_dir={tmp_path / 'run'}"],
+            capture_output=True, text=True, timeout=240, env=env, cwd=ROOT,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert f"the local Ray of `fedsweep ray start` at {state['address']}" in done.stdout
+        assert "Started a local Ray instance" not in done.stderr and " -- " not in done.stderr, done.stderr  # joined, no Ray log line
+        assert main(["ray", "status"]) == 0 and state["address"] in capsys.readouterr().out
 
-    ours |= local_ray.processes(state["temp_dir"])
-    strangers, kill = [], os.kill
+        ours |= local_ray.processes(state["temp_dir"])
+        strangers, kill = [], os.kill
 
-    def recorded(pid, sig):  # every signal stop sends must reach this Ray's processes only
-        if pid not in ours and pid not in local_ray.processes(state["temp_dir"]):
-            strangers.append(pid)
-        kill(pid, sig)
+        def recorded(pid, sig):  # every signal stop sends must reach this Ray's processes only
+            if pid not in ours and pid not in local_ray.processes(state["temp_dir"]):
+                strangers.append(pid)
+            kill(pid, sig)
 
-    monkeypatch.setattr(local_ray.os, "kill", recorded)
-    assert main(["ray", "stop"]) == 0
-    assert "stopped the local Ray" in capsys.readouterr().out
-    assert not [pid for pid in ours if _running(pid)]
-    assert not state_path().exists() and not Path(state["temp_dir"]).exists()
-    assert strangers == []  # nobody else's Ray was touched (other tests' Rays come and go meanwhile)
-    assert main(["ray", "stop"]) == 0 and "nothing to stop" in capsys.readouterr().out
+        monkeypatch.setattr(local_ray.os, "kill", recorded)
+        assert main(["ray", "stop"]) == 0
+        assert "stopped the local Ray" in capsys.readouterr().out
+        assert not [pid for pid in ours if _running(pid)]
+        assert not state_path().exists() and not Path(state["temp_dir"]).exists()
+        assert strangers == []  # nobody else's Ray was touched (other tests' Rays come and go meanwhile)
+        assert main(["ray", "stop"]) == 0 and "nothing to stop" in capsys.readouterr().out
+    finally:  # a failed assertion must not leave the kept Ray running
+        if state_path().exists():
+            main(["ray", "stop"])
 
 
 def test_a_stale_state_file_is_ignored_with_a_note_and_removed(tmp_path, monkeypatch, capsys):

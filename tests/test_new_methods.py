@@ -24,7 +24,7 @@ from fedsweep.federation.requests import TrainRequest
 from fedsweep.federation.virtual_clients import VirtualClients
 from tests.quadratic import QuadraticOracle
 from tests.test_virtual_clients import (
-    CLIENTS, WEIGHTS, assert_replies_close, assert_weights_close, by_hand_sgd, controls, federation, model_fn, point, sgd,
+    CLIENTS, WEIGHTS, assert_replies_close, assert_served_as_by_hand, assert_weights_close, by_hand_sgd, controls, federation, model_fn, point, sgd,
     weighted_replies,
 )  # fmt: skip
 def one_thread():
@@ -316,11 +316,7 @@ def test_a_resumed_run_continues_with_identical_numbers(tmp_path, method):
 def test_engines_run_fednova_clients(vectorize, epochs, batch, momentum):
     """Unequal shards (1 to 12 rows: unequal steps, padded under vmap) and the one-step fold: the
     weighted sums of d_i and of the per-client number a_i, as by hand."""
-    data, x = federation(), point(2)
-    program = NovaProgram(epochs=epochs, batch_size=batch, optimizer=sgd(momentum=momentum))
-    got = VirtualClients(data, model_fn, vectorize=vectorize).serve(TrainRequest(program, x, 9), CLIENTS, WEIGHTS)
-    replies = [by_hand_sgd(data, x, int(c), program, seed=9) for c in CLIENTS]
-    assert_replies_close(got, weighted_replies(replies, WEIGHTS))
+    assert_served_as_by_hand(NovaProgram(epochs=epochs, batch_size=batch, optimizer=sgd(momentum=momentum)), vectorize)
 
 
 @pytest.mark.parametrize("vectorize", [True, False])

@@ -169,6 +169,14 @@ def weighted_replies(replies, weights):
     return {name: weighted([r[name] for r in replies], weights) for name in replies[0]}
 
 
+def assert_served_as_by_hand(program, vectorize: bool) -> None:
+    """The engine's weighted sums of the clients' replies equal local training by hand, client by client."""
+    data, x = federation(), point(2)
+    got = VirtualClients(data, model_fn, vectorize=vectorize).serve(TrainRequest(program, x, 9), CLIENTS, WEIGHTS)
+    replies = [by_hand_sgd(data, x, int(c), program, seed=9) for c in CLIENTS]
+    assert_replies_close(got, weighted_replies(replies, WEIGHTS))
+
+
 @pytest.mark.parametrize("vectorize", [True, False])
 @pytest.mark.parametrize(
     "epochs, batch, optimizer",
@@ -178,20 +186,12 @@ def weighted_replies(replies, weights):
 def test_local_training_is_the_weighted_sum_of_client_models(vectorize, epochs, batch, optimizer):
     """Mixed shards: some clients take one step (folded into one union gradient when vectorised),
     others several under vmap with padding; momentum and weight decay as torch.optim.SGD's."""
-    data, x = federation(), point(2)
-    program = ProxProgram(epochs=epochs, batch_size=batch, optimizer=optimizer)
-    got = VirtualClients(data, model_fn, vectorize=vectorize).serve(TrainRequest(program, x, 9), CLIENTS, WEIGHTS)
-    replies = [by_hand_sgd(data, x, int(c), program, seed=9) for c in CLIENTS]
-    assert_replies_close(got, weighted_replies(replies, WEIGHTS))
+    assert_served_as_by_hand(ProxProgram(epochs=epochs, batch_size=batch, optimizer=optimizer), vectorize)
 
 
 @pytest.mark.parametrize("vectorize", [True, False])
 def test_fedprox_local_training_adds_the_proximal_gradient(vectorize):
-    data, x = federation(), point(2)
-    program = ProxProgram(epochs=2, batch_size=3, optimizer=sgd(momentum=0.9), mu=0.7)
-    got = VirtualClients(data, model_fn, vectorize=vectorize).serve(TrainRequest(program, x, 9), CLIENTS, WEIGHTS)
-    replies = [by_hand_sgd(data, x, int(c), program, seed=9) for c in CLIENTS]
-    assert_replies_close(got, weighted_replies(replies, WEIGHTS))
+    assert_served_as_by_hand(ProxProgram(epochs=2, batch_size=3, optimizer=sgd(momentum=0.9), mu=0.7), vectorize)
 
 
 def controls(clients, seed=5) -> Weights:

@@ -75,19 +75,19 @@ class FedAvg:
     def init(self, x0: Weights, *, seed: int, oracle: GradientOracle) -> MethodState:
         return MethodState(x=x0.clone(), seed=seed)
 
-    def participants(self, oracle: GradientOracle, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """This round's clients (ids) and their aggregation weights."""
+    def participants(self, state: MethodState, oracle: GradientOracle) -> tuple[int, np.ndarray, np.ndarray]:
+        """This round's seed for the clients' batches, its clients (ids) and their aggregation weights."""
+        rng = state.rng()
+        seed = draw_seed(rng)
         everyone = oracle.clients()
         chosen = sample_clients(rng, len(everyone), self.participation)
         ids = everyone if chosen is None else everyone[chosen]
         pi = oracle.objective_weights()
         weights = unbiased(pi, ids) if self.aggregation == "unbiased" else self_normalized(pi, ids)
-        return ids, weights
+        return seed, ids, weights
 
     def round(self, state: MethodState, oracle: GradientOracle) -> tuple[MethodState, dict[str, float]]:
-        rng = state.rng()
-        seed = draw_seed(rng)
-        ids, weights = self.participants(oracle, rng)
+        seed, ids, weights = self.participants(state, oracle)
         sums = oracle.train(self.program, state.x, clients=ids, weights=weights, seed=seed)
         update = sums["model"].axpy_(-weights.sum(), state.x)  # Σ w_i (y_i − x)
         return replace(state, x=state.x + update, round=state.round + 1), {

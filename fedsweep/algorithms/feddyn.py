@@ -36,7 +36,6 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from fedsweep.algorithms.common import draw_seed
 from fedsweep.algorithms.fedavg import FedAvg, participation_stats
 from fedsweep.algorithms.programs import ClientProgram, Clients, Step, Vectors
 from fedsweep.algorithms.protocols import GradientOracle, MethodState
@@ -100,9 +99,7 @@ class FedDyn(FedAvg):
     def round(self, state: FedDynState, oracle: GradientOracle) -> tuple[FedDynState, dict[str, float]]:
         """Consumes ``state``: the new state's rows g_i are the old ones updated in place."""
         x, h, grads, alpha = state.x, state.h, state.grads, self.alpha
-        rng = state.rng()
-        seed = draw_seed(rng)
-        ids, _ = self.participants(oracle, rng)  # the server's means are unweighted (see above)
+        seed, ids, _ = self.participants(state, oracle)  # the server's means are unweighted (see above)
         index = torch.from_numpy(ids).to(x.device)
         pi = torch.from_numpy(oracle.objective_weights()).to(x.device, x.dtype)
         own = Weights({n: t[index] for n, t in grads.items()})

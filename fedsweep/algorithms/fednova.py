@@ -29,7 +29,6 @@ from dataclasses import dataclass, replace
 
 from torch import Tensor
 
-from fedsweep.algorithms.common import draw_seed
 from fedsweep.algorithms.fedavg import FedAvg, participation_stats
 from fedsweep.algorithms.programs import ClientProgram, Clients, Vectors
 from fedsweep.algorithms.protocols import GradientOracle, MethodState
@@ -67,9 +66,7 @@ class FedNova(FedAvg):
         return NovaProgram(**training)
 
     def round(self, state: MethodState, oracle: GradientOracle) -> tuple[MethodState, dict[str, float]]:
-        rng = state.rng()
-        seed = draw_seed(rng)
-        ids, p = self.participants(oracle, rng)
+        seed, ids, p = self.participants(state, oracle)
         sums = oracle.train(self.program, state.x, clients=ids, weights=p, seed=seed)
         tau_eff = float(sums["a"])  # Σ p_i a_i
         update = sums["update"].mul_(-tau_eff)  # −τ_eff Σ p_i d_i

@@ -41,7 +41,6 @@ from typing import Any
 
 import torch
 
-from fedsweep.algorithms.common import draw_seed
 from fedsweep.algorithms.fedavg import FedAvg, participation_stats
 from fedsweep.algorithms.protocols import GradientOracle, MethodState
 from fedsweep.core.checks import OPTIMIZER_RANGES, check, first_line, shown
@@ -91,9 +90,7 @@ class FedOpt(FedAvg):
         return FedOptState(x=x, seed=seed, server=self._state_of(self._server_optimizer(x, {}), x))
 
     def round(self, state: FedOptState, oracle: GradientOracle) -> tuple[FedOptState, dict[str, float]]:
-        rng = state.rng()
-        seed = draw_seed(rng)
-        ids, weights = self.participants(oracle, rng)
+        seed, ids, weights = self.participants(state, oracle)
         sums = oracle.train(self.program, state.x, clients=ids, weights=weights, seed=seed)
         delta = sums["model"].axpy_(-weights.sum(), state.x).mul_(-1.0)  # Δ = −Σ w_i (y_i − x)
         x = state.x.clone()

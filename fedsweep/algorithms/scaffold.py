@@ -28,7 +28,6 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from fedsweep.algorithms.common import draw_seed
 from fedsweep.algorithms.fedavg import FedAvg, participation_stats
 from fedsweep.algorithms.programs import ClientProgram, Clients, Step, Vectors, zeros_like
 from fedsweep.algorithms.protocols import GradientOracle, MethodState
@@ -89,9 +88,7 @@ class Scaffold(FedAvg):
     def round(self, state: ScaffoldState, oracle: GradientOracle) -> tuple[ScaffoldState, dict[str, float]]:
         """Consumes ``state``: the new state's controls are the old ones updated in place."""
         x, c, controls = state.x, state.c, state.controls
-        rng = state.rng()
-        seed = draw_seed(rng)
-        ids, p = self.participants(oracle, rng)
+        seed, ids, p = self.participants(state, oracle)
         index = torch.from_numpy(ids).to(x.device)
         own = Weights({n: t[index] for n, t in controls.items()})
         replies = oracle.train_each(self.program, x, clients=ids, seed=seed, shared={"c": c}, rows={"c_i": own})

@@ -95,16 +95,7 @@ def cifar_cnn(*, input_shape: Sequence[int], num_classes: int, hidden: int = 128
     Linear(hidden) → ReLU → Linear(num_classes), unpadded; 2304 features before the first
     Linear on 32×32 inputs (0.32 M parameters with hidden = 128)."""
     shape, num_classes = _check_sizes(input_shape, num_classes, hidden, image=True)
-    height, width = (((side - 2) // 2 - 2) // 2 for side in shape[1:])
-    if min(height, width) < 1:
-        raise ConfigError(f"model=cifar_cnn needs inputs of at least 10x10, got input_shape={tuple(shape)}")
-    return nn.Sequential(
-        nn.Conv2d(shape[0], 32, 3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(64 * height * width, hidden), nn.ReLU(),
-        nn.Linear(hidden, num_classes),
-    )  # fmt: skip
+    return _two_conv_net("cifar_cnn", shape, num_classes, channels=(32, 64), kernel=3, hidden=(hidden,))
 
 
 def lenet(*, input_shape: Sequence[int], num_classes: int) -> nn.Module:
@@ -112,17 +103,28 @@ def lenet(*, input_shape: Sequence[int], num_classes: int) -> nn.Module:
     conv5(C→6) → ReLU → maxpool 2 → conv5(6→16) → ReLU → maxpool 2 → Linear(120) → ReLU →
     Linear(84) → ReLU → Linear(num_classes); 44k parameters on 28×28 inputs."""
     shape, num_classes = _check_sizes(input_shape, num_classes, 1, image=True)
-    height, width = (((side - 4) // 2 - 4) // 2 for side in shape[1:])
+    return _two_conv_net("lenet", shape, num_classes, channels=(6, 16), kernel=5, hidden=(120, 84))
+
+
+def _two_conv_net(
+    name: str, shape: Sequence[int], num_classes: int, *, channels: tuple[int, int], kernel: int, hidden: Sequence[int]
+) -> nn.Sequential:
+    """conv(kernel) → ReLU → maxpool 2, twice, unpadded; then Linear → ReLU through ``hidden``
+    and a Linear to the classes. Each side must leave at least one pixel: 3·kernel + 1."""
+    height, width = (((side - kernel + 1) // 2 - kernel + 1) // 2 for side in shape[1:])
     if min(height, width) < 1:
-        raise ConfigError(f"model=lenet needs inputs of at least 16x16, got input_shape={tuple(shape)}")
-    return nn.Sequential(
-        nn.Conv2d(shape[0], 6, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        side = 3 * kernel + 1
+        raise ConfigError(f"model={name} needs inputs of at least {side}x{side}, got input_shape={tuple(shape)}")
+    (c1, c2), features = channels, channels[1] * height * width
+    layers: list[nn.Module] = [
+        nn.Conv2d(shape[0], c1, kernel), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(c1, c2, kernel), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(16 * height * width, 120), nn.ReLU(),
-        nn.Linear(120, 84), nn.ReLU(),
-        nn.Linear(84, num_classes),
-    )  # fmt: skip
+    ]  # fmt: skip
+    for width_out in hidden:
+        layers += [nn.Linear(features, width_out), nn.ReLU()]
+        features = width_out
+    return nn.Sequential(*layers, nn.Linear(features, num_classes))
 
 
 def resnet18(*, input_shape: Sequence[int], num_classes: int, norm: Norm = "group") -> nn.Module:

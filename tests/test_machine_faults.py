@@ -4,13 +4,15 @@ and one line on stderr naming the path, address or key and the cause, within its
 writes nothing outside the results folder.
 
 A full disk is a small tmpfs filled up to a few pages, a read-only file system a tmpfs mounted
-read-only: both need root (``mount``); without it those tests are skipped.
+read-only: both need root (``mount``); without it those tests are skipped. A read-only folder is
+one of mode 555, and root meets it without its capability to write anywhere (``setpriv``).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -68,22 +70,15 @@ def run_cli(args: list[str], *, timeout: float, env: dict[str, str] | None = Non
 # -- 1. an unwritable or full disk -----------------------------------------------------------
 
 
-@pytest.fixture(params=["a file", "a read-only file system", "a read-only folder"])
+@pytest.fixture(params=["a file", "a read-only file system"])
 def unwritable(request, tmp_path) -> Iterator[tuple[Path, str]]:
     """A results folder that cannot take a file, and what the error says about it."""
     if request.param == "a file":
         (tmp_path / "taken").write_text("a file where the results folder should be\n")
         yield tmp_path / "taken" / "results", "is a file, not a folder"
-    elif request.param == "a read-only file system":
+    else:
         with tmpfs(tmp_path / "ro", size=64 * PAGE, readonly=True) as mount:
             yield mount / "results", "read-only"
-    else:
-        if os.geteuid() == 0:
-            pytest.skip("root writes into read-only folders")
-        folder = tmp_path / "locked"
-        folder.mkdir(mode=0o555)
-        yield folder / "results", "read-only"
-        folder.chmod(0o755)
 
 
 def no_ray_start(monkeypatch) -> bool:
@@ -123,6 +118,41 @@ def test_unwritable_sweep_folder_stops_before_ray(unwritable, tmp_path, capsys, 
     import ray
 
     assert ray.is_initialized() == was_up
+
+
+def without_root_override() -> list[str]:
+    """A command prefix under which folder permissions hold: none for a user, and for root
+    ``setpriv`` without the capabilities that let root write into any folder."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("root writes into read-only folders, and setpriv (util-linux) is missing to drop that")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["run", "tune"])
+def test_read_only_folder_stops_in_one_line(command, tmp_path):
+    """A results folder inside a folder the user may not write (mode 555): one line naming it,
+    exit status 2, before Ray starts (well within the time Ray takes), nothing written."""
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    results = locked / "results"
+    if command == "run":
+        args, what = ["fedsweep.run", "runtime=ray", "rounds=1", f"log_dir={results}"], "the run's results"
+    else:
+        sweep = tmp_path / "s.yaml"
+        sweep.write_text("name: s\noverrides: [runtime=ray, rounds=1]\ngrid:\n  method.theta: [0.5]\n")
+        args, what = ["fedsweep.tune", str(sweep), "--results", str(results)], "the sweep's results"
+    try:
+        done = subprocess.run([*without_root_override(), sys.executable, "-m", *args], capture_output=True,
+                              text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    finally:
+        locked.chmod(0o755)
+    lines = error_lines(done.stderr)
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-3000:]
+    assert lines[0] == f"error: cannot write {what} to {results}: read-only (permission denied)"
+    assert list(locked.iterdir()) == []
 
 
 @pytest.mark.slow

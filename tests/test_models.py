@@ -114,3 +114,25 @@ def test_mlp_trains_on_digits() -> None:
     with torch.no_grad():
         acc = (model(data.train.x).argmax(1) == data.train.y).float().mean().item()
     assert acc > 0.9
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_evaluation_on_threads_gives_the_numbers_of_one_thread(threads):
+    """The test set is evaluated in the same pieces whatever the threads: the same loss and
+    accuracy, bit for bit, and both as computed by hand over the whole set at once; torch's
+    thread setting is the caller's again after."""
+    from fedsweep.task.compute import EVAL_PIECE, evaluate
+    from fedsweep.task.datasets import Dataset
+
+    gen = torch.Generator().manual_seed(0)
+    n = 2 * EVAL_PIECE + 37  # three pieces, the last one short
+    data = Dataset(torch.randn(n, 1, 8, 8, generator=gen), torch.randint(0, 7, (n,), generator=gen))
+    model = build_model("cnn", input_shape=(1, 8, 8), num_classes=7, seed=0)
+    before = torch.get_num_threads()
+    one, many = evaluate(model, data), evaluate(model, data, threads=threads)
+    assert torch.get_num_threads() == before
+    assert one == many
+    with torch.no_grad():
+        outputs = model.eval()(data.x)
+    assert one[0] == pytest.approx(nn.functional.cross_entropy(outputs, data.y).item(), rel=1e-5)
+    assert one[1] == (outputs.argmax(dim=1) == data.y).sum().item() / n

@@ -71,6 +71,20 @@ def test_pool_equals_in_process_for_every_method(ray_session, tmp_path, workers,
 
 
 @pytest.mark.slow
+def test_client_threads_give_the_numbers_of_one_thread(tmp_path):
+    """``runtime=local`` with 3 threads (three shares of the clients, each on its own model)
+    against one thread, for every method on 100 clients; and the same numbers twice."""
+    split = ["partition.clients_f=50", "partition.clients_g=50"]
+    for name, extra in METHODS.items():
+        one = history(SHORT + split + extra + ["runtime=local", "runtime.threads=1"], tmp_path / f"{name}-1")
+        three = history(SHORT + split + extra + ["runtime=local", "runtime.threads=3"], tmp_path / f"{name}-3")
+        assert_same_numbers(one, three)
+        if name == "fednova-momentum":
+            again = history(SHORT + split + extra + ["runtime=local", "runtime.threads=3"], tmp_path / f"{name}-3b")
+            assert str(again) == str(three)
+
+
+@pytest.mark.slow
 def test_two_pool_runs_with_the_same_workers_are_bit_identical(ray_session, tmp_path):
     from fedsweep.federation.runtime.ray_runtime import ray_pool
 

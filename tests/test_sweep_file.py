@@ -219,6 +219,8 @@ def test_bad_config_values(override, needle):
         (["runtime=ray", "runtime.num_gpus=half"], "runtime.num_gpus='half'"),
         (["runtime=ray", "runtime.max_restarts=-1"], "runtime.max_restarts=-1"),
         (["runtime.vectorize=sometimes"], "runtime.vectorize='sometimes'"),
+        (["runtime.threads=0"], "runtime.threads must be auto or an integer >= 1, got runtime.threads=0"),
+        (["runtime.threads=many"], "runtime.threads='many'"),
         (["method=fedavg", "method.participation=0.0"], "method.participation=0.0"),
         (["method=fedavg", "method.participation=1.5"], "method.participation=1.5"),
         (["method=fedavg", "method.participation=0"], "method.participation=0"),

@@ -15,7 +15,7 @@ from fedsweep.federation.client_data import ClientData
 from fedsweep.algorithms.aggregation import group_weights, sample_clients, sampled_weights, self_normalized
 from fedsweep.task.models import build_model
 from fedsweep.federation.batches import epoch_order, minibatches
-from fedsweep.federation.runtime.ray_runtime import split
+from fedsweep.federation.runtime.shares import split
 from fedsweep.federation.requests import GradRequest, HvpRequest, TrainRequest
 from fedsweep.federation.virtual_clients import VirtualClients
 from fedsweep.core.weights import Weights

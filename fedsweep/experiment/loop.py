@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from fedsweep.algorithms.similarity import estimate_similarity
 from fedsweep.core.errors import DivergedError, SolverError
+from fedsweep.core.threads import torch_threads
 from fedsweep.core.weights import Weights
 from fedsweep.experiment import components
 from fedsweep.experiment.build import Run, build, make_runtime, prepare, seed_of
@@ -35,18 +36,6 @@ from fedsweep.task.compute import evaluate
 from fedsweep.task.losses import Loss
 
 Reporter = Callable[[dict[str, float]], None]
-
-
-@contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
-    """The driver's torch threads while a worker pool computes: idle torch threads spin after
-    each parallel op, and on the workers' cores that made a round a third slower or more (2 CPUs)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def run_experiment(
@@ -87,8 +76,8 @@ def run_experiment(
     torch.manual_seed(cfg["seed"])
     ray = uses_ray(cfg)
     with ExitStack() as stack:
-        if ray:  # the workers hold the cores
-            stack.enter_context(_torch_threads(1))
+        if ray:  # the workers hold the cores: the driver's idle torch threads would spin on them after
+            stack.enter_context(torch_threads(1))  # each parallel op (a round a third slower or more, 2 CPUs)
         background = ThreadPoolExecutor(max_workers=1)
         preparing = background.submit(prepare, cfg)  # data loads while Ray starts
         try:
@@ -134,8 +123,7 @@ def run_experiment(
             except SolverError as err:
                 raise DivergedError(_solver_message(err, rnd), round=rnd) from None
             state.x.to_model(run.server.model)
-            with _torch_threads(evaluation_threads):  # the pool's cores, idle between its requests
-                evaluation = _evaluate(run.server.model, run.server, run.test_data, run.loss)
+            evaluation = _evaluate(run.server.model, run.server, run.test_data, run.loss, threads=evaluation_threads)
             metrics = {**stats, **evaluation, **oracle.comm.as_metrics()}
             metrics["round"] = float(rnd)
             metrics.update(similarity)
@@ -211,15 +199,15 @@ def _print_similarity(similarity: dict[str, float], theta: float | None, batch_s
     print(f"similarity at x0 ({kind}): {line}")
 
 
-def _evaluate(model: torch.nn.Module, server: Server, test: Dataset, loss: Loss) -> dict[str, float]:
+def _evaluate(model: torch.nn.Module, server: Server, test: Dataset, loss: Loss, *, threads: int) -> dict[str, float]:
     """Test loss and accuracy, and, where the server holds data, h1 = Σ_G λ_G G1 with its accuracy
     averaged the same way (no accuracy when the labels are not classes)."""
-    test_loss, test_acc = evaluate(model, test, loss)
+    test_loss, test_acc = evaluate(model, test, loss, threads=threads)
     metrics = {"loss/test": test_loss}
     if test_acc is not None:
         metrics["accuracy/test"] = test_acc
     if server.data:
-        parts = {group: evaluate(model, data, loss) for group, data in server.data.items()}
+        parts = {group: evaluate(model, data, loss, threads=threads) for group, data in server.data.items()}
         total = sum(server.group_weights.values())
         metrics["loss/server"] = sum(server.group_weights[g] * ls for g, (ls, _) in parts.items()) / total
         if test_acc is not None:

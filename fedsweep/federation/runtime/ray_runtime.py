@@ -42,11 +42,11 @@ from fedsweep.federation.client_data import ClientData
 from fedsweep.core.errors import RunError
 from fedsweep.core.checks import check
 from fedsweep.federation.runtime.base import Part, Runtime, check_vectorize
+from fedsweep.federation.runtime.shares import add_in_order, joined, shares, split
 from fedsweep.federation.runtime.resources import check_fits, local_resources, resolve
 from fedsweep.federation.runtime.ray_start import INLINE_BYTES
 from fedsweep.federation.requests import Reply, Request, TrainRequest
 from fedsweep.task.losses import Loss, cross_entropy
-from fedsweep.core.weights import Weights
 
 
 @dataclass(frozen=True)
@@ -122,14 +122,6 @@ class Worker:
 
 class SetupMissing(Exception):
     """A worker was asked to serve a run whose setup it does not hold (it was restarted)."""
-
-
-def split(sizes: np.ndarray, parts: int) -> list[slice]:
-    """At most ``parts`` contiguous, non-empty slices of clients with about equal examples."""
-    cumulative = np.cumsum(sizes)
-    targets = cumulative[-1] * np.arange(1, parts) / parts
-    cuts = np.unique(np.concatenate([[0], np.searchsorted(cumulative, targets, side="right"), [len(sizes)]]))
-    return [slice(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
 
 
 def ray_pool(
@@ -244,34 +236,16 @@ class RayRuntime(Runtime):
     def map_reduce(self, request: Request, parts: Sequence[Part]) -> list[Reply]:
         self._check_attached()
         argument, setup_id = self._argument(request), self._setup[1]
-        clients = [np.asarray(c, dtype=np.int64) for c, _ in parts]
-        weights = [np.asarray(w, dtype=np.float64) for _, w in parts]
-        owner = np.repeat(np.arange(len(parts)), [len(c) for c in clients])
-        every, every_weight = np.concatenate(clients), np.concatenate(weights)
-        shares = [  # contiguous shares of all parts' clients
-            [(every[share][owner[share] == k], every_weight[share][owner[share] == k]) for k in range(len(parts))]
-            for share in split(self._sizes[every], len(self.workers))
-        ]
-        totals: list[Reply] = [{} for _ in parts]
-        for reply in self._scatter(lambda worker, local: worker.serve.remote(setup_id, argument, local), shares):
-            for k, partial in enumerate(reply):  # in worker order: the same sums whatever finishes first
-                for name, value in (partial or {}).items():
-                    if name in totals[k]:
-                        totals[k][name].add_(value)
-                    else:  # a fresh float64 copy: replies are read-only views of the object store
-                        totals[k][name] = Weights.zeros_like(value, dtype=torch.float64).add_(value)
-        return totals
+        local_shares = shares(parts, self._sizes, len(self.workers))
+        partials = self._scatter(lambda worker, local: worker.serve.remote(setup_id, argument, local), local_shares)
+        return add_in_order(partials, len(parts))  # in worker order: the same sums whatever finishes first
 
     def each(self, request: TrainRequest, clients: np.ndarray) -> Reply:
         self._check_attached()
         argument, setup_id = self._argument(request), self._setup[1]
         clients = np.asarray(clients, dtype=np.int64)
-        shares = [clients[share] for share in split(self._sizes[clients], len(self.workers))]
-        replies = self._scatter(lambda worker, share: worker.serve_each.remote(setup_id, argument, share), shares)
-        return {
-            field: Weights({n: torch.cat([r[field][n] for r in replies]) for n in replies[0][field].names})
-            for field in replies[0]
-        }
+        local_shares = [clients[share] for share in split(self._sizes[clients], len(self.workers))]
+        return joined(self._scatter(lambda worker, share: worker.serve_each.remote(setup_id, argument, share), local_shares))
 
     def _check_attached(self) -> None:
         if self._setup is None or self._sizes is None:

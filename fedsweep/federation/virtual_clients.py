@@ -48,8 +48,12 @@ def engines(model: nn.Module, vectorize: bool | str, device: torch.device) -> tu
     if vectorize != "auto":
         return bool(vectorize), bool(vectorize)
     union = not uses_batch_statistics(model)
-    convolves = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
-    return union, union and not (convolves and device.type == "cpu")
+    return union, union and not (convolves(model) and device.type == "cpu")
+
+
+def convolves(model: nn.Module) -> bool:
+    """True if a module of the model is a convolution."""
+    return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
 
 
 def uses_batch_statistics(model: nn.Module) -> bool:

@@ -124,8 +124,8 @@ def build(cfg: Mapping[str, Any], setup: Setup, runtime: Runtime) -> Run:
         grad_batch_size=cfg["server"]["grad_batch_size"], loss=setup.loss,
     )  # fmt: skip
     deterministic = cfg["client"]["batch_size"] is None and cfg["server"]["grad_batch_size"] is None
-    oracle = FederatedOracle(
-        runtime, clients, server, group_weights=weights, batch_size=cfg["client"]["batch_size"],
+    oracle = FederatedOracle(  # the layout only: a pool's object store holds the only copy of the examples
+        runtime, clients.layout, server, group_weights=weights, batch_size=cfg["client"]["batch_size"],
         deterministic=deterministic, device=device,
     )  # fmt: skip
     state = method.init(Weights.from_model(server.model), seed=seed_of(cfg, "method"), oracle=oracle)

@@ -19,29 +19,12 @@ from fedsweep.task.partitions import Partition
 
 
 @dataclass(frozen=True, eq=False)
-class ClientData:
-    """The clients' examples, contiguous per client, groups one after another."""
+class ClientLayout:
+    """Which rows each client holds, and the groups: what the driver needs to know of the
+    clients when a pool holds their examples (the oracle's weights and participation)."""
 
-    x: np.ndarray  # (N, ...) float32 inputs
-    y: np.ndarray  # (N,) labels
     starts: np.ndarray  # (K + 1,) int64: client i holds rows starts[i]:starts[i + 1]
     groups: Mapping[str, tuple[int, int]]  # group name -> its clients' id range [first, last + 1)
-
-    @classmethod
-    def from_partition(cls, partition: Partition) -> ClientData:
-        return cls.from_groups(partition.clients)
-
-    @classmethod
-    def from_groups(cls, groups: Mapping[str, Sequence[Dataset]]) -> ClientData:
-        shards = [shard for clients in groups.values() for shard in clients]
-        sizes = np.array([len(s) for s in shards], dtype=np.int64)
-        starts = np.concatenate([[0], np.cumsum(sizes)])
-        x, y = _joined([s.x for s in shards]), _joined([s.y for s in shards])
-        bounds, first = {}, 0
-        for name, clients in groups.items():
-            bounds[name] = (first, first + len(clients))
-            first += len(clients)
-        return cls(x=x, y=y, starts=starts, groups=bounds)
 
     @property
     def num_clients(self) -> int:
@@ -61,6 +44,35 @@ class ClientData:
         """The index (in ``groups``' order) of each client's group."""
         ends = np.array([end for _, end in self.groups.values()])
         return np.searchsorted(ends, clients, side="right")
+
+
+@dataclass(frozen=True, eq=False)
+class ClientData(ClientLayout):
+    """The clients' examples, contiguous per client, groups one after another."""
+
+    x: np.ndarray  # (N, ...) float32 inputs
+    y: np.ndarray  # (N,) labels
+
+    @classmethod
+    def from_partition(cls, partition: Partition) -> ClientData:
+        return cls.from_groups(partition.clients)
+
+    @classmethod
+    def from_groups(cls, groups: Mapping[str, Sequence[Dataset]]) -> ClientData:
+        shards = [shard for clients in groups.values() for shard in clients]
+        sizes = np.array([len(s) for s in shards], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        x, y = _joined([s.x for s in shards]), _joined([s.y for s in shards])
+        bounds, first = {}, 0
+        for name, clients in groups.items():
+            bounds[name] = (first, first + len(clients))
+            first += len(clients)
+        return cls(x=x, y=y, starts=starts, groups=bounds)
+
+    @property
+    def layout(self) -> ClientLayout:
+        """The clients without their examples."""
+        return ClientLayout(starts=self.starts, groups=self.groups)
 
     def shard(self, client: int) -> Dataset:
         """Client ``client``'s examples as tensors (views of the arrays)."""

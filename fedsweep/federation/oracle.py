@@ -20,7 +20,7 @@ from fedsweep.algorithms.aggregation import group_weights, sampled_weights
 from fedsweep.algorithms.programs import ClientProgram
 from fedsweep.algorithms.protocols import Group, Solution
 from fedsweep.core.weights import Weights
-from fedsweep.federation.client_data import ClientData
+from fedsweep.federation.client_data import ClientLayout
 from fedsweep.federation.requests import SCALAR, GradRequest, HvpRequest, Reply, Request, TrainRequest
 from fedsweep.federation.runtime.base import Runtime
 from fedsweep.federation.server import Server
@@ -52,7 +52,7 @@ class FederatedOracle:
     def __init__(
         self,
         runtime: Runtime,
-        clients: ClientData,
+        clients: ClientLayout,
         server: Server,
         *,
         group_weights: Mapping[Group, float],

@@ -3,8 +3,7 @@ compute on one torch thread each.
 
 Torch's intra-op threads gain little on small operations (a minibatch of 10 images, one
 evaluation chunk) and spin while another process holds a core; threads that each take a share of
-the work, on one torch thread, keep both cores of this machine busy instead (figures in
-``fedsweep.federation.runtime.local``)."""
+the work, on one torch thread, keep every core busy instead (figures in docs/performance.md)."""
 
 from __future__ import annotations
 

@@ -43,8 +43,7 @@ def engines(model: nn.Module, vectorize: bool | str, device: torch.device) -> tu
     ``auto``: neither if the model has BatchNorm (its batch statistics mix examples); else the
     union pass, and ``vmap`` blocks unless the model convolves on a CPU: ``vmap`` turns a
     block's convolutions into grouped ones, which the CPU kernels run slower than one client's
-    at a time (50 clients of 50 CIFAR images, batch 10: 0.93–1.03 s against 0.81–0.85 s on two
-    threads; NIID-Bench's CNN on 10 Fashion-MNIST clients: 3.2–3.5 s against 2.2–2.7 s an epoch)."""
+    at a time (figures in docs/performance.md)."""
     if vectorize != "auto":
         return bool(vectorize), bool(vectorize)
     union = not uses_batch_statistics(model)

@@ -114,7 +114,8 @@ def evaluate(model: nn.Module, data: Dataset, loss: Loss = cross_entropy, *, thr
     def sums(start: int) -> tuple[torch.Tensor, torch.Tensor]:
         xs, ys = data.x[start : start + piece], data.y[start : start + piece]
         outputs = model(xs)
-        return loss(outputs, ys).double().sum(), ((outputs.argmax(dim=1) == ys).sum() if classes else torch.zeros(()))
+        correct = (outputs.argmax(dim=1) == ys).sum() if classes else torch.zeros((), dtype=torch.int64, device=ys.device)
+        return loss(outputs, ys).double().sum(), correct
 
     if threads > 1 and len(starts) > 1 and data.x.device.type == "cpu":
         with ThreadPoolExecutor(max_workers=min(threads, len(starts)), thread_name_prefix="fedsweep-eval") as pool:
@@ -123,5 +124,5 @@ def evaluate(model: nn.Module, data: Dataset, loss: Loss = cross_entropy, *, thr
         parts = [sums(start) for start in starts]
     n = max(len(data), 1)
     loss_sum = sum((p[0] for p in parts), torch.zeros((), dtype=torch.float64, device=data.x.device))
-    correct = sum(int(p[1]) for p in parts)
-    return loss_sum.item() / n, (correct / n if classes else None)
+    correct = sum((p[1] for p in parts), torch.zeros((), dtype=torch.int64, device=data.x.device))
+    return loss_sum.item() / n, (correct.item() / n if classes else None)

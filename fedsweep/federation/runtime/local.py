@@ -4,9 +4,9 @@ With ``threads`` T > 1 a request's clients are split into T shares balanced by e
 pool splits them over its workers (``fedsweep.federation.runtime.shares``), and each share is
 served by its own thread with its own model and one torch thread, on the same copy of the
 data; the partial sums are added in share order, so the numbers do not depend on which thread
-finishes first. Torch's own threads inside one op gain little on small clients (minibatches of
-10 CIFAR images: two intra-op threads trained 50 clients in 1.09–1.36 s against 1.52–1.65 s on
-one, two client threads in 0.81–0.92 s) and spin while another process holds a core.
+finishes first. Torch's own threads inside one op gain little on small clients' minibatches
+and spin while another process holds a core; whole clients per thread keep every core busy
+(figures in docs/performance.md).
 """
 
 from __future__ import annotations
@@ -32,9 +32,8 @@ from fedsweep.task.losses import Loss, cross_entropy
 class LocalRuntime(Runtime):
     """``vectorize``: batch many clients' work (auto: see ``engines``); ``threads``: how many
     threads serve the clients (auto: torch's threads for a convolutional model on a CPU, else
-    one: an MLP's steps on digits are too small for the threads' hand-offs, 7.7 ms a round
-    against 5.2 ms at K = 64); ``device`` (set by fedsweep from the config's ``device``): where
-    the clients compute."""
+    one: an MLP's steps are too small to pay for the threads' hand-offs); ``device`` (set by
+    fedsweep from the config's ``device``): where the clients compute."""
 
     name = "local"
     uses_ray = False

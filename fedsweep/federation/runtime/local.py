@@ -47,6 +47,7 @@ class LocalRuntime(Runtime):
         self._pool: ThreadPoolExecutor | None = None
 
     def attach(self, data: ClientData, model_fn: Callable[[], nn.Module], *, loss: Loss = cross_entropy) -> None:
+        self.close()  # a runtime attached again (reused across runs) serves only the new clients
         first = VirtualClients(data, model_fn, loss=loss, device=self.device, vectorize=self.vectorize)
         count = self.threads
         if count == "auto":  # threads pay off on a CPU for convolutions, not for an MLP's small steps
@@ -85,7 +86,7 @@ class LocalRuntime(Runtime):
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown()
-            self._pool = None
+        self.servers, self._sizes, self._pool = [], None, None
 
     def _check_attached(self) -> None:
         if not self.servers:

@@ -24,8 +24,7 @@ from fedsweep.federation.requests import TrainRequest
 from fedsweep.federation.virtual_clients import VirtualClients
 from tests.quadratic import QuadraticOracle
 from tests.test_virtual_clients import (
-    CLIENTS, WEIGHTS, assert_replies_close, assert_served_as_by_hand, assert_weights_close, by_hand_sgd, controls, federation, model_fn, point, sgd,
-    weighted_replies,
+    CLIENTS, assert_served_as_by_hand, assert_weights_close, by_hand_sgd, controls, federation, model_fn, point, sgd,
 )  # fmt: skip
 def one_thread():
     """One torch thread (this module's tiny tensors gain nothing from more; on a shared machine

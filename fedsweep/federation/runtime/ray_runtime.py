@@ -35,7 +35,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import ray
-import torch
 from torch import nn
 
 from fedsweep.federation.client_data import ClientData

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -82,14 +83,22 @@ def local() -> dict:
     from ray_processes import descendants, listening, with_in_command_line  # beside this script
 
     tmp = private_tmp("fedsweep-local-")
+    held = socket.socket()  # Ray's default port for the dashboard agent, taken as another Ray would
+    try:
+        held.bind(("127.0.0.1", 52365))
+    except OSError:  # another Ray of the machine holds it already
+        pass
     init_ray(None, dashboard=True)
     try:
         pinger = ray.remote(Pinger).remote()  # held: the actor lives while its sockets are read
         workers = {ray.get(pinger.pid.remote()), ray.get(ray.remote(pid).remote())}
         processes = {os.getpid(), *descendants(os.getpid()), *with_in_command_line(tmp), *workers}
-        return {"node": ray.util.get_node_ip_address(), "workers": sorted(workers), "listening": listening(processes)}
+        agent = ray._private.worker.global_worker.node.dashboard_agent_listen_port
+        return {"node": ray.util.get_node_ip_address(), "workers": sorted(workers), "listening": listening(processes),
+                "agent_port": agent}
     finally:
         ray.shutdown()
+        held.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -205,19 +205,22 @@ def _expand(mask: Tensor, like: Tensor) -> Tensor:
 
 
 def _accumulate(totals: Reply, reply: dict[str, Vectors | Tensor], weights: Tensor | None, x: Weights) -> None:
-    """``totals[name] += Σ_b weights[b] · reply[name][b]`` in float64 (``weights`` None: summed already)."""
+    """``totals[name] += Σ_b weights[b] · reply[name][b]`` in float64 (``weights`` None: summed already).
+    A block of one client (the one-by-one engine) is added in place, without a float64 copy."""
     for name, value in reply.items():
         tensors = [value] if isinstance(value, Tensor) else value
+        if name not in totals:
+            names = (SCALAR,) if isinstance(value, Tensor) else x.names
+            zeros = [torch.zeros(t.shape[1:], dtype=torch.float64, device=t.device) for t in tensors]
+            totals[name] = Weights(dict(zip(names, zeros)))
+        target = list(totals[name].values())
         if weights is None:
-            summed = [t.double().sum(0) for t in tensors]
+            torch._foreach_add_(target, [t.double().sum(0) for t in tensors])
+        elif len(weights) == 1:
+            torch._foreach_add_(target, [t[0] for t in tensors], alpha=float(weights[0]))
         else:
             w = weights.to(tensors[0].device, torch.float64)
-            summed = [torch.tensordot(w, t.double(), dims=1) for t in tensors]
-        names = (SCALAR,) if isinstance(value, Tensor) else x.names
-        if name in totals:
-            totals[name].add_(Weights(dict(zip(names, summed))))
-        else:
-            totals[name] = Weights(dict(zip(names, summed))).clone()
+            torch._foreach_add_(target, [torch.tensordot(w, t.double(), dims=1) for t in tensors])
 
 
 def _as_weights(parts: list[Vectors | Tensor], x: Weights) -> Weights:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from fedsweep.core.errors import RunError
-from fedsweep.federation.runtime.ray_start import INLINE_BYTES, LOOPBACK
+from fedsweep.federation.runtime.ray_start import INLINE_BYTES, LOOPBACK, free_port
 from fedsweep.federation.runtime.ray_state import (
     process_alive,
     read_state,
@@ -46,7 +46,8 @@ def start(*, num_cpus: float | None = None, dashboard: bool = False, object_stor
     kept = running_ray()
     if kept is not None:
         return {**kept, "already": True}
-    port, dashboard_port = _free_port(), _free_port()  # not 8265: another Ray's dashboard may hold it
+    # not Ray's fixed ports (8265, 52365): another Ray of the machine may hold them
+    port, dashboard_port, agent_port = free_port(), free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="fedsweep-ray-")  # short: Ray's socket paths live under it
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     auth = env.setdefault("RAY_AUTH_MODE", "token").lower()
@@ -55,7 +56,8 @@ def start(*, num_cpus: float | None = None, dashboard: bool = False, object_stor
     command = [
         sys.executable, "-m", "ray.scripts.scripts", "start", "--head",
         f"--node-ip-address={LOOPBACK}", f"--port={port}", f"--dashboard-host={LOOPBACK}",
-        f"--dashboard-port={dashboard_port}", f"--include-dashboard={str(dashboard).lower()}",
+        f"--dashboard-port={dashboard_port}", f"--dashboard-agent-listen-port={agent_port}",
+        f"--include-dashboard={str(dashboard).lower()}",
         "--disable-usage-stats", f"--temp-dir={temp_dir}",
         f"--system-config={json.dumps({'max_direct_call_object_size': INLINE_BYTES})}",
         *([f"--num-cpus={num_cpus:g}"] if num_cpus is not None else []),
@@ -166,12 +168,6 @@ def _name(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return "?"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
 
 
 def _ensure_token(env: dict[str, str]) -> None:

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fedsweep.algorithms.similarity import estimate_similarity
+from fedsweep.core.allocator import keep_freed_memory
 from fedsweep.core.errors import DivergedError, SolverError
 from fedsweep.core.threads import torch_threads
 from fedsweep.core.weights import Weights
@@ -64,6 +65,7 @@ def run_experiment(
     the last round's metrics.
     """
     cfg = to_container(cfg)
+    keep_freed_memory()  # this process computes: the model's forward passes, or a trial's whole run
     use_plugins(cfg.get("plugins"))  # a trial's process: the plug-ins its targets may name
     if not checked:
         validate(cfg)

@@ -38,6 +38,7 @@ import ray
 from torch import nn
 
 from fedsweep.federation.client_data import ClientData
+from fedsweep.core.allocator import keep_freed_memory
 from fedsweep.core.errors import RunError
 from fedsweep.core.checks import check
 from fedsweep.federation.runtime.base import Part, Runtime, check_vectorize
@@ -80,6 +81,7 @@ class Worker:
     def __init__(self, label: str, index: int, num_threads: int) -> None:
         import torch
 
+        keep_freed_memory()
         torch.set_num_threads(num_threads)
         self.label, self.index = label, index
         self._setup_id: str | None = None

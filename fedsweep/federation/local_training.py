@@ -107,7 +107,8 @@ class _Run:
         values = [p.detach() for p in params]
         steps = torch.zeros(n, device=vc.device)
         optimizer = _Optimizer(self.program.optimizer, values)
-        state = self.program.init(self._clients(part, steps), values)
+        clients = self._clients(part, steps)  # ``steps`` counts in place
+        state = self.program.init(clients, values)
         vc.model.train()
         for order in self._orders(part):
             for s in range(int((-(-sizes // batch)).max())):
@@ -120,10 +121,10 @@ class _Run:
                 active = valid.any(axis=1)
                 mask = None if active.all() else torch.from_numpy(active).to(vc.device)
                 with torch.no_grad():
-                    step = self.program.step(self._clients(part, steps), values, grads, state)
+                    step = self.program.step(clients, values, grads, state)
                     state = optimizer.apply(values, step, state, mask)
                     steps += 1 if mask is None else mask.to(steps.dtype)
-        return self.program.reply(self._clients(part, steps), values, state)
+        return self.program.reply(clients, values, state)
 
     def one(self, part: np.ndarray) -> dict[str, Vectors | Tensor]:
         """One client on the model itself: its reply, stacked as a block of one."""
@@ -134,7 +135,8 @@ class _Run:
         values = [p.detach().unsqueeze(0) for p in params]  # views: updates reach the model
         steps = torch.zeros(1, device=vc.device)
         optimizer = _Optimizer(self.program.optimizer, values)
-        state = self.program.init(self._clients(part, steps), values)
+        clients = self._clients(part, steps)  # ``steps`` counts in place
+        state = self.program.init(clients, values)
         size, batch = int(self.sizes[part[0]]), int(self.batch[part[0]])
         for order in self._orders(part):
             for lo in range(0, size, batch):
@@ -142,10 +144,10 @@ class _Run:
                 loss = vc.loss(model(vc.x[r]), vc.y[r]).mean()
                 grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
                 with torch.no_grad():
-                    step = self.program.step(self._clients(part, steps), values, [g.unsqueeze(0) for g in grads], state)
+                    step = self.program.step(clients, values, [g.unsqueeze(0) for g in grads], state)
                     state = optimizer.apply(values, step, state, None)
                     steps += 1
-        reply = self.program.reply(self._clients(part, steps), values, state)
+        reply = self.program.reply(clients, values, state)
         return {k: v.clone() if isinstance(v, Tensor) else [t.clone() for t in v] for k, v in reply.items()}
 
     def fold(self, part: np.ndarray, weights: np.ndarray) -> dict[str, Vectors | Tensor]:

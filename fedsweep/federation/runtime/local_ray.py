@@ -37,8 +37,6 @@ from fedsweep.federation.runtime.ray_state import (
 
 START_SECONDS = 120.0
 """``ray start --head`` took 17 s on this 2-core machine under load 4.5; beyond this it failed."""
-WORKER_MODULES = ["torch", "fedsweep.federation.runtime.ray_runtime", "fedsweep.federation.virtual_clients"]
-"""What Ray's workers import before they take work (Ray's ``preload_python_modules``)."""
 STOP_GRACE = 10.0
 """Seconds Ray's processes get to exit on SIGTERM before SIGKILL (as ``ray stop``'s grace)."""
 
@@ -61,7 +59,7 @@ def start(*, num_cpus: float | None = None, dashboard: bool = False, object_stor
         f"--dashboard-port={dashboard_port}", f"--dashboard-agent-listen-port={agent_port}",
         f"--include-dashboard={str(dashboard).lower()}",
         "--disable-usage-stats", f"--temp-dir={temp_dir}",
-        f"--system-config={json.dumps({'max_direct_call_object_size': INLINE_BYTES, 'preload_python_modules': WORKER_MODULES})}",
+        f"--system-config={json.dumps({'max_direct_call_object_size': INLINE_BYTES})}",
         *([f"--num-cpus={num_cpus:g}"] if num_cpus is not None else []),
         *([f"--object-store-memory={object_store_memory}"] if object_store_memory else []),
     ]  # fmt: skip

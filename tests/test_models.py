@@ -124,11 +124,11 @@ def test_evaluation_on_threads_gives_the_numbers_of_one_thread(threads):
     """The test set is evaluated in the same pieces whatever the threads: the same loss and
     accuracy, bit for bit, and both as computed by hand over the whole set at once; torch's
     thread setting is the caller's again after."""
-    from fedsweep.task.compute import EVAL_PIECE, evaluate
+    from fedsweep.task.compute import CONV_EVAL_PIECE, evaluate
     from fedsweep.task.datasets import Dataset
 
     gen = torch.Generator().manual_seed(0)
-    n = 2 * EVAL_PIECE + 37  # three pieces, the last one short
+    n = 2 * CONV_EVAL_PIECE + 37  # three pieces of a convolutional model, the last one short
     data = Dataset(torch.randn(n, 1, 8, 8, generator=gen), torch.randint(0, 7, (n,), generator=gen))
     model = build_model("cnn", input_shape=(1, 8, 8), num_classes=7, seed=0)
     before = torch.get_num_threads()

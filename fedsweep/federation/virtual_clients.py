@@ -28,6 +28,7 @@ from torch import nn
 from fedsweep.federation.client_data import ClientData
 from fedsweep.federation.batches import minibatches
 from fedsweep.federation.local_training import train_each, train_sums
+from fedsweep.task.models import convolves
 from fedsweep.task.compute import CHUNK
 from fedsweep.task.losses import Loss, cross_entropy
 from fedsweep.core.device import resolve_device
@@ -48,11 +49,6 @@ def engines(model: nn.Module, vectorize: bool | str, device: torch.device) -> tu
         return bool(vectorize), bool(vectorize)
     union = not uses_batch_statistics(model)
     return union, union and not (convolves(model) and device.type == "cpu")
-
-
-def convolves(model: nn.Module) -> bool:
-    """True if a module of the model is a convolution."""
-    return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
 
 
 def uses_batch_statistics(model: nn.Module) -> bool:

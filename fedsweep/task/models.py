@@ -142,6 +142,11 @@ MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn": cnn, "cifar_cn
                                                "resnet18": resnet18}  # fmt: skip
 
 
+def convolves(model: nn.Module) -> bool:
+    """True if a module of the model is a convolution."""
+    return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+
+
 def seeded(factory: Callable[..., nn.Module], seed: int | None, **kwargs: Any) -> nn.Module:
     """``factory(**kwargs)`` with torch seeded by ``seed``; the global torch RNG is left untouched (forked)."""
     if seed is None:

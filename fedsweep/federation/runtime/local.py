@@ -25,7 +25,8 @@ from fedsweep.federation.client_data import ClientData
 from fedsweep.federation.requests import Reply, Request, TrainRequest
 from fedsweep.federation.runtime.base import Part, Runtime, check_vectorize
 from fedsweep.federation.runtime.shares import add_in_order, joined, shares, split
-from fedsweep.federation.virtual_clients import VirtualClients, convolves
+from fedsweep.federation.virtual_clients import VirtualClients
+from fedsweep.task.models import convolves
 from fedsweep.task.losses import Loss, cross_entropy
 
 

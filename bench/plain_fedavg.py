@@ -68,13 +68,20 @@ def plain_round(
     return total, {"train": train, "aggregate": add, "steps": steps}
 
 
-def evaluate(model: nn.Module, x: Sequence[Tensor], test: Shard) -> tuple[float, float]:
-    """Test loss and accuracy of weights ``x`` (loaded into ``model``)."""
+def evaluate(model: nn.Module, x: Sequence[Tensor], test: Shard, piece: int | None = None) -> tuple[float, float]:
+    """Test loss and accuracy of weights ``x`` (loaded into ``model``): one forward pass over the
+    whole test set, or passes over pieces of ``piece`` examples."""
     with torch.no_grad():
         for p, t in zip(model.parameters(), x):
             p.copy_(t)
-        logits = model(test[0])
-        return F.cross_entropy(logits, test[1]).item(), (logits.argmax(1) == test[1]).float().mean().item()
+        n = len(test[1])
+        step = piece or n
+        loss = correct = 0.0
+        for lo in range(0, n, step):
+            logits, labels = model(test[0][lo : lo + step]), test[1][lo : lo + step]
+            loss += F.cross_entropy(logits, labels, reduction="sum").item()
+            correct += (logits.argmax(1) == labels).sum().item()
+        return loss / n, correct / n
 
 
 def check(overrides: list[str]) -> dict[str, float]:

@@ -17,6 +17,8 @@ Three variants, each run as a fresh process (``python <this file> --child …``)
 start-up and memory are its own, taking turns in every repeat (the order rotates):
 
 * **plain**: a plain PyTorch loop with one torch thread (``bench/plain_fedavg.py``): the baseline;
+  it evaluates the test set in one forward pass (``--plain-eval-piece N``: in pieces of N, as
+  fedsweep evaluates a convolutional model in pieces of 64);
 * **local**: ``run_experiment`` with ``runtime=local`` (torch's default threads, one per core);
 * **ray**: ``run_experiment`` with ``runtime=ray runtime.workers=W`` (a Ray of its own, in a
   private ``RAY_TMPDIR``; the driver keeps one thread while the workers compute).
@@ -133,7 +135,7 @@ def plain_child(opts: dict, stamps: dict) -> dict:
         clock.parts["method"] += time.perf_counter() - start
         clock.parts["train"] += parts["train"]
         start = time.perf_counter()
-        evaluate(model, x, test)
+        evaluate(model, x, test, opts["plain_eval_piece"])
         clock.parts["evaluate"] += time.perf_counter() - start
         clock.stamp()
     stamps["first_round"] = clock.rounds[0]["end"]
@@ -279,6 +281,8 @@ def main() -> None:
                         "e.g. runtime.vectorize=false")  # fmt: skip
     parser.add_argument("--variants", default=",".join(VARIANTS), help="a subset, e.g. plain,local")
     parser.add_argument("--no-check", action="store_true", help="skip the check against the plain loop")
+    parser.add_argument("--plain-eval-piece", type=int, default=None, help="the plain loop evaluates in pieces of "
+                        "this many examples (default: the whole test set in one pass)")  # fmt: skip
     args = parser.parse_args()
     if args.device == "cuda":
         import torch
@@ -286,7 +290,7 @@ def main() -> None:
         if not torch.cuda.is_available():
             print("--device cuda: skipped, torch.cuda.is_available() is False on this machine")
             return
-    opts = {k: getattr(args, k) for k in ("shape", "model", "rounds", "workers", "device", "fedsweep")}
+    opts = {k: getattr(args, k) for k in ("shape", "model", "rounds", "workers", "device", "fedsweep", "plain_eval_piece")}
     env = dict(item.split("=", 1) for item in args.env)
     variants = args.variants.split(",")
     print(f"{opts}; env {env or 'as is'}; {os.cpu_count()} CPUs; load average before: "

@@ -29,9 +29,15 @@ LONG = [
 def run_and_kill(overrides, log_dir, kills: int):
     """Run in a thread; from round 1 on, SIGKILL worker 1's process ``kills`` times while
     requests are in flight. Returns (history, the run's exception or None, pids killed)."""
-    history, error, round_done = [], [], threading.Event()
+    history, error, round_done, first_pid = [], [], threading.Event(), []
+
+    def worker_pid() -> int:
+        (name,) = [n for n in ray.util.list_named_actors() if f" {log_dir.name} worker 1/" in n]
+        return ray.get(ray.get_actor(name).where.remote(), timeout=60)["pid"]  # waits out a restart
 
     def report(metrics):
+        if not history:  # the run waits here, no request in flight: the answer comes at once
+            first_pid.append(worker_pid())
         history.append(metrics)
         round_done.set()
 
@@ -45,10 +51,9 @@ def run_and_kill(overrides, log_dir, kills: int):
     thread.start()
     assert round_done.wait(timeout=180)
     killed = []
-    (name,) = [n for n in ray.util.list_named_actors() if f" {log_dir.name} worker 1/" in n]
-    for _ in range(kills):
-        pid = ray.get(ray.get_actor(name).where.remote(), timeout=60)["pid"]  # waits out a restart
-        time.sleep(0.3)  # in the middle of a request (each takes about a second)
+    for k in range(kills):
+        pid = first_pid[0] if k == 0 else worker_pid()
+        time.sleep(0.3)  # in the middle of the next request (each takes about a second)
         os.kill(pid, signal.SIGKILL)
         killed.append(pid)
     thread.join(timeout=300)

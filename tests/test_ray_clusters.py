@@ -66,7 +66,9 @@ def test_a_local_ray_listens_on_loopback_only():
     """The Ray a run or sweep starts (``init_ray``, dashboard on): every socket that its
     processes listen on (GCS, raylet, object manager, agents, dashboard, driver, an actor
     and a task worker) is bound to 127.0.0.1. With Ray's default port for the dashboard agent
-    (52365) taken, as by another Ray of the machine, the agent serves on a free port instead."""
+    (52365) taken, as by another Ray of the machine, the agent serves on a free port instead;
+    without trials printing to the driver there is no log monitor (the dashboard's autoscaler
+    monitor runs, as the dashboard is on)."""
     script = Path(__file__).with_name("ray_cluster_run.py")
     done = subprocess.run([sys.executable, str(script), "local"], capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -79,3 +81,4 @@ def test_a_local_ray_listens_on_loopback_only():
     assert [s for s in listening if not is_loopback(s[2])] == []
     agents = {port for _, name, _, port in listening if name.startswith("ray::Dashboard")}
     assert started["agent_port"] != 52365 and started["agent_port"] in agents, (started["agent_port"], agents)
+    assert "monitor.py" in started["services"] and "log_monitor.py" not in started["services"], started["services"]

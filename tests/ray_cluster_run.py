@@ -95,8 +95,9 @@ def local() -> dict:
         processes = {os.getpid(), *descendants(os.getpid()), *with_in_command_line(tmp), *workers}
         agent = ray._private.worker.global_worker.node.dashboard_agent_listen_port
         commands = [Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace") for p in with_in_command_line(tmp)]
+        services = {Path(a).name for c in commands for a in c.split("\0")[:3] if a.endswith(".py") or "/ray/core/" in a}
         return {"node": ray.util.get_node_ip_address(), "workers": sorted(workers), "listening": listening(processes),
-                "agent_port": agent, "services": sorted({Path(a).name for c in commands for a in c.split("\0")[:3] if a.endswith(".py") or "/ray/core/" in a})}
+                "agent_port": agent, "services": sorted(services)}
     finally:
         ray.shutdown()
         held.close()

@@ -36,10 +36,12 @@ def run_and_kill(overrides, log_dir, kills: int):
         return ray.get(ray.get_actor(name).where.remote(), timeout=60)["pid"]  # waits out a restart
 
     def report(metrics):
-        if not history:  # the run waits here, no request in flight: the answer comes at once
-            first_pid.append(worker_pid())
-        history.append(metrics)
-        round_done.set()
+        try:
+            if not history:  # the run waits here, no request in flight: the answer comes at once
+                first_pid.append(worker_pid())
+            history.append(metrics)
+        finally:
+            round_done.set()
 
     def target():
         try:

@@ -57,6 +57,17 @@ def sigterm_as_ctrl_c() -> None:
         signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
 
 
+def interrupt_handled() -> None:
+    """Say a caught Ctrl-C (or SIGTERM) was handled, so the process exits with the code returned.
+
+    CPython marks a ``KeyboardInterrupt`` that leaves code run from a string (``exec`` of a str:
+    ``dataclasses`` does this, so torch's import does too) as unhandled even when it is caught
+    later, and a ``python -m`` program then ends by SIGINT (exit -2) instead of with its code.
+    Running a string clears the mark (``run_eval_code_obj`` in CPython's ``pythonrun.c`` resets
+    it first). Seen when SIGTERM came while torch was being imported."""
+    exec("")  # noqa: S102 - an empty program; see above
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] not in ("run", "tune", "ray"):
@@ -143,6 +154,7 @@ def run_main(argv: list[str] | None = None) -> int:
         where = stopped.get("log_dir")
         kept_line = kept(where, overrides).removeprefix("; ") if where else f"nothing kept; start again with: {' '.join(again)}"
         print(f"error: stopped (Ctrl-C or SIGTERM); {kept_line}", file=sys.stderr)
+        interrupt_handled()
         return 130
 
 
@@ -229,6 +241,7 @@ def tune_main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # stopped outside Tune's run (before or while Ray starts, while reporting)
         print(f"error: stopped (Ctrl-C or SIGTERM); what the sweep finished is kept, resume with: "
               f"{' '.join(tune_command(args))}", file=sys.stderr)  # fmt: skip
+        interrupt_handled()
         return 130
 
 
@@ -257,6 +270,7 @@ def _tune_main(args: argparse.Namespace, run_sweep, load_sweep) -> int:
         return 1
     if table.attrs.get("unfinished"):  # stopped (Ctrl-C): its state is saved for the resume
         print("resume with: " + " ".join(tune_command(args)))
+        interrupt_handled()
         return 130
     return 0
 

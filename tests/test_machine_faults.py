@@ -329,6 +329,29 @@ def test_workers_ray_cannot_place_time_out_in_one_line(ray_session):
 # -- 4. SIGTERM and Ctrl-C -------------------------------------------------------------------
 
 
+INTERRUPTED_IN_A_STRING = """
+import sys
+from fedsweep.cli import interrupt_handled
+try:
+    exec("raise KeyboardInterrupt")  # as SIGTERM during torch's import: inside dataclasses' exec of a str
+except KeyboardInterrupt:
+    if sys.argv[1] == "handled":
+        interrupt_handled()
+sys.exit(130)
+"""
+
+
+def test_a_caught_interrupt_exits_with_the_code_returned(tmp_path):
+    """A Ctrl-C caught after it left code run from a string still ends a ``python -m`` program by
+    SIGINT (-2) unless ``interrupt_handled`` says it was handled; the commands call it, and
+    then exit with 130 as they say."""
+    (tmp_path / "interrupted.py").write_text(INTERRUPTED_IN_A_STRING)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+    codes = {mode: subprocess.run([sys.executable, "-m", "interrupted", mode], cwd=tmp_path, env=env, timeout=120).returncode
+             for mode in ("caught", "handled")}  # fmt: skip
+    assert codes == {"caught": -signal.SIGINT, "handled": 130}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("when", ["mid-run", "before Ray"])
 def test_sigterm_keeps_checkpoints_says_how_to_continue_and_leaves_no_ray(when, tmp_path):

@@ -169,12 +169,20 @@ def _read(connection: socket.socket, size: int) -> bytes:
 @contextmanager
 def _keep_sigterm() -> Iterator[None]:
     """Ray's driver installs its own SIGTERM handler (it aborts the process, Ray 2.60): keep the
-    caller's, which stops a run as Ctrl-C does (``fedsweep.cli``) and so shuts this Ray down."""
+    caller's, which stops a run as Ctrl-C does (``fedsweep.cli``) and so shuts this Ray down.
+    Ray's is not installed at all while ``ray.init`` runs: a SIGTERM then ended the command with
+    exit code 15 and no word, where it now stops it as at any other moment."""
+    from ray._private import utils as ray_utils  # ray is pinned (pyproject.toml)
+
     main = threading.current_thread() is threading.main_thread()
     before = signal.getsignal(signal.SIGTERM) if main else None
+    install = ray_utils.set_sigterm_handler
+    if callable(before):
+        ray_utils.set_sigterm_handler = lambda handler: None
     try:
         yield
     finally:
+        ray_utils.set_sigterm_handler = install
         if callable(before):
             signal.signal(signal.SIGTERM, before)
 
@@ -241,8 +249,8 @@ def ray_session(address: str | None, *, dashboard: bool) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    context = init_ray(address, dashboard=dashboard)
     try:
+        context = init_ray(address, dashboard=dashboard)  # stopped while it starts: what started is stopped
         if context.dashboard_url:
             print(f"Ray dashboard: http://{context.dashboard_url}")
         yield

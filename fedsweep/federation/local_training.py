@@ -211,10 +211,9 @@ def _accumulate(totals: Reply, reply: dict[str, Vectors | Tensor], weights: Tens
     A block of one client (the one-by-one engine) is added in place, without a float64 copy."""
     for name, value in reply.items():
         tensors = [value] if isinstance(value, Tensor) else value
-        if name not in totals:
+        if name not in totals:  # one float64 buffer (Weights' fused path), as every reply's sums
             names = (SCALAR,) if isinstance(value, Tensor) else x.names
-            zeros = [torch.zeros(t.shape[1:], dtype=torch.float64, device=t.device) for t in tensors]
-            totals[name] = Weights(dict(zip(names, zeros)))
+            totals[name] = Weights.zeros_like(Weights(dict(zip(names, [t[0] for t in tensors]))), dtype=torch.float64)
         target = list(totals[name].values())
         if weights is None:
             torch._foreach_add_(target, [t.double().sum(0) for t in tensors])

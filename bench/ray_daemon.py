@@ -1,15 +1,19 @@
 """Start-up of ``fedsweep run runtime=ray`` with and without a kept local Ray (``fedsweep ray start``).
 
-    python bench/ray_daemon.py        # 3 pairs, interleaved
-    python bench/ray_daemon.py 5      # 5 pairs
+    python bench/ray_daemon.py        # 3 cycles
+    python bench/ray_daemon.py 5      # 5 cycles
 
 The workload: the default config (digits, MLP, VRCS), ``runtime=ray rounds=1``. A fresh process
 does what ``python -m fedsweep.run`` does (compose and check the config, which imports torch,
-then ``run_experiment``); the time is from just before it is spawned to the end of round 1,
-split into interpreter and imports, config checks, Ray (``ray.init``: a new Ray, or joining the
-kept one), data, workers (the pool's actors importing torch) and round 1. The kept Ray is started
-once here (``local_ray.start``, in a private state folder) and stopped at the end by pid; the
-runs without it see an empty state folder. Pairs alternate which goes first.
+then ``run_experiment``, then ``exit_now``); the time is from just before it is spawned to the
+end of round 1, split into interpreter and imports, config checks, Ray (``ray.init``: a new Ray,
+or joining the kept one; then the pool's workers leased or asked for), data, workers (every
+worker ready: new actors import torch, warm ones are ready) and round 1. The kept Ray is started
+once here (``local_ray.start``: with its warm workers, ``fedsweep.federation.runtime.warm``, in a
+private state folder) and stopped at the end by pid; the runs without it see an empty state
+folder. Each cycle runs: one with its own Ray, one with the kept Ray (whose warm workers had that
+run's time to start), and one more with the kept Ray straight after ("back to back": the warm
+workers that replace those the run before used are still starting).
 
 Target (issue 18): with a kept Ray, the end of round 1 in <= 2.5 s.
 """
@@ -30,6 +34,7 @@ PHASES = ("imported", "checked", "ray", "data", "workers", "first_round")
 
 def child(spawned: float) -> None:
     imported = time.time()
+    from fedsweep.cli import exit_now
     from fedsweep.experiment.config import compose, to_container, validate
     from fedsweep.experiment.loop import run_experiment
 
@@ -38,8 +43,9 @@ def child(spawned: float) -> None:
     checked = time.time()
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as log_dir:
-        run_experiment(cfg, log_dir=log_dir, progress=False, timings=timings)
+        run_experiment(cfg, log_dir=log_dir, progress=False, timings=timings, checked=True)
     print(json.dumps({"spawned": spawned, "imported": imported, "checked": checked, **timings}))
+    exit_now(0)
 
 
 def one_run(state_dir: str) -> dict:
@@ -54,7 +60,7 @@ def one_run(state_dir: str) -> dict:
     return stamps
 
 
-def main(pairs: int) -> None:
+def main(cycles: int) -> None:
     from fedsweep.federation.runtime import local_ray
 
     kept_dir, empty_dir = tempfile.mkdtemp(prefix="fsb-kept-"), tempfile.mkdtemp(prefix="fsb-none-")
@@ -63,12 +69,11 @@ def main(pairs: int) -> None:
     began = time.time()
     state = local_ray.start()
     print(f"kept Ray started in {time.time() - began:.1f} s at {state['address']}", flush=True)
-    runs: dict[str, list[dict]] = {"kept": [], "own": []}
+    runs: dict[str, list[dict]] = {"own": [], "kept": [], "back to back": []}
     try:
-        for i in range(pairs):
-            order = ("kept", "own") if i % 2 == 0 else ("own", "kept")
-            for which in order:
-                stamps = one_run(kept_dir if which == "kept" else empty_dir)
+        for _ in range(cycles):
+            for which in runs:
+                stamps = one_run(empty_dir if which == "own" else kept_dir)
                 runs[which].append(stamps)
                 loads.append(os.getloadavg()[0])
                 print(f"{which}: {_line(stamps)}  (load {loads[-1]:.2f})", flush=True)
@@ -78,7 +83,8 @@ def main(pairs: int) -> None:
         print(f"kept Ray stopped ({count} processes)")
         shutil.rmtree(kept_dir, ignore_errors=True)
         shutil.rmtree(empty_dir, ignore_errors=True)
-    for which, label in (("kept", "with a kept Ray"), ("own", "starting its own Ray")):
+    labels = {"kept": "with a kept Ray", "back to back": "with a kept Ray, back to back", "own": "starting its own Ray"}
+    for which, label in labels.items():
         rows = runs[which]
         round1 = statistics.median(r["first_round"] - r["spawned"] for r in rows)
         total = statistics.median(r["exited"] - r["spawned"] for r in rows)

@@ -1,8 +1,6 @@
 """``python -m fedsweep.tune SWEEP_FILE …``: a sweep (``fedsweep tune``, see ``fedsweep.cli``)."""
 
-import sys
-
-from fedsweep.cli import tune_main
+from fedsweep.cli import exit_now, tune_main
 
 if __name__ == "__main__":
-    sys.exit(tune_main())
+    exit_now(tune_main())

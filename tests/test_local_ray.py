@@ -51,8 +51,11 @@ def test_a_kept_ray_is_joined_by_a_run_and_stopped_by_pid(tmp_path, monkeypatch,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
         assert f"the local Ray of `fedsweep ray start` at {state['address']}" in done.stdout
+        assert "Ray: 1 of the pool's 1 workers are warm ones of `fedsweep ray start`" in done.stdout
         assert "Started a local Ray instance" not in done.stderr and " -- " not in done.stderr, done.stderr  # joined, no Ray log line
-        assert main(["ray", "status"]) == 0 and state["address"] in capsys.readouterr().out
+        assert main(["ray", "status"]) == 0
+        shown = capsys.readouterr().out
+        assert state["address"] in shown and "warm workers: 2" in shown  # --workers auto: a run's pool on 2 CPUs
 
         ours |= local_ray.processes(state["temp_dir"])
         strangers, kill = [], os.kill

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from fedsweep.algorithms.similarity import estimate_similarity
 from fedsweep.core.allocator import keep_freed_memory
 from fedsweep.core.errors import DivergedError, SolverError
-from fedsweep.core.threads import torch_threads
+from fedsweep.core.threads import import_meanwhile, torch_threads
 from fedsweep.core.weights import Weights
 from fedsweep.experiment import components
 from fedsweep.experiment.build import Run, build, make_runtime, prepare, seed_of
@@ -77,6 +77,8 @@ def run_experiment(
     stamp = (lambda phase: timings.__setitem__(phase, time.time())) if timings is not None else (lambda phase: None)
     torch.manual_seed(cfg["seed"])
     ray = uses_ray(cfg)
+    if ray:  # imported on a thread while the driver waits for Ray and its workers
+        import_meanwhile("torch._dynamo")
     with ExitStack() as stack:
         if ray:  # the workers hold the cores: the driver's idle torch threads would spin on them after
             stack.enter_context(torch_threads(1))  # each parallel op (a round a third slower or more, 2 CPUs)

@@ -40,11 +40,15 @@ STOP_GRACE = 10.0
 """Seconds Ray's processes get to exit on SIGTERM before SIGKILL (as ``ray stop``'s grace)."""
 
 
-def start(*, num_cpus: float | None = None, dashboard: bool = False, object_store_memory: int | None = None) -> dict:
-    """Start the kept Ray (or return the one already running) and write its state file."""
+def start(*, num_cpus: float | None = None, dashboard: bool = False, object_store_memory: int | None = None,
+          workers: int | str = "auto") -> dict:  # fmt: skip
+    """Start the kept Ray (or return the one already running) and write its state file; then start
+    its ``workers`` warm workers (``fedsweep.federation.runtime.warm``; ``auto``: as many as a run's
+    default pool has, none where that pool uses GPUs)."""
     kept = running_ray()
     if kept is not None:
         return {**kept, "already": True}
+    count = warm_count(workers, num_cpus)
     # not Ray's fixed ports (8265, 52365): another Ray of the machine may hold them
     port, dashboard_port, agent_port = free_port(), free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="fedsweep-ray-")  # short: Ray's socket paths live under it
@@ -89,7 +93,49 @@ def start(*, num_cpus: float | None = None, dashboard: bool = False, object_stor
         "started": time.time(),
     }
     write_state(state)
+    if count:
+        try:
+            _start_warm(state, count)
+        except BaseException:
+            stop()
+            raise
+    state["warm"] = count
+    write_state(state)
     return state
+
+
+def warm_count(workers: int | str, num_cpus: float | None) -> int:
+    """How many warm workers ``fedsweep ray start --workers`` starts (one line for a bad value)."""
+    from fedsweep.core.checks import check
+    from fedsweep.federation.runtime.resources import local_resources, resolve
+
+    if workers != "auto":
+        check("--workers", workers, "int >= 0")
+        return int(workers)
+    cpus, gpus = local_resources()
+    pool = resolve({"workers": "auto", "num_cpus": 1.0, "num_gpus": "auto"}, cpus=cpus if num_cpus is None else num_cpus,
+                   gpus=gpus)  # fmt: skip
+    return 0 if pool["num_gpus"] else pool["workers"]
+
+
+def _start_warm(state: dict, count: int) -> None:
+    """Join the kept Ray, start its warm workers and wait until they have imported torch."""
+    import ray
+
+    from fedsweep.federation.runtime import warm
+    from fedsweep.federation.runtime.ray_runtime import READY_SECONDS
+    from fedsweep.federation.runtime.ray_start import _join_kept
+
+    _join_kept(state, dashboard=False, trial_output=False, say=False)
+    try:
+        handles = warm.spawn(count)
+        ready, pending = ray.wait([h.where.remote() for h in handles], num_returns=count, timeout=READY_SECONDS)
+        if pending:
+            raise RunError(f"{len(pending)} of {count} warm workers not started within {READY_SECONDS:g} s "
+                           "(`fedsweep ray start --workers 0` starts none)")  # fmt: skip
+        ray.get(ready)
+    finally:
+        ray.shutdown()
 
 
 def stop() -> tuple[dict | None, int]:
@@ -203,6 +249,8 @@ def describe(state: dict) -> str:
         f"  session: {state.get('session_dir')}",
         f"  state file: {state_path()}",
     ]
+    if state.get("warm"):
+        lines.append(f"  warm workers: {state['warm']}, ready for runs (`fedsweep ray start --workers N` sets how many)")
     if state.get("dashboard_url"):
         lines.append(f"  Ray dashboard: http://{state['dashboard_url']}")
     return "\n".join(lines)

@@ -41,6 +41,7 @@ from fedsweep.federation.client_data import ClientData
 from fedsweep.core.allocator import keep_freed_memory
 from fedsweep.core.errors import RunError
 from fedsweep.core.checks import check
+from fedsweep.federation.runtime import warm
 from fedsweep.federation.runtime.base import Part, Runtime, check_vectorize
 from fedsweep.federation.runtime.shares import add_in_order, joined, shares, split
 from fedsweep.federation.runtime.resources import check_fits, local_resources, resolve
@@ -78,25 +79,79 @@ class WorkerDiedError(RunError):
 class Worker:
     """One process serving any of a run's virtual clients (run as a Ray actor)."""
 
-    def __init__(self, label: str, index: int, num_threads: int) -> None:
+    def __init__(self, label: str, index: int, num_threads: int, *, warm: bool = False) -> None:
+        import time
+
         import torch
 
+        self._since = time.time_ns()  # a warm worker: source files changed after this are not what it runs
+        if warm:  # what a run's first round imports (torch.func imports torch._dynamo: 0.75 s), before the run
+            import torch._dynamo  # noqa: F401
+
+            from fedsweep.federation import virtual_clients  # noqa: F401
         keep_freed_memory()
         torch.set_num_threads(num_threads)
         self.label, self.index = label, index
         self._setup_id: str | None = None
         self._clients = None
+        self._owner: str | None = None  # a warm worker: the Ray job of the run it serves
+        self._code_path: list[str] | None = None  # a warm worker: its last run's folders on sys.path
 
     def __repr__(self) -> str:  # Ray shows it in the dashboard and as the log prefix
         return f"fedsweep_worker[{self.label}#{self.index}]"
+
+    def lease(self, owner: str, label: str, index: int, threads: int, code_path: list[str],
+              replacing: str | None = None) -> tuple[str, str | None]:  # fmt: skip
+        """A warm worker taken by the run of Ray job ``owner`` as its worker ``index``
+        (``fedsweep.federation.runtime.warm``): ``("leased", None)``; ``("taken", job)`` while
+        another run's job holds it (``replacing``: that job, which has ended); ``("stale", why)``
+        when what it imported is not what the run would (a source file changed since, or a module
+        imported from another run's folder that this run's folders may shadow)."""
+        import sys
+
+        import torch
+
+        from fedsweep.federation.runtime.warm import changed_since, imported_from
+
+        if self._owner is not None and self._owner != replacing:
+            return "taken", self._owner
+        changed = changed_since(self._since)
+        if changed:
+            return "stale", f"{changed} changed since it was imported"
+        if self._code_path is not None and self._code_path != code_path:
+            shadowed = imported_from([p for p in self._code_path if p not in code_path])
+            if shadowed:
+                return "stale", f"{shadowed} was imported for another run"
+            sys.path[:] = [p for p in sys.path if p not in self._code_path]
+        if self._owner is not None:  # taken over from a run that ended without releasing it
+            self._release()
+        self._owner, self._code_path, self.label, self.index = owner, list(code_path), label, index
+        torch.set_num_threads(threads)
+        sys.path[:0] = [path for path in code_path if path not in sys.path]  # the run's plug-ins import as in its own workers
+        return "leased", None
+
+    def release(self, owner: str) -> None:
+        """A warm worker free again (its run's data dropped), when ``owner``'s run holds it."""
+        if self._owner == owner:
+            self._release()
+            self._owner = None
+
+    def _release(self) -> None:
+        import gc
+
+        self._clients, self._setup_id = None, None
+        gc.collect()
 
     def where(self) -> dict[str, object]:
         """Where this worker runs: its node's address and its process id."""
         return {"node": ray.util.get_node_ip_address(), "pid": os.getpid()}
 
-    def load(self, setup: list[ray.ObjectRef], setup_id: str) -> None:
-        """Take the run's clients and model (``setup[0]``: nested, so Ray hands over the reference)."""
+    def load(self, setup: list[ray.ObjectRef], setup_id: str, owner: str) -> None:
+        """Take the run's clients and model (``setup[0]``: nested, so Ray hands over the reference)
+        for the run of Ray job ``owner`` (a warm worker restarted by Ray is leased again)."""
         from fedsweep.federation.virtual_clients import VirtualClients
+
+        self._owner = owner
 
         s: WorkerSetup = ray.get(setup[0])  # the arrays are mapped from the object store, not copied
         # Ray hides GPUs from actors without a GPU share, so "auto" is cuda exactly when it holds one
@@ -203,7 +258,17 @@ class RayRuntime(Runtime):
         threads = max(1, int(resources.num_cpus))
         tag = uuid.uuid4().hex[:6]  # names stay unique when a label is reused
         self.label, self.max_restarts, self.resources = label, max_restarts, resources
-        self.workers = [
+        self._job = ray.get_runtime_context().get_job_id()
+        self.warm: list[ray.actor.ActorHandle] = []  # leased warm workers (kept Ray), first in ``workers``
+        self._stale = 0  # warm workers stopped as stale: replaced at the end
+        self._reserved = None  # the placement group that holds the warm workers' CPUs
+        if warm.usable(num_gpus=resources.num_gpus, max_restarts=max_restarts):
+            self.warm, self._stale = warm.lease(workers, label=label, threads=threads)
+            if self.warm:
+                print(f"Ray: {len(self.warm)} of the pool's {workers} workers are warm ones of `fedsweep ray start`")
+        if self.warm:
+            self._reserved = ray.util.placement_group([{"CPU": resources.num_cpus}] * len(self.warm)) if resources.num_cpus else None
+        self.workers = self.warm + [
             actor.options(
                 num_cpus=resources.num_cpus,
                 num_gpus=resources.num_gpus,
@@ -211,7 +276,7 @@ class RayRuntime(Runtime):
                 max_task_retries=max_restarts,
                 name=f"fedsweep {label} worker {i + 1}/{workers} {tag}",
             ).remote(label, i, threads)
-            for i in range(workers)
+            for i in range(len(self.warm), workers)
         ]
         self._setup: tuple[ray.ObjectRef, str] | None = None
         self._sizes: np.ndarray | None = None
@@ -222,7 +287,7 @@ class RayRuntime(Runtime):
         self._setup = (ray.put(WorkerSetup(data, model_fn, loss, self.vectorize)), uuid.uuid4().hex)
         self._sizes = data.sizes
         for worker in self.workers:  # queued before any request: actor calls run in order
-            worker.load.remote([self._setup[0]], self._setup[1])
+            worker.load.remote([self._setup[0]], self._setup[1], self._job)
 
     def _argument(self, request: Request):
         """A small request travels with each call (inline); a large one is put in the object
@@ -264,7 +329,7 @@ class RayRuntime(Runtime):
             except SetupMissing:
                 worker = self.workers[index]
                 setup_ref, setup_id = self._setup
-                worker.load.remote([setup_ref], setup_id)
+                worker.load.remote([setup_ref], setup_id, self._job)
                 replies.append(self._get(call(worker, share), index))
         return replies
 
@@ -296,11 +361,13 @@ class RayRuntime(Runtime):
         :data:`READY_SECONDS`; a cluster that shrank, or is busy) stops the run in one line."""
         refs = [w.where.remote() for w in self.workers]
         timeout = READY_SECONDS if timeout is None else timeout
-        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        reserved = [self._reserved.ready()] if self._reserved is not None else []
+        ready, pending = ray.wait(refs + reserved, num_returns=len(refs) + len(reserved), timeout=timeout)
         if pending:
             free = ray.available_resources()
+            missing = sum(ref in pending for ref in refs) or len(self.warm)  # else the warm workers' CPUs are not free
             raise RunError(
-                f"{len(pending)} of {len(refs)} workers of {self.label} not started within {timeout:g} s "
+                f"{missing} of {len(refs)} workers of {self.label} not started within {timeout:g} s "
                 f"(each asks runtime.num_cpus={self.resources.num_cpus:g}, runtime.num_gpus={self.resources.num_gpus:g}; "
                 f"the Ray cluster has {free.get('CPU', 0):g} CPUs and {free.get('GPU', 0):g} GPUs free)"
             )
@@ -308,7 +375,11 @@ class RayRuntime(Runtime):
             self._get(ref, index)
 
     def close(self) -> None:
-        for worker in self.workers:
+        for worker in self.workers[len(self.warm) :]:
             ray.kill(worker)
-        self.workers = []
+        warm.release(self.warm)  # free for the next run
+        warm.spawn(self._stale)
+        if self._reserved is not None:
+            ray.util.remove_placement_group(self._reserved)
+        self.workers, self.warm, self._reserved, self._stale = [], [], None, 0
         self._last = None

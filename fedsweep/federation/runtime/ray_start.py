@@ -80,7 +80,7 @@ def init_ray(address: str | None, *, dashboard: bool, trial_output: bool = False
     return context
 
 
-def _join_kept(kept: dict, *, dashboard: bool, trial_output: bool):
+def _join_kept(kept: dict, *, dashboard: bool, trial_output: bool, say: bool = True):
     """Join the local Ray that ``fedsweep ray start`` keeps (``local_ray``): on loopback, with its
     authentication mode (Ray enables token authentication only for a Ray it finds itself, not
     for an address given, and reads the mode once: it is refreshed here)."""
@@ -88,7 +88,8 @@ def _join_kept(kept: dict, *, dashboard: bool, trial_output: bool):
 
     if kept.get("auth") == "token" and "RAY_AUTH_MODE" not in os.environ:
         _auth_mode("token")
-    print(f"Ray: the local Ray of `fedsweep ray start` at {kept['address']}")
+    if say:
+        print(f"Ray: the local Ray of `fedsweep ray start` at {kept['address']}")
     try:
         with _single_machine(), _keep_sigterm():
             return ray.init(address=kept["address"], include_dashboard=dashboard, log_to_driver=trial_output,

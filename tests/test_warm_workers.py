@@ -12,6 +12,7 @@ import time
 import pytest
 
 from fedsweep.federation.runtime import warm
+from fedsweep.federation.runtime.worker import changed_since, imported_from
 from tests.test_runtimes import METHODS, SHORT, history
 
 
@@ -21,12 +22,12 @@ def test_changed_files_and_modules_of_a_folder_are_found(tmp_path, monkeypatch):
     since = time.time_ns()
     import warm_probe_a  # noqa: F401
 
-    assert warm.changed_since(since) is None
-    assert warm.imported_from([str(tmp_path)]) == "warm_probe_a"
-    assert warm.imported_from([str(tmp_path / "elsewhere")]) is None
+    assert changed_since(since) is None
+    assert imported_from([str(tmp_path)]) == "warm_probe_a"
+    assert imported_from([str(tmp_path / "elsewhere")]) is None
     later = (since + 10**9) / 1e9
     os.utime(tmp_path / "warm_probe_a.py", (later, later))
-    assert warm.changed_since(since) == str(tmp_path / "warm_probe_a.py")
+    assert changed_since(since) == str(tmp_path / "warm_probe_a.py")
     del sys.modules["warm_probe_a"]
 
 

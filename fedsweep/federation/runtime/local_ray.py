@@ -95,7 +95,7 @@ def start(*, num_cpus: float | None = None, dashboard: bool = False, object_stor
     write_state(state)
     if count:
         try:
-            _start_warm(state, count)
+            _start_warm(count)
         except BaseException:
             stop()
             raise
@@ -118,24 +118,18 @@ def warm_count(workers: int | str, num_cpus: float | None) -> int:
     return 0 if pool["num_gpus"] else pool["workers"]
 
 
-def _start_warm(state: dict, count: int) -> None:
-    """Join the kept Ray, start its warm workers and wait until they have imported torch."""
-    import ray
-
-    from fedsweep.federation.runtime import warm
-    from fedsweep.federation.runtime.ray_runtime import READY_SECONDS
-    from fedsweep.federation.runtime.ray_start import _join_kept
-
-    _join_kept(state, dashboard=False, trial_output=False, say=False)
+def _start_warm(count: int) -> None:
+    """Start the kept Ray's warm workers and wait until they have imported torch, from a process
+    of their own (``python -m fedsweep.federation.runtime.warm``: this one may have joined another Ray)."""
+    command = [sys.executable, "-m", "fedsweep.federation.runtime.warm", str(count)]
     try:
-        handles = warm.spawn(count)
-        ready, pending = ray.wait([h.where.remote() for h in handles], num_returns=count, timeout=READY_SECONDS)
-        if pending:
-            raise RunError(f"{len(pending)} of {count} warm workers not started within {READY_SECONDS:g} s "
-                           "(`fedsweep ray start --workers 0` starts none)")  # fmt: skip
-        ray.get(ready)
-    finally:
-        ray.shutdown()
+        done = subprocess.run(command, capture_output=True, text=True, timeout=START_SECONDS)
+    except subprocess.TimeoutExpired:
+        raise RunError(f"{count} warm workers not started within {START_SECONDS:g} s "
+                       "(`fedsweep ray start --workers 0` starts none)") from None  # fmt: skip
+    if done.returncode != 0:
+        lines = (done.stderr.strip() or f"exit code {done.returncode}").splitlines()
+        raise RunError(f"warm workers not started: {lines[-1][:300]} (`fedsweep ray start --workers 0` starts none)")
 
 
 def stop() -> tuple[dict | None, int]:

@@ -19,6 +19,10 @@ mapped from the object store, not copied) and repeats the request, and the answe
 one an undisturbed worker gives. A worker that dies more often than that fails the run
 with a one-line :class:`WorkerDiedError`.
 
+In a Ray that holds warm workers (``fedsweep ray start``: ``warm``), the pool leases them
+instead of starting actors that import torch (1.1-2.0 s), reserves their CPUs with a
+placement group while it runs, and releases them at its end.
+
 Inside a Ray Tune trial the workers join the trial's placement group (Tune captures
 child actors by default), which must hold one bundle per worker: see
 ``fedsweep.sweep.driver.trial_resources``.
@@ -30,23 +34,23 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import ray
 from torch import nn
 
-from fedsweep.federation.client_data import ClientData
-from fedsweep.core.allocator import keep_freed_memory
-from fedsweep.core.errors import RunError
 from fedsweep.core.checks import check
+from fedsweep.core.errors import RunError
+from fedsweep.federation.client_data import ClientData
+from fedsweep.federation.requests import Reply, Request, TrainRequest
 from fedsweep.federation.runtime import warm
 from fedsweep.federation.runtime.base import Part, Runtime, check_vectorize
-from fedsweep.federation.runtime.shares import add_in_order, joined, shares, split
-from fedsweep.federation.runtime.resources import check_fits, local_resources, resolve
 from fedsweep.federation.runtime.ray_start import INLINE_BYTES
-from fedsweep.federation.requests import Reply, Request, TrainRequest
+from fedsweep.federation.runtime.resources import check_fits, local_resources, resolve
+from fedsweep.federation.runtime.shares import add_in_order, joined, shares, split
+from fedsweep.federation.runtime.worker import READY_SECONDS, SetupMissing, Worker, WorkerSetup
 from fedsweep.task.losses import Loss, cross_entropy
 
 
@@ -58,126 +62,8 @@ class WorkerResources:
     num_gpus: float = 0.0
 
 
-@dataclass(frozen=True)
-class WorkerSetup:
-    """What a worker needs to serve a run's clients; put in the object store once per run."""
-
-    data: ClientData
-    model_fn: Callable[[], nn.Module]
-    loss: Loss
-    vectorize: bool | str
-
-
-READY_SECONDS = 120.0
-"""How long a pool's workers may wait for Ray to place and start them (torch's import included)."""
-
-
 class WorkerDiedError(RunError):
     """A worker died more often than Ray may restart it."""
-
-
-class Worker:
-    """One process serving any of a run's virtual clients (run as a Ray actor)."""
-
-    def __init__(self, label: str, index: int, num_threads: int, *, warm: bool = False) -> None:
-        import time
-
-        import torch
-
-        self._since = time.time_ns()  # a warm worker: source files changed after this are not what it runs
-        if warm:  # what a run's first round imports (torch.func imports torch._dynamo: 0.75 s), before the run
-            import torch._dynamo  # noqa: F401
-
-            from fedsweep.federation import virtual_clients  # noqa: F401
-        keep_freed_memory()
-        torch.set_num_threads(num_threads)
-        self.label, self.index = label, index
-        self._setup_id: str | None = None
-        self._clients = None
-        self._owner: str | None = None  # a warm worker: the Ray job of the run it serves
-        self._code_path: list[str] | None = None  # a warm worker: its last run's folders on sys.path
-
-    def __repr__(self) -> str:  # Ray shows it in the dashboard and as the log prefix
-        return f"fedsweep_worker[{self.label}#{self.index}]"
-
-    def lease(self, owner: str, label: str, index: int, threads: int, code_path: list[str],
-              replacing: str | None = None) -> tuple[str, str | None]:  # fmt: skip
-        """A warm worker taken by the run of Ray job ``owner`` as its worker ``index``
-        (``fedsweep.federation.runtime.warm``): ``("leased", None)``; ``("taken", job)`` while
-        another run's job holds it (``replacing``: that job, which has ended); ``("stale", why)``
-        when what it imported is not what the run would (a source file changed since, or a module
-        imported from another run's folder that this run's folders may shadow)."""
-        import sys
-
-        import torch
-
-        from fedsweep.federation.runtime.warm import changed_since, imported_from
-
-        if self._owner is not None and self._owner != replacing:
-            return "taken", self._owner
-        changed = changed_since(self._since)
-        if changed:
-            return "stale", f"{changed} changed since it was imported"
-        if self._code_path is not None and self._code_path != code_path:
-            shadowed = imported_from([p for p in self._code_path if p not in code_path])
-            if shadowed:
-                return "stale", f"{shadowed} was imported for another run"
-            sys.path[:] = [p for p in sys.path if p not in self._code_path]
-        if self._owner is not None:  # taken over from a run that ended without releasing it
-            self._release()
-        self._owner, self._code_path, self.label, self.index = owner, list(code_path), label, index
-        torch.set_num_threads(threads)
-        sys.path[:0] = [path for path in code_path if path not in sys.path]  # the run's plug-ins import as in its own workers
-        return "leased", None
-
-    def release(self, owner: str) -> None:
-        """A warm worker free again (its run's data dropped), when ``owner``'s run holds it."""
-        if self._owner == owner:
-            self._release()
-            self._owner = None
-
-    def _release(self) -> None:
-        import gc
-
-        self._clients, self._setup_id = None, None
-        gc.collect()
-
-    def where(self) -> dict[str, object]:
-        """Where this worker runs: its node's address and its process id."""
-        return {"node": ray.util.get_node_ip_address(), "pid": os.getpid()}
-
-    def load(self, setup: list[ray.ObjectRef], setup_id: str, owner: str) -> None:
-        """Take the run's clients and model (``setup[0]``: nested, so Ray hands over the reference)
-        for the run of Ray job ``owner`` (a warm worker restarted by Ray is leased again)."""
-        from fedsweep.federation.virtual_clients import VirtualClients
-
-        self._owner = owner
-
-        s: WorkerSetup = ray.get(setup[0])  # the arrays are mapped from the object store, not copied
-        # Ray hides GPUs from actors without a GPU share, so "auto" is cuda exactly when it holds one
-        self._clients = VirtualClients(s.data, s.model_fn, loss=s.loss, device="auto", vectorize=s.vectorize)
-        self._setup_id = setup_id
-
-    def serve(self, setup_id: str, request: Request, parts: list[Part]) -> list[Reply | None]:
-        """Per part, Σ_i weights[i] · reply_i (None for a part with no client here). A worker
-        that does not hold the run's setup (a restarted one) says so and is sent it again."""
-        if setup_id != self._setup_id:
-            raise SetupMissing(setup_id)
-        wire = next(self._clients.model.parameters()).dtype  # a float64 partial in float32 halves the reply
-        return [
-            {k: v.to(v.device, wire) for k, v in self._clients.serve(request, c, w).items()} if len(c) else None
-            for c, w in parts
-        ]
-
-    def serve_each(self, setup_id: str, request: TrainRequest, clients: np.ndarray) -> Reply:
-        """Each of ``clients``' own reply, stacked (``VirtualClients.serve_each``)."""
-        if setup_id != self._setup_id:
-            raise SetupMissing(setup_id)
-        return self._clients.serve_each(request, clients)
-
-
-class SetupMissing(Exception):
-    """A worker was asked to serve a run whose setup it does not hold (it was restarted)."""
 
 
 def ray_pool(
@@ -185,7 +71,7 @@ def ray_pool(
     workers: int | str = "auto",
     num_cpus: float = 1.0,
     num_gpus: float | str = "auto",
-    max_restarts: int = 3,
+    max_restarts: int = warm.RESTARTS,
     vectorize: bool | str = "auto",
     address: str | None = None,
     dashboard: bool = False,

@@ -26,10 +26,11 @@ are new actors, as without warm workers.
 from __future__ import annotations
 
 import os
-import sys
 import uuid
 
 import ray
+
+from fedsweep.federation.runtime.worker import READY_SECONDS, Worker
 
 NAMESPACE = "fedsweep-warm"
 RESTARTS = 3
@@ -48,8 +49,6 @@ def names() -> list[str]:
 
 def spawn(count: int) -> list[ray.actor.ActorHandle]:
     """Start ``count`` warm workers (detached: they outlive this process)."""
-    from fedsweep.federation.runtime.ray_runtime import Worker
-
     actor = ray.remote(Worker)
     return [
         actor.options(
@@ -104,30 +103,6 @@ def release(handles: list[ray.actor.ActorHandle]) -> None:
         pass
 
 
-def changed_since(since_ns: int) -> str | None:
-    """The first source file of an imported module modified after ``since_ns`` (``time_ns``), or None."""
-    for module in list(sys.modules.values()):
-        path = getattr(module, "__file__", None)
-        if not isinstance(path, str) or not os.path.isabs(path):  # e.g. torch.ops: "_ops.py"
-            continue
-        try:
-            if os.stat(path).st_mtime_ns > since_ns:
-                return path
-        except OSError:  # no such file: a module made at run time
-            continue
-    return None
-
-
-def imported_from(folders: list[str]) -> str | None:
-    """The first imported module whose file lies in one of ``folders``, or None."""
-    prefixes = tuple(os.path.join(folder, "") for folder in folders)
-    for name, module in list(sys.modules.items()):
-        path = getattr(module, "__file__", None)
-        if path and os.path.abspath(path).startswith(prefixes):
-            return name
-    return None
-
-
 def stop_all() -> int:
     """Stop every warm worker of this Ray (not replaced); how many there were."""
     stopped = 0
@@ -151,3 +126,29 @@ def _stamp() -> str:
     import time
 
     return f"{time.time():.6f}"  # names sort oldest first: a run leases those that had longest to boot
+
+
+def _main(count: int) -> None:
+    """Join the kept Ray (``fedsweep ray start``), start ``count`` warm workers, wait until ready."""
+    from fedsweep.core.errors import RunError
+    from fedsweep.federation.runtime.ray_start import _join_kept
+    from fedsweep.federation.runtime.ray_state import running_ray
+
+    kept = running_ray()
+    if kept is None:
+        raise RunError("no local Ray of `fedsweep ray start` is running")
+    _join_kept(kept, dashboard=False, trial_output=False, say=False)
+    try:
+        handles = spawn(count)
+        ready, pending = ray.wait([h.where.remote() for h in handles], num_returns=count, timeout=READY_SECONDS)
+        if pending:
+            raise RunError(f"{len(pending)} of {count} warm workers not started within {READY_SECONDS:g} s")
+        ray.get(ready)
+    finally:
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    import sys
+
+    _main(int(sys.argv[1]))

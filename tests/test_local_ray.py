@@ -39,10 +39,11 @@ def test_a_kept_ray_is_joined_by_a_run_and_stopped_by_pid(tmp_path, monkeypatch,
         assert stat.S_IMODE(state_path().stat().st_mode) == 0o600
         assert state["address"].startswith("127.0.0.1:") and state["auth"] == "token"
         assert (tmp_path / ".ray" / "auth_token").is_file()
-        ours = local_ray.processes(state["temp_dir"])
+        ours = local_ray.processes(state["temp_dir"], state["address"])
         assert state["gcs_pid"] in ours and not ours & before
         assert [s for s in listening(ours) if not is_loopback(s[2])] == []
         assert main(["ray", "start"]) == 0 and "already running" in capsys.readouterr().out  # one kept Ray
+        assert not with_in_command_line(f"--address={state['address']}") - ours  # every process of it is stopped by pid
 
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
         done = subprocess.run(
@@ -57,11 +58,11 @@ def test_a_kept_ray_is_joined_by_a_run_and_stopped_by_pid(tmp_path, monkeypatch,
         shown = capsys.readouterr().out
         assert state["address"] in shown and "warm workers: 2" in shown  # --workers auto: a run's pool on 2 CPUs
 
-        ours |= local_ray.processes(state["temp_dir"])
+        ours |= local_ray.processes(state["temp_dir"], state["address"])
         strangers, kill = [], os.kill
 
         def recorded(pid, sig):  # every signal stop sends must reach this Ray's processes only
-            if pid not in ours and pid not in local_ray.processes(state["temp_dir"]):
+            if pid not in ours and pid not in local_ray.processes(state["temp_dir"], state["address"]):
                 strangers.append(pid)
             kill(pid, sig)
 

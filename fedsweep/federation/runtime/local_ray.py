@@ -49,8 +49,8 @@ def start(*, num_cpus: float | None = None, dashboard: bool = False, object_stor
     if kept is not None:
         return {**kept, "already": True}
     count = warm_count(workers, num_cpus)
-    # not Ray's fixed ports (8265, 52365): another Ray of the machine may hold them
-    port, dashboard_port, agent_port = free_port(), free_port(), free_port()
+    # not Ray's fixed ports (8265, 52365, 10001): another Ray of the machine may hold them
+    port, dashboard_port, agent_port, client_port = free_port(), free_port(), free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="fedsweep-ray-")  # short: Ray's socket paths live under it
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     auth = env.setdefault("RAY_AUTH_MODE", "token").lower()
@@ -61,6 +61,7 @@ def start(*, num_cpus: float | None = None, dashboard: bool = False, object_stor
         f"--node-ip-address={LOOPBACK}", f"--port={port}", f"--dashboard-host={LOOPBACK}",
         f"--dashboard-port={dashboard_port}", f"--dashboard-agent-listen-port={agent_port}",
         f"--include-dashboard={str(dashboard).lower()}",
+        f"--ray-client-server-port={client_port}",
         "--disable-usage-stats", f"--temp-dir={temp_dir}",
         f"--system-config={json.dumps({'max_direct_call_object_size': INLINE_BYTES})}",
         *([f"--num-cpus={num_cpus:g}"] if num_cpus is not None else []),
@@ -69,12 +70,12 @@ def start(*, num_cpus: float | None = None, dashboard: bool = False, object_stor
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=START_SECONDS)
     except subprocess.TimeoutExpired:
-        _end(temp_dir)
+        _end(temp_dir, f"{LOOPBACK}:{port}")
         raise RunError(f"`ray start --head` did not finish within {START_SECONDS:g} s; stopped what it started") from None
-    pids = processes(temp_dir)
+    pids = processes(temp_dir, f"{LOOPBACK}:{port}")
     gcs = [pid for pid in pids if _name(pid) == "gcs_server"]
     if done.returncode != 0 or not gcs:
-        _end(temp_dir)
+        _end(temp_dir, f"{LOOPBACK}:{port}")
         lines = [line for line in (done.stderr + done.stdout).splitlines() if "error" in line.lower()]
         last = lines[-1].strip()[:300] if lines else f"exit code {done.returncode}"
         raise RunError(f"`ray start --head` failed: {last}")
@@ -140,7 +141,7 @@ def stop() -> tuple[dict | None, int]:
     if state is None:
         return None, 0
     temp_dir = state.get("temp_dir")
-    count = _end(temp_dir) if temp_dir and Path(temp_dir).name.startswith("fedsweep-ray-") else 0
+    count = _end(temp_dir, state.get("address")) if temp_dir and Path(temp_dir).name.startswith("fedsweep-ray-") else 0
     remove_state()
     return state, count
 
@@ -148,12 +149,13 @@ def stop() -> tuple[dict | None, int]:
 def status() -> dict | None:
     """The kept Ray's state with its live processes, or None (a stale file is removed with a note)."""
     state = running_ray()
-    return None if state is None else {**state, "pids": sorted(processes(state["temp_dir"]))}
+    return None if state is None else {**state, "pids": sorted(processes(state["temp_dir"], state["address"]))}
 
 
-def processes(temp_dir: str) -> set[int]:
+def processes(temp_dir: str, address: str | None = None) -> set[int]:
     """The Ray's processes: those whose command line names its temp folder (GCS server, raylet,
-    dashboard, monitors), and their descendants (workers and agents, which rename themselves)."""
+    dashboard, monitors) or its GCS ``address`` (its Ray Client server, whose parent, ``ray
+    start``, has exited), and their descendants (workers and agents, which rename themselves)."""
     named, parents = set(), {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -164,7 +166,7 @@ def processes(temp_dir: str) -> set[int]:
         except OSError:
             continue
         parents[pid] = int(stat.rsplit(")", 1)[1].split()[1])
-        if process_alive(pid, temp_dir):
+        if process_alive(pid, temp_dir) or (address and process_alive(pid, f"--address={address}")):
             named.add(pid)
     found, frontier = set(named), set(named)
     while frontier:
@@ -173,10 +175,10 @@ def processes(temp_dir: str) -> set[int]:
     return found - {os.getpid()}
 
 
-def _end(temp_dir: str) -> int:
+def _end(temp_dir: str, address: str | None = None) -> int:
     """Stop the processes of the Ray in ``temp_dir`` by pid, then remove the folder; how many
     there were. A process that outlives SIGKILL (none seen) is named in a :class:`RunError`."""
-    pids = started = processes(temp_dir)
+    pids = started = processes(temp_dir, address)
     for sig, grace in ((signal.SIGTERM, STOP_GRACE), (signal.SIGKILL, 5.0)):
         for pid in pids:
             try:

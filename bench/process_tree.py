@@ -65,13 +65,18 @@ class PeakPss:
 
     def __init__(self, root: int, every: float = 0.2) -> None:
         self.root, self.every, self.peak_kb = root, every, 0
+        self.at_peak: list[tuple[str, int]] = []  # (command, PSS kB) of each process at the peak
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._done.is_set():
-            self.peak_kb = max(self.peak_kb, sum(pss_kb(p) for p in descendants(self.root)))
+            each = [(pid, pss_kb(pid)) for pid in descendants(self.root)]
+            total = sum(kb for _, kb in each)
+            if total > self.peak_kb:
+                self.peak_kb = total
+                self.at_peak = sorted(((command(pid)[:60], kb) for pid, kb in each if kb), key=lambda x: -x[1])
             self._done.wait(self.every)
 
     def stop(self) -> float:

@@ -197,7 +197,7 @@ def spawn(variant: str, opts: dict, env: dict[str, str]) -> dict:
     lines = [line for line in out.splitlines() if line.startswith(MARK)]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{variant} failed ({proc.returncode}):\n{err[-3000:]}")
-    return {**json.loads(lines[-1][len(MARK):]), "peak_pss_gb": peak, "exited": exited}
+    return {**json.loads(lines[-1][len(MARK):]), "peak_pss_gb": peak, "at_peak": sampler.at_peak, "exited": exited}
 
 
 def summarise(result: dict, variant: str) -> dict:
@@ -225,7 +225,8 @@ def summarise(result: dict, variant: str) -> dict:
     phases = {n: stamps[b] - stamps[a] for n, a, b in zip(names, keys, keys[1:])}
     phases["round 1 beyond a round"] = stamps["first_round"] - stamps[keys[-1]] - median_round
     return {"round": median_round, "per": per, "commands": commands, "cpu": cpu, "startup": startup, "phases": phases,
-            "exit": result["exited"] - rounds[-1]["end"], "pss": result["peak_pss_gb"], "gpu": result["gpu"]}  # fmt: skip
+            "exit": result["exited"] - rounds[-1]["end"], "pss": result["peak_pss_gb"], "at_peak": result["at_peak"],
+            "gpu": result["gpu"]}  # fmt: skip
 
 
 def spread(values: list[float], fmt: str = "{:.2f}") -> str:
@@ -246,6 +247,9 @@ def report(runs: dict[str, list[dict]], opts: dict) -> None:
     for variant, rs in runs.items():
         parts = {k: statistics.median(r["phases"][k] for r in rs) for k in rs[0]["phases"]}
         print(f"  {variant}: " + " + ".join(f"{k} {v:.1f}" for k, v in parts.items()))
+    print("\npeak PSS by process, MB (the last repeat, at its peak):")
+    for variant, rs in runs.items():
+        print(f"  {variant}: " + ", ".join(f"{name.split(' {')[0]} {kb / 1024:.0f}" for name, kb in rs[-1]["at_peak"]))
     print("\nwhere a round goes, s (median over rounds 2…N of every repeat); CPU as a share of the round:")
     print("| variant | round | client training | method (sampling, average) | evaluation | other | "
           "driver CPU | workers' CPU | Ray's processes CPU |")  # fmt: skip

@@ -7,6 +7,7 @@ Run by tests in a subprocess, so that its Ray does not meet the test session's o
   whose clients take GPU shares (torch sees no CUDA and computes on the CPU).
 - ``local``: the local Ray that a run or sweep starts (``init_ray``, dashboard on), with a
   task and an actor run; the sockets that its processes listen on.
+- ``lean``: the same without the dashboard; its services, and a task run.
 """
 
 from __future__ import annotations
@@ -104,7 +105,24 @@ def local() -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def lean() -> dict:
+    """The Ray a run starts without the dashboard: its services, and a task's answer."""
+    from ray_processes import with_in_command_line  # beside this script
+
+    tmp = private_tmp("fedsweep-lean-")
+    context = init_ray(None, dashboard=False)
+    try:
+        answer = ray.get(ray.remote(pid).remote())
+        commands = [Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace") for p in with_in_command_line(tmp)]
+        services = {Path(a).name for c in commands for a in c.split("\0")[:3] if a.endswith(".py") or "/ray/core/" in a}
+        return {"services": sorted(services), "task_pid": answer, "dashboard_url": context.dashboard_url}
+    finally:
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
-    result = two_nodes(args) if mode == "two-nodes" else fake_gpu(*args) if mode == "fake-gpu" else local()
+    modes = {"two-nodes": lambda: two_nodes(args), "fake-gpu": lambda: fake_gpu(*args), "local": local, "lean": lean}
+    result = modes[mode]()
     print(json.dumps(result))

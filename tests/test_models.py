@@ -167,3 +167,40 @@ def test_computing_processes_keep_freed_memory_for_the_next_tensor():
         assert done.returncode == 0, done.stderr[-2000:]
         found[mode] = done.stdout.split()
     assert found == {"default": ["None", "1"], "kept": ["True", "0"]}
+
+
+ARENAS = """
+import ctypes, os, re, sys, tempfile, threading
+from fedsweep.core.allocator import keep_freed_memory
+if sys.argv[1] == "kept":
+    keep_freed_memory()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+hold, start = [], threading.Barrier(4)
+def allocate():
+    start.wait()
+    hold.append(libc.malloc(1 << 16))  # a thread's first malloc: a new arena while glibc's limit allows
+threads = [threading.Thread(target=allocate) for _ in range(4)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+libc.fdopen.restype = ctypes.c_void_p
+libc.fdopen.argtypes = [ctypes.c_int, ctypes.c_char_p]
+with tempfile.TemporaryFile() as fh:
+    stream = libc.fdopen(os.dup(fh.fileno()), b"w")
+    libc.malloc_info(0, ctypes.c_void_p(stream))
+    libc.fclose(ctypes.c_void_p(stream))
+    fh.seek(0)
+    print(len(re.findall(rb'<heap nr="', fh.read())))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_computing_processes_keep_at_most_two_malloc_arenas():
+    """Each thread's first allocation gets an arena of its own (which keeps freed memory of its
+    own) until glibc's limit: ``keep_freed_memory`` sets that limit to 2."""
+    found = {}
+    for mode in ("default", "kept"):
+        done = subprocess.run([sys.executable, "-c", ARENAS, mode], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        found[mode] = int(done.stdout.split()[-1])
+    assert found["kept"] <= 2 < found["default"], found

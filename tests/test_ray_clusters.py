@@ -82,3 +82,15 @@ def test_a_local_ray_listens_on_loopback_only():
     agents = {port for _, name, _, port in listening if name.startswith("ray::Dashboard")}
     assert started["agent_port"] != 52365 and started["agent_port"] in agents, (started["agent_port"], agents)
     assert "monitor.py" in started["services"] and "log_monitor.py" not in started["services"], started["services"]
+    assert "dashboard.py" in started["services"]
+
+
+def test_a_run_s_own_ray_without_the_dashboard_starts_only_what_runs_use():
+    """No API server (Ray's dashboard.py), autoscaler monitor or log monitor; tasks run."""
+    script = Path(__file__).with_name("ray_cluster_run.py")
+    done = subprocess.run([sys.executable, str(script), "lean"], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    started = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not {"dashboard.py", "monitor.py", "log_monitor.py"} & set(started["services"]), started["services"]
+    assert {"gcs_server", "raylet"} <= set(started["services"]) and started["task_pid"] > 0
+    assert started["dashboard_url"] in (None, "")

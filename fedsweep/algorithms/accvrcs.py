@@ -105,6 +105,7 @@ class AccVRCS:
     iteration per round)."""
 
     name = "accvrcs"
+    uses_torch_optim = True  # the server steps with a torch.optim optimizer (fedsweep.experiment.loop)
     needs_groups = ("f", "g")
     needs_server = True
 

@@ -171,6 +171,7 @@ class CAccExtragradient:
     outer AEG iteration per round)."""
 
     name = "c_acc_extragradient"
+    uses_torch_optim = True  # the server steps with a torch.optim optimizer (fedsweep.experiment.loop)
     needs_groups = ("f", "g")
     needs_server = True
 

@@ -62,6 +62,7 @@ class FedOpt(FedAvg):
     """FedAvg whose server steps ``server_optimizer`` on the pseudo-gradient (see the module docstring)."""
 
     name = "fedopt"
+    uses_torch_optim = True  # the server steps with a torch.optim optimizer (fedsweep.experiment.loop)
 
     def __init__(
         self,

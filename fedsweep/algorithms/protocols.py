@@ -155,6 +155,11 @@ class MethodState:
 
 
 class Method(Protocol[S]):
+    """Optional class attributes: ``needs_groups`` and ``needs_server`` (what the federation must
+    hold, ``fedsweep.algorithms.common.check_federation``); ``uses_torch_optim`` (its round runs a
+    ``torch.optim`` optimizer on the server: a Ray run's driver imports what that needs while it
+    waits for its workers)."""
+
     name: str
 
     def init(self, x0: Weights, *, seed: int, oracle: GradientOracle) -> S: ...

@@ -19,6 +19,7 @@ from fedsweep.core.weights import Weights
 
 class Sliding:
     name = "sliding"
+    uses_torch_optim = True  # the server steps with a torch.optim optimizer (fedsweep.experiment.loop)
     needs_server = True  # h1: the server's own data of every group (checked before any round)
 
     def __init__(self, *, theta: float) -> None:

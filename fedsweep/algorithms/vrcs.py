@@ -144,6 +144,7 @@ class VRCS:
     :func:`vrcs_epoch`)."""
 
     name = "vrcs"
+    uses_torch_optim = True  # the server steps with a torch.optim optimizer (fedsweep.experiment.loop)
     needs_groups = ("f", "g")  # what the federation must give (checked before any round)
     needs_server = True
 

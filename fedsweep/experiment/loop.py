@@ -77,7 +77,7 @@ def run_experiment(
     stamp = (lambda phase: timings.__setitem__(phase, time.time())) if timings is not None else (lambda phase: None)
     torch.manual_seed(cfg["seed"])
     ray = uses_ray(cfg)
-    if ray:  # imported on a thread while the driver waits for Ray and its workers
+    if ray and _steps_with_torch_optim(cfg):  # imported on a thread while the driver waits for Ray and its workers
         import_meanwhile("torch._dynamo")
     with ExitStack() as stack:
         if ray:  # the workers hold the cores: the driver's idle torch threads would spin on them after
@@ -146,6 +146,14 @@ def run_experiment(
                 stamp("first_round")
         logger.close()
     return metrics
+
+
+def _steps_with_torch_optim(cfg: Mapping[str, Any]) -> bool:
+    """Whether the driver will run ``torch.optim`` (or ``torch.func``), whose first use imports
+    ``torch._dynamo`` (0.75 s, ~90 MB): a method that says so (``uses_torch_optim``: the server's
+    argmin, a server optimizer), or the similarity estimate's Hessian-vector products."""
+    method = components.locate(cfg["method"]["_target_"], "method")
+    return bool(getattr(method, "uses_torch_optim", False) or cfg["similarity"]["estimate"])
 
 
 SOLVER_ADVICE = {

@@ -65,7 +65,7 @@ def init_ray(address: str | None, *, dashboard: bool, trial_output: bool = False
 
     if "RAY_AUTH_MODE" not in os.environ:  # token authentication, chosen (Ray's default, without its warning)
         _auth_mode("token")
-    with _single_machine(), _lean(agent_port=free_port(), log_monitor=trial_output, monitor=dashboard), _keep_sigterm():
+    with _single_machine(), _lean(agent_port=free_port(), log_monitor=trial_output, dashboard=dashboard), _keep_sigterm():
         context = ray.init(
             include_dashboard=dashboard,
             dashboard_host=LOOPBACK,
@@ -212,33 +212,37 @@ def free_port() -> int:
 
 
 @contextmanager
-def _lean(*, agent_port: int, log_monitor: bool, monitor: bool) -> Iterator[None]:
+def _lean(*, agent_port: int, log_monitor: bool, dashboard: bool) -> Iterator[None]:
     """The Ray that ``ray.init`` starts here, without what a single-machine run does not use.
 
     * Its dashboard agent listens on ``agent_port``, not on Ray's fixed default 52365: where
       another Ray of the machine holds 52365 (a sweep, a kept Ray), the agent retried for 3.4 s
       and the raylet waited for it (a new Ray's start measured 6.5 s against 2.6 s).
     * No log monitor unless workers' output reaches the driver (``log_monitor``); no autoscaler
-      monitor unless the dashboard shows the cluster (``monitor``). Without both, an idle Ray's
-      processes measured 398 MB of PSS against 493 MB.
+      monitor and no API server (Ray's ``dashboard.py``, which without the dashboard serves job
+      submission and the state API, neither used by a run or a sweep) unless the dashboard
+      shows the cluster (``dashboard``). Without the monitors, an idle Ray's processes measured
+      398 MB of PSS against 493 MB; the API server held 79 MB more.
 
     ``ray.init`` takes none of these (``ray start`` does: ``--dashboard-agent-listen-port``); its
-    parameters' defaults are replaced for this start."""
-    from ray._private import parameter  # ray is pinned (pyproject.toml): tested by test_ray_clusters
+    parameters' defaults, and the head's start of its API server, are replaced for this start."""
+    from ray._private import node, parameter  # ray is pinned (pyproject.toml): tested by test_ray_clusters
 
-    init = parameter.RayParams.__init__
+    init, api_server = parameter.RayParams.__init__, node.Node.start_api_server
 
     def lean(self, *args, **kwargs):
         kwargs.setdefault("dashboard_agent_listen_port", agent_port)
         kwargs.setdefault("include_log_monitor", log_monitor)
-        kwargs.setdefault("no_monitor", not monitor)
+        kwargs.setdefault("no_monitor", not dashboard)
         init(self, *args, **kwargs)
 
     parameter.RayParams.__init__ = lean
+    if not dashboard:
+        node.Node.start_api_server = lambda self, **kwargs: None
     try:
         yield
     finally:
-        parameter.RayParams.__init__ = init
+        parameter.RayParams.__init__, node.Node.start_api_server = init, api_server
 
 
 @contextmanager

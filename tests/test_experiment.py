@@ -129,6 +129,20 @@ def test_data_init_and_method_seeds_can_be_set_apart(tmp_path):
     assert [m["local_steps"] for m in m1] != [m["local_steps"] for m in m2]  # the method's own draws moved
 
 
+def test_a_prepared_run_holds_its_training_set_once_in_its_partition():
+    """``prepare`` lets the loaded training set go once partitioned (the clients' copy is what a
+    pool puts in Ray's object store): two examples stay for the checks, in storage of their own."""
+    from fedsweep.experiment.build import load_data, prepare
+    from fedsweep.experiment.config import to_container
+
+    cfg = to_container(compose(["partition=iid", "partition.clients=5"]))
+    setup = prepare(cfg)
+    kept = setup.bundle.train
+    assert len(kept) == 2 and kept.x.untyped_storage().nbytes() == kept.x.nbytes
+    shards = [d for clients in setup.partition.clients.values() for d in clients]
+    assert sum(len(d) for d in shards) + sum(len(d) for d in setup.partition.server.values()) == len(load_data(cfg).train)
+
+
 def test_one_population_of_a_thousand_clients_with_fifty_sampled_and_no_server_data(tmp_path):
     """Standard FL: one population, example-weighted, 50 of 1,000 clients drawn each round from all of
     them, no server data (so no server metrics), a contact and 50 messages a round."""

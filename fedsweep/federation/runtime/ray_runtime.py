@@ -150,10 +150,10 @@ class RayRuntime(Runtime):
         self._reserved = None  # the placement group that holds the warm workers' CPUs
         if warm.usable(num_gpus=resources.num_gpus, max_restarts=max_restarts):
             self.warm, self._stale = warm.lease(workers, label=label, threads=threads)
-            if self.warm:
-                print(f"Ray: {len(self.warm)} of the pool's {workers} workers are warm ones of `fedsweep ray start`")
         if self.warm:
-            self._reserved = ray.util.placement_group([{"CPU": resources.num_cpus}] * len(self.warm)) if resources.num_cpus else None
+            print(f"Ray: {len(self.warm)} of the pool's {workers} workers are warm ones of `fedsweep ray start`")
+            if resources.num_cpus:
+                self._reserved = ray.util.placement_group([{"CPU": resources.num_cpus}] * len(self.warm))
         self.workers = self.warm + [
             actor.options(
                 num_cpus=resources.num_cpus,

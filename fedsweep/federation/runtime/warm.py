@@ -35,6 +35,8 @@ from fedsweep.federation.runtime.worker import READY_SECONDS, Worker
 NAMESPACE = "fedsweep-warm"
 RESTARTS = 3
 """The warm workers' ``max_restarts`` (and their calls' retries): ``runtime.max_restarts``'s default."""
+RELEASE_SECONDS = 5.0
+"""How long a run's end waits for its warm workers to be released."""
 
 
 def usable(*, num_gpus: float, max_restarts: int) -> bool:
@@ -98,9 +100,11 @@ def release(handles: list[ray.actor.ActorHandle]) -> None:
     job = ray.get_runtime_context().get_job_id()
     calls = [handle.release.remote(job) for handle in handles]
     try:
-        ray.get(calls)
+        ray.get(calls, timeout=RELEASE_SECONDS)
     except ray.exceptions.RayActorError:  # one died at the end: Ray restarts it, unleased
         pass
+    except ray.exceptions.GetTimeoutError:  # still computing a request of a run stopped mid-round:
+        pass  # it stays leased to this run's job, and the next run takes it over once that job has ended
 
 
 def stop_all() -> int:

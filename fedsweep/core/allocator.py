@@ -24,8 +24,8 @@ TRIM_THRESHOLD = 64 * 2**20
 ARENAS = 2
 """At most this many malloc arenas (glibc: 8 per core): each thread that allocates while another
 holds an arena gets one of its own, which keeps freed memory of its own (the driver's evaluation
-threads). ``bench/realistic.py --shape ten``, ``runtime=ray``, interleaved pairs: peak PSS
-1.67-1.68 GB against 1.74 GB without the limit, rounds 1.52-1.64 s against 1.52-1.56 s."""
+threads). ``bench/realistic.py --shape ten``, ``runtime=ray``, 3 interleaved pairs: peak PSS
+1.65 GB against 1.73-1.75 GB without the limit, rounds 1.38-1.60 s against 1.45-1.50 s."""
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # glibc's malloc.h
 _done = False

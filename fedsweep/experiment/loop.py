@@ -149,11 +149,11 @@ def run_experiment(
 
 
 def _steps_with_torch_optim(cfg: Mapping[str, Any]) -> bool:
-    """Whether the driver will run ``torch.optim`` (or ``torch.func``), whose first use imports
-    ``torch._dynamo`` (0.75 s, ~90 MB): a method that says so (``uses_torch_optim``: the server's
-    argmin, a server optimizer), or the similarity estimate's Hessian-vector products."""
+    """Whether the driver will run ``torch.optim``, whose first optimizer imports ``torch._dynamo``
+    (0.75 s, ~90 MB of PSS): the method says so (``uses_torch_optim``: the server's argmin, a
+    server optimizer). FedAvg's driver, for one, never imports it."""
     method = components.locate(cfg["method"]["_target_"], "method")
-    return bool(getattr(method, "uses_torch_optim", False) or cfg["similarity"]["estimate"])
+    return bool(getattr(method, "uses_torch_optim", False))
 
 
 SOLVER_ADVICE = {

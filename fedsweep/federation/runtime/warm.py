@@ -26,6 +26,7 @@ are new actors, as without warm workers.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
 import ray
@@ -127,8 +128,6 @@ def _alive(job: str) -> bool:
 
 
 def _stamp() -> str:
-    import time
-
     return f"{time.time():.6f}"  # names sort oldest first: a run leases those that had longest to boot
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import sys
@@ -37,7 +38,9 @@ class WorkerSetup:
 
 
 class Worker:
-    """One process serving any of a run's virtual clients (run as a Ray actor)."""
+    """One process serving any of a run's virtual clients (run as a Ray actor); ``warm``: one
+    that ``fedsweep ray start`` keeps for the runs to come (``warm.spawn``), which imports
+    what a run's first round needs now."""
 
     def __init__(self, label: str, index: int, num_threads: int, *, warm: bool = False) -> None:
         self._since = time.time_ns()  # a warm worker: source files changed after this are not what it runs
@@ -88,8 +91,6 @@ class Worker:
             self._owner = None
 
     def _release(self) -> None:
-        import gc
-
         self._clients, self._setup_id = None, None
         gc.collect()
 
@@ -103,7 +104,6 @@ class Worker:
         from fedsweep.federation.virtual_clients import VirtualClients
 
         self._owner = owner
-
         s: WorkerSetup = ray.get(setup[0])  # the arrays are mapped from the object store, not copied
         # Ray hides GPUs from actors without a GPU share, so "auto" is cuda exactly when it holds one
         self._clients = VirtualClients(s.data, s.model_fn, loss=s.loss, device="auto", vectorize=s.vectorize)

@@ -97,3 +97,12 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_a_bad_warm_worker_count_stops_before_ray_starts(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FEDSWEEP_STATE_DIR", str(tmp_path))
+    with pytest.raises(SystemExit) as stopped:
+        main(["ray", "start", "--workers", "-2"])
+    assert stopped.value.code == 2
+    assert "argument --workers: give a count >= 0 or auto, not '-2'" in capsys.readouterr().err
+    assert not state_path().exists()  # nothing started

@@ -352,6 +352,33 @@ def test_a_caught_interrupt_exits_with_the_code_returned(tmp_path):
     assert codes == {"caught": -signal.SIGINT, "handled": 130}
 
 
+EXITING = """
+import atexit, sys, threading, time
+from concurrent.futures import ThreadPoolExecutor
+from fedsweep.cli import exit_now
+pool = ThreadPoolExecutor(2)  # left open, idle: Python's exit tells its threads to end
+pool.submit(time.sleep, 0.01).result()
+done = []
+writer = threading.Thread(target=lambda: (time.sleep(0.5), done.append(1)))  # a non-daemon thread still working
+writer.start()
+atexit.register(lambda: print("atexit ran after the writer:", done == [1]))
+print("output before the exit", end="")  # unflushed
+exit_now(int(sys.argv[1]))
+"""
+
+
+def test_commands_exit_with_their_code_once_threads_and_atexit_are_done(tmp_path):
+    """``exit_now`` (how the commands end, skipping Python's teardown of every module) does what a
+    program's exit does first: an idle thread pool left open does not hang it, a working thread is
+    joined, atexit handlers run after it, and the output is flushed."""
+    (tmp_path / "exiting.py").write_text(EXITING)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, str(tmp_path / "exiting.py"), "7"], capture_output=True, text=True,
+                          env=env, timeout=60)  # fmt: skip
+    assert done.returncode == 7, done.stderr[-2000:]
+    assert done.stdout == "output before the exitatexit ran after the writer: True\n"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("when", ["mid-run", "before Ray"])
 def test_sigterm_keeps_checkpoints_says_how_to_continue_and_leaves_no_ray(when, tmp_path):

@@ -130,3 +130,34 @@ def test_stale_warm_workers_are_stopped_and_ended_runs_taken_over(warm_workers, 
     leased, stopped = warm.lease(1, label="b", threads=1)
     assert leased == [] and stopped == 1
     assert _stopped(ray, second)
+
+
+class Busy:
+    """An argument whose unpickling keeps the worker that receives it busy for ``seconds``."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __reduce__(self):
+        return (time.sleep, (self.seconds,))
+
+
+@pytest.mark.slow
+def test_a_busy_warm_worker_is_not_waited_for(warm_workers, ray_session):
+    """A warm worker busy with another run's long request (or still starting) does not hold a
+    new run's start: after ``LEASE_SECONDS`` the run goes on without it, and when the worker
+    gets to the call it declines, staying free for the next run."""
+    ray = ray_session
+    busy, free = warm_workers
+    ray.get(free.where.remote())
+    pending = busy.release.remote(Busy(warm.LEASE_SECONDS + 3))  # busy unpickling for longer than a run waits
+    began = time.monotonic()
+    leased, stopped = warm.lease(2, label="hurried", threads=1)
+    waited = time.monotonic() - began
+    assert [_pid(ray, h) for h in leased] == [_pid(ray, free)] and stopped == 0
+    assert warm.LEASE_SECONDS <= waited < warm.LEASE_SECONDS + 2
+    ray.get(pending)
+    warm.release(leased)
+    leased, _ = warm.lease(2, label="next", threads=1)
+    assert sorted(_pid(ray, h) for h in leased) == sorted(_pid(ray, h) for h in (busy, free))  # it declined: still free
+    warm.release(leased)

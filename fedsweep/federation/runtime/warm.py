@@ -8,7 +8,8 @@ of the scheduler while it waits (``num_cpus=0``). A run that joins a Ray holding
 (``RayRuntime``):
 
 * leases as many as its pool has workers (``Worker.lease``: one run at a time; one leased by a
-  run whose Ray job has ended is taken over);
+  run whose Ray job has ended is taken over; one that does not answer within
+  :data:`LEASE_SECONDS`, busy with another run's request or still starting, is left out);
 * reserves their CPUs with a placement group for its duration, so Ray counts them busy as it
   counts a pool's own actors, and another run or trial waits for them as it would;
 * releases them at its end: they drop its data and wait for the next run.
@@ -38,6 +39,11 @@ RESTARTS = 3
 """The warm workers' ``max_restarts`` (and their calls' retries): ``runtime.max_restarts``'s default."""
 RELEASE_SECONDS = 5.0
 """How long a run's end waits for its warm workers to be released."""
+ANSWER_SECONDS = 0.5
+"""How long after the deadline a worker's answer (given before it) may take to arrive."""
+LEASE_SECONDS = 3.0
+"""How long a run waits for a warm worker to answer: one busy with another run's request (a round
+may take minutes) or still starting answers later, and then declines (its lease came too late)."""
 
 
 def usable(*, num_gpus: float, max_restarts: int) -> bool:
@@ -71,7 +77,8 @@ def lease(count: int, *, label: str, threads: int) -> tuple[list[ray.actor.Actor
     leased: list[ray.actor.ActorHandle] = []
     stopped = 0
     candidates = [(name, None) for name in names()]  # (name, the ended job it may take over from)
-    while candidates and len(leased) < count:
+    deadline = time.time() + LEASE_SECONDS
+    while candidates and len(leased) < count and time.time() < deadline:
         batch, candidates = candidates[: count - len(leased)], candidates[count - len(leased) :]
         calls = []
         for name, replacing in batch:
@@ -80,14 +87,23 @@ def lease(count: int, *, label: str, threads: int) -> tuple[list[ray.actor.Actor
             except ValueError:  # gone since it was listed
                 continue
             index = len(leased) + len(calls)
-            calls.append((name, handle, handle.lease.remote(job, label, index, threads, code_path, replacing)))
+            calls.append((name, handle, handle.lease.remote(job, label, index, threads, code_path, replacing, deadline)))
+        if not calls:
+            continue
+        # a worker leases only before the deadline; its answer gets a moment more to arrive
+        wait = max(0.0, deadline + ANSWER_SECONDS - time.time())
+        answered, _ = ray.wait([call for *_, call in calls], num_returns=len(calls), timeout=wait)
         for name, handle, call in calls:
+            if call not in answered:  # busy or starting: it declines when it gets to the call
+                continue
             try:
                 status, detail = ray.get(call)
             except ray.exceptions.RayActorError:  # stopped meanwhile
                 continue
             if status == "leased":
                 leased.append(handle)
+            elif status == "late":
+                continue
             elif status == "stale":
                 ray.kill(handle, no_restart=True)
                 stopped += 1

@@ -60,12 +60,15 @@ class Worker:
         return f"fedsweep_worker[{self.label}#{self.index}]"
 
     def lease(self, owner: str, label: str, index: int, threads: int, code_path: list[str],
-              replacing: str | None = None) -> tuple[str, str | None]:  # fmt: skip
+              replacing: str | None = None, deadline: float = float("inf")) -> tuple[str, str | None]:  # fmt: skip
         """A warm worker taken by the run of Ray job ``owner`` as its worker ``index``
         (``fedsweep.federation.runtime.warm``): ``("leased", None)``; ``("taken", job)`` while
         another run's job holds it (``replacing``: that job, which has ended); ``("stale", why)``
         when what it imported is not what the run would (a source file changed since, or a module
-        imported from another run's folder that this run's folders may shadow)."""
+        imported from another run's folder that this run's folders may shadow); ``("late", None)``
+        after ``deadline`` (``time.time()``), when the run has stopped waiting for this answer."""
+        if time.time() > deadline:
+            return "late", None
         if self._owner is not None and self._owner != replacing:
             return "taken", self._owner
         changed = changed_since(self._since)

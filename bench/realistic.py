@@ -21,7 +21,9 @@ start-up and memory are its own, taking turns in every repeat (the order rotates
   fedsweep evaluates a convolutional model in pieces of 64);
 * **local**: ``run_experiment`` with ``runtime=local`` (torch's default threads, one per core);
 * **ray**: ``run_experiment`` with ``runtime=ray runtime.workers=W`` (a Ray of its own, in a
-  private ``RAY_TMPDIR``; the driver keeps one thread while the workers compute).
+  private ``RAY_TMPDIR``; the driver keeps one thread). ``--workers auto`` (the default) is
+  the default pool: on 2 cores one worker, with the driver serving the other share
+  (``runtime.driver_serves``); ``--workers 2``: two workers, the driver coordinating.
 
 Per round: the median over rounds 2 … N of the time between the ends of consecutive rounds,
 and its ratio to the plain loop's in the same repeat. Start-up: from spawning the process to
@@ -278,7 +280,8 @@ def main() -> None:
     parser.add_argument("--model", choices=("cnn", "resnet18"), default="cnn")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=lambda v: v if v == "auto" else int(v), default="auto",
+                        help="runtime.workers for the ray variant (default auto: the default pool)")  # fmt: skip
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for every child process")
     parser.add_argument("--fedsweep", action="append", default=[], help="an override for fedsweep's runs, "

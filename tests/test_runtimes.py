@@ -53,14 +53,15 @@ def assert_same_numbers(a, b, rel=1e-6):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("workers, population", [(1, (4,)), (3, (4, 100))])
-def test_pool_equals_in_process_for_every_method(ray_session, tmp_path, workers, population):
+@pytest.mark.parametrize("workers, driver_serves, population", [(1, False, (4,)), (3, False, (4, 100)), (1, True, (100,))])
+def test_pool_equals_in_process_for_every_method(ray_session, tmp_path, workers, driver_serves, population):
     """One pool per worker count serves every method's run on 4 clients, and with 3 workers on
-    100 (clients split unevenly over the workers); the pool is reused across runs: its workers
-    start once."""
+    100 (clients split unevenly over the workers); with the driver serving the first share beside
+    one worker on 100; the pool is reused across runs: its workers start once."""
     from fedsweep.federation.runtime.ray_runtime import ray_pool
 
-    with ray_pool(workers=workers, num_cpus=0.5, num_gpus=0, device="cpu", label="equal") as pool:
+    with ray_pool(workers=workers, num_cpus=0.5, num_gpus=0, device="cpu", label="equal", driver_serves=driver_serves) as pool:
+        assert pool.lanes == workers + driver_serves
         for clients in population:
             split = [f"partition.clients_f={clients // 2}", f"partition.clients_g={clients - clients // 2}"]
             for name, extra in METHODS.items():

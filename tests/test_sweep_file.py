@@ -218,6 +218,7 @@ def test_bad_config_values(override, needle):
         (["runtime=ray", "runtime.num_cpus=-1"], "runtime.num_cpus=-1"),
         (["runtime=ray", "runtime.num_gpus=half"], "runtime.num_gpus='half'"),
         (["runtime=ray", "runtime.max_restarts=-1"], "runtime.max_restarts=-1"),
+        (["runtime=ray", "runtime.driver_serves=sometimes"], "runtime.driver_serves must be auto, true or false, got runtime.driver_serves='sometimes'"),
         (["runtime.vectorize=sometimes"], "runtime.vectorize='sometimes'"),
         (["runtime.threads=0"], "runtime.threads must be auto or an integer >= 1, got runtime.threads=0"),
         (["runtime.threads=many"], "runtime.threads='many'"),
@@ -338,8 +339,11 @@ def test_trial_reserves_one_bundle_per_worker_and_a_gpu_share_for_its_server():
     cfg = to_container(
         compose(["runtime=ray", "runtime.num_cpus=0.5", "partition.clients_f=300", "partition.clients_g=200"])
     )
-    cpu_only = trial_resources(resolve_runtime(cfg, cpus=2, gpus=0))
-    assert cpu_only.head_bundle_is_empty and cpu_only.bundles == [{"CPU": 0.5}] * 4
+    cpu_only = trial_resources(resolve_runtime(cfg, cpus=2, gpus=0))  # the trial serves a share: 3 workers and itself
+    assert not cpu_only.head_bundle_is_empty and cpu_only.bundles == [{"CPU": 0.5}] * 4
+    coordinating = {**cfg, "runtime": {**cfg["runtime"], "driver_serves": False}}
+    only_workers = trial_resources(resolve_runtime(coordinating, cpus=2, gpus=0))
+    assert only_workers.head_bundle_is_empty and only_workers.bundles == [{"CPU": 0.5}] * 4  # Tune leaves out an empty head
     with_gpu = trial_resources(resolve_runtime(cfg, cpus=2, gpus=1))
     assert with_gpu.bundles == [{"GPU": 0.125}] + [{"CPU": 0.5, "GPU": 0.125}] * 4
     assert with_gpu.required_resources["GPU"] <= 1  # a trial fits on one GPU
@@ -350,6 +354,25 @@ def test_trial_reserves_one_bundle_per_worker_and_a_gpu_share_for_its_server():
     # a share of one CPU: no pool, the trial computes in-process on its own CPU (and GPU share)
     assert trial_resources(resolve_runtime(cfg, cpus=1, gpus=0)).bundles == [{"CPU": 1}]
     assert trial_resources(resolve_runtime(cfg, cpus=1, gpus=1)).bundles == [{"CPU": 1, "GPU": 1.0}]
+
+
+def test_the_driver_serves_a_share_of_an_auto_sized_cpu_pool():
+    """``driver_serves: auto``: the run's own process takes one of the ``auto`` workers' places
+    on CPUs; an explicit size keeps its meaning (that many workers), and a GPU pool keeps its
+    workers; below 2 CPUs the run serves its clients in-process as before."""
+    from fedsweep.federation.runtime.resources import resolve
+
+    pool = {"workers": "auto", "num_cpus": 1, "num_gpus": "auto", "driver_serves": "auto"}
+    assert resolve(pool, cpus=2, gpus=0) == {**pool, "workers": 1, "num_gpus": 0.0, "driver_serves": True}
+    assert resolve(pool, cpus=8, gpus=0)["workers"] == 7
+    assert resolve({**pool, "num_cpus": 0.5}, cpus=2, gpus=0)["workers"] == 3  # four lanes of half a CPU
+    assert resolve({**pool, "workers": 2}, cpus=2, gpus=0) == {**pool, "workers": 2, "num_gpus": 0.0, "driver_serves": False}
+    assert resolve(pool, cpus=2, gpus=1) == {**pool, "workers": 2, "num_gpus": 0.25, "driver_serves": False}
+    assert resolve({**pool, "num_gpus": 0.5}, cpus=2, gpus=0)["driver_serves"] is False
+    assert resolve({**pool, "driver_serves": False}, cpus=2, gpus=0)["workers"] == 2
+    assert resolve({**pool, "workers": 2, "driver_serves": True}, cpus=2, gpus=0)["driver_serves"] is True
+    assert resolve(pool, cpus=1, gpus=0) == {**pool, "workers": 0, "num_gpus": 0.0, "driver_serves": False}
+    assert resolve({**pool, "num_cpus": 2}, cpus=2, gpus=0)["workers"] == 0  # one lane: the run's own process
 
 
 def test_a_huge_grid_stops_before_it_expands(tmp_path, capsys):

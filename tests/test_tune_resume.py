@@ -78,12 +78,15 @@ def test_stopped_sweep_resumes_mid_trial(ray_session, tmp_path):
     resumed_steps = [e.step for e in resumed_events.Scalars("accuracy/test")]
     assert resumed_steps[0] > 2 and resumed_steps[0] % 2 == 1 and resumed_steps[-1] == ROUNDS
 
-    # the uninterrupted run: the same pool (the trial's resolved worker count), from the start
+    # the uninterrupted run: the same pool (the trial's resolved worker count, and whether its own
+    # process served a share), from the start
     (params,) = (results / "stop").glob("*/params.json")
-    workers = json.loads(params.read_text())["runtime"]["workers"]
+    pool = json.loads(params.read_text())["runtime"]
+    serves = str(pool["driver_serves"]).lower()
     straight = []
     run_experiment(
-        compose([f"rounds={ROUNDS}", "method.theta=0.5", "runtime=ray", f"runtime.workers={workers}"]),
+        compose([f"rounds={ROUNDS}", "method.theta=0.5", "runtime=ray", f"runtime.workers={pool['workers']}",
+                 f"runtime.driver_serves={serves}"]),  # fmt: skip
         log_dir=tmp_path / "straight",
         report=straight.append,
         progress=False,

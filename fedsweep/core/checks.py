@@ -44,6 +44,7 @@ RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "seed": (lambda v: is_int(v) and 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
     "seed or null": (lambda v: v is None or (is_int(v) and 0 <= v <= MAX_SEED), f"an integer in [0, {MAX_SEED}] or null"),
     "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "bool or auto": (lambda v: isinstance(v, bool) or v == "auto", "auto, true or false"),
     "share": (lambda v: v is None or (is_int(v) and v >= 1) or (isinstance(v, float) and 0 < v <= 1),
               "null, a fraction in (0, 1] or a count >= 1"),  # fmt: skip
 }

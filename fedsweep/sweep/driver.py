@@ -50,8 +50,9 @@ ENDED = ("done", "stopped early", "diverged", "error")  # statuses of trials tha
 def trial_resources(config: dict[str, Any], share: dict[str, float] | None = None):
     """A bundle for the trial itself and one per worker: actors a trial creates must fit its
     placement group. The trial's own bundle holds its server's GPU share (like a worker's),
-    and a CPU when it computes in-process (no workers). ``share`` resolves ``auto`` values
-    (a grid may set them) as :func:`trial` does."""
+    a CPU when it computes in-process (no workers), and a worker's CPUs when it serves a share
+    beside its workers (``runtime.driver_serves``). ``share`` resolves ``auto`` values (a grid
+    may set them) as :func:`trial` does."""
     from ray import tune
 
     pool = uses_ray(config)
@@ -62,6 +63,8 @@ def trial_resources(config: dict[str, Any], share: dict[str, float] | None = Non
     if workers == 0:
         return tune.PlacementGroupFactory([{"CPU": 1, **own}])
     bundle = {"CPU": runtime["num_cpus"], **own}
+    if runtime.get("driver_serves") is True and runtime["num_cpus"]:
+        own = {"CPU": runtime["num_cpus"], **own}
     return tune.PlacementGroupFactory([own] + [dict(bundle) for _ in range(workers)])
 
 

@@ -51,6 +51,7 @@ from fedsweep.federation.runtime.ray_start import INLINE_BYTES
 from fedsweep.federation.runtime.resources import check_fits, local_resources, resolve
 from fedsweep.federation.runtime.shares import add_in_order, joined, shares, split
 from fedsweep.federation.runtime.worker import READY_SECONDS, SetupMissing, Worker, WorkerSetup
+from fedsweep.federation.virtual_clients import VirtualClients
 from fedsweep.task.losses import Loss, cross_entropy
 
 
@@ -73,6 +74,7 @@ def ray_pool(
     num_gpus: float | str = "auto",
     max_restarts: int = warm.RESTARTS,
     vectorize: bool | str = "auto",
+    driver_serves: bool | str = "auto",
     address: str | None = None,
     dashboard: bool = False,
     device: str = "auto",
@@ -81,12 +83,15 @@ def ray_pool(
     """``runtime=ray``: a pool of ``workers`` Ray actors (``auto`` resolved against the running
     Ray's CPUs and GPUs, see ``fedsweep.federation.runtime.resources``), each with ``num_cpus``
     and ``num_gpus``; with no worker (``0``, or ``auto`` below 2 CPUs) the run's own process
-    serves its clients. ``address`` and ``dashboard`` say which Ray the run starts or joins
+    serves its clients. ``driver_serves``: the run's own process also serves a share beside the
+    workers (``auto``: when ``workers`` is ``auto`` and the pool computes on CPUs, see
+    ``resources.driver_serves``; it then counts as one of the ``auto`` workers). ``address`` and ``dashboard`` say which Ray the run starts or joins
     (``fedsweep.federation.runtime.ray_start``), before the pool is made."""
-    check_pool(workers=workers, num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts, dashboard=dashboard)
+    check_pool(workers=workers, num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts, dashboard=dashboard,
+               driver_serves=driver_serves)  # fmt: skip
     check_vectorize(vectorize)
     cluster = ray.cluster_resources()
-    node = resolve({"workers": workers, "num_cpus": num_cpus, "num_gpus": num_gpus},
+    node = resolve({"workers": workers, "num_cpus": num_cpus, "num_gpus": num_gpus, "driver_serves": driver_serves},
                    cpus=cluster.get("CPU", 1), gpus=cluster.get("GPU", 0))  # fmt: skip
     check_fits(node, cpus=cluster.get("CPU", 0), gpus=cluster.get("GPU", 0), where="the Ray cluster")
     if node["workers"] == 0:
@@ -95,12 +100,13 @@ def ray_pool(
         return LocalRuntime(vectorize=vectorize, device=device)
     resources = WorkerResources(num_cpus=num_cpus, num_gpus=node["num_gpus"])
     return RayRuntime(workers=node["workers"], resources=resources, label=label, max_restarts=max_restarts,
-                      vectorize=vectorize)  # fmt: skip
+                      vectorize=vectorize, driver_serves=node["driver_serves"], device=device)  # fmt: skip
 
 
 def _check_config(*, vectorize: object = "auto", address: object = None, device: object = None, label: object = None,
                   **pool: object) -> None:  # fmt: skip
-    check_pool(**{"workers": "auto", "num_cpus": 1.0, "num_gpus": "auto", "max_restarts": 3, "dashboard": False, **pool})
+    check_pool(**{"workers": "auto", "num_cpus": 1.0, "num_gpus": "auto", "max_restarts": 3, "dashboard": False,
+                  "driver_serves": "auto", **pool})  # fmt: skip
     check_vectorize(vectorize)
     if address is None and not os.environ.get("RAY_ADDRESS"):  # the Ray this run starts: known before it starts
         cpus, gpus = local_resources()
@@ -113,7 +119,8 @@ ray_pool.uses_ray = True  # type: ignore[attr-defined]
 ray_pool.check_config = _check_config  # type: ignore[attr-defined]  # what needs no running Ray
 
 
-def check_pool(*, workers: object, num_cpus: object, num_gpus: object, max_restarts: object, dashboard: object) -> None:
+def check_pool(*, workers: object, num_cpus: object, num_gpus: object, max_restarts: object, dashboard: object,
+               driver_serves: object = "auto") -> None:  # fmt: skip
     """A pool's keys, one line each (also checked before Ray starts)."""
     if workers != "auto":
         check("runtime.workers", workers, "int >= 0")
@@ -122,6 +129,7 @@ def check_pool(*, workers: object, num_cpus: object, num_gpus: object, max_resta
         check("runtime.num_gpus", num_gpus, ">= 0")
     check("runtime.max_restarts", max_restarts, "int >= 0")
     check("runtime.dashboard", dashboard, "bool")
+    check("runtime.driver_serves", driver_serves, "bool or auto")
 
 
 class RayRuntime(Runtime):
@@ -135,6 +143,8 @@ class RayRuntime(Runtime):
         label: str = "run",
         max_restarts: int = 3,
         vectorize: bool | str = "auto",
+        driver_serves: bool = False,
+        device: str = "auto",
     ) -> None:
         if not ray.is_initialized():
             raise RuntimeError("RayRuntime needs a running Ray: call ray.init() first")
@@ -167,13 +177,24 @@ class RayRuntime(Runtime):
         self._setup: tuple[ray.ObjectRef, str] | None = None
         self._sizes: np.ndarray | None = None
         self._last: tuple[Request, ray.ObjectRef] | None = None
-        self.vectorize = vectorize
+        self.vectorize, self.driver_serves = vectorize, driver_serves
+        self.device = device if resources.num_gpus else "cpu"  # the driver's share where the workers compute
+        self.home: VirtualClients | None = None  # the driver's own share's server (``driver_serves``)
 
     def attach(self, data: ClientData, model_fn: Callable[[], nn.Module], *, loss: Loss = cross_entropy) -> None:
         self._setup = (ray.put(WorkerSetup(data, model_fn, loss, self.vectorize)), uuid.uuid4().hex)
         self._sizes = data.sizes
         for worker in self.workers:  # queued before any request: actor calls run in order
             worker.load.remote([self._setup[0]], self._setup[1], self._job)
+        if self.driver_serves:  # on the object store's copy (mapped, zero-copy): the caller's may go
+            setup: WorkerSetup = ray.get(self._setup[0])
+            self.home = VirtualClients(setup.data, setup.model_fn, loss=setup.loss, device=self.device,
+                                       vectorize=setup.vectorize)  # fmt: skip
+
+    @property
+    def lanes(self) -> int:
+        """How many servers share a request's clients: the workers, and the driver when it serves."""
+        return len(self.workers) + bool(self.driver_serves)
 
     def _argument(self, request: Request):
         """A small request travels with each call (inline); a large one is put in the object
@@ -188,27 +209,35 @@ class RayRuntime(Runtime):
     def map_reduce(self, request: Request, parts: Sequence[Part]) -> list[Reply]:
         self._check_attached()
         argument, setup_id = self._argument(request), self._setup[1]
-        local_shares = shares(parts, self._sizes, len(self.workers))
-        partials = self._scatter(lambda worker, local: worker.serve.remote(setup_id, argument, local), local_shares)
-        return add_in_order(partials, len(parts))  # in worker order: the same sums whatever finishes first
+        local_shares = shares(parts, self._sizes, self.lanes)
+        partials = self._scatter(
+            lambda worker, local: worker.serve.remote(setup_id, argument, local),
+            lambda home, local: [home.serve(request, c, w) if len(c) else None for c, w in local],
+            local_shares,
+        )
+        return add_in_order(partials, len(parts))  # in share order: the same sums whatever finishes first
 
     def each(self, request: TrainRequest, clients: np.ndarray) -> Reply:
         self._check_attached()
         argument, setup_id = self._argument(request), self._setup[1]
         clients = np.asarray(clients, dtype=np.int64)
-        local_shares = [clients[share] for share in split(self._sizes[clients], len(self.workers))]
-        return joined(self._scatter(lambda worker, share: worker.serve_each.remote(setup_id, argument, share), local_shares))
+        local_shares = [clients[share] for share in split(self._sizes[clients], self.lanes)]
+        return joined(self._scatter(lambda worker, share: worker.serve_each.remote(setup_id, argument, share),
+                                    lambda home, share: home.serve_each(request, share), local_shares))  # fmt: skip
 
     def _check_attached(self) -> None:
         if self._setup is None or self._sizes is None:
             raise RuntimeError("attach() the clients' data before the first request")
 
-    def _scatter(self, call: Callable[[ray.actor.ActorHandle, Any], ray.ObjectRef], shares: list) -> list:
-        """``call(worker i, shares[i])`` on every worker at once; the replies in worker order. A
-        restarted worker (it answers that it lacks the run's setup) gets the setup again and
-        its share anew."""
+    def _scatter(self, call: Callable[[ray.actor.ActorHandle, Any], ray.ObjectRef],
+                 here: Callable[[VirtualClients, Any], Any], shares: list) -> list:  # fmt: skip
+        """The replies to ``shares`` in order: the first served by the driver (``here``) when it
+        serves, while the workers serve the rest at once (``call(worker i, share)``, sent
+        first). A restarted worker (it answers that it lacks the run's setup) gets the setup
+        again and its share anew."""
+        mine, shares = (shares[:1], shares[1:]) if self.home is not None else ([], shares)
         refs = [call(worker, share) for worker, share in zip(self.workers, shares)]
-        replies = []
+        replies = [here(self.home, share) for share in mine]
         for index, (ref, share) in enumerate(zip(refs, shares)):
             try:
                 replies.append(self._get(ref, index))
@@ -240,7 +269,7 @@ class RayRuntime(Runtime):
 
     @property
     def idle_cpus(self) -> float:
-        return len(self.workers) * self.resources.num_cpus
+        return self.lanes * self.resources.num_cpus
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Every worker started; a pool Ray cannot place within ``timeout`` seconds (default
@@ -268,4 +297,4 @@ class RayRuntime(Runtime):
         if self._reserved is not None:
             ray.util.remove_placement_group(self._reserved)
         self.workers, self.warm, self._reserved, self._stale = [], [], None, 0
-        self._last = None
+        self._last, self.home = None, None

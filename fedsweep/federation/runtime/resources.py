@@ -1,4 +1,4 @@
-"""What a Ray pool asks of the cluster: ``workers: auto`` and ``num_gpus: auto`` resolved for the
+"""What a Ray pool asks of the cluster: ``workers``, ``num_gpus`` and ``driver_serves: auto`` resolved for the
 CPUs and GPUs a run may use (a single run: the machine's; a sweep's trial: its share). No Ray
 and no torch here: the sweep driver resolves trials' shares before Ray starts."""
 
@@ -9,15 +9,31 @@ from collections.abc import Mapping
 from typing import Any
 
 
-def worker_count(workers: int | str, num_cpus: float, cpus: float) -> int:
-    """``workers: auto`` for a run that may use ``cpus`` CPUs: one worker per ``num_cpus`` of
-    them; none below 2 CPUs, where the run's own process serves its clients (a pool of one
-    worker adds a process, a copy of the model and a round trip, and no parallelism)."""
+def worker_count(workers: int | str, num_cpus: float, cpus: float, *, driver_serves: bool = False) -> int:
+    """``workers: auto`` for a run that may use ``cpus`` CPUs: one lane per ``num_cpus`` of them,
+    each a worker, but for the run's own process when it serves a share (``driver_serves``); none
+    below 2 CPUs, where the run's own process serves its clients (a pool of one worker adds a
+    process, a copy of the model and a round trip, and no parallelism)."""
     if workers != "auto":
         return int(workers)
     if cpus < 2:
         return 0
-    return max(1, int(cpus // num_cpus)) if num_cpus > 0 else 1
+    lanes = max(1, int(cpus // num_cpus)) if num_cpus > 0 else 1
+    return lanes - 1 if driver_serves else lanes
+
+
+def driver_serves(node: Mapping[str, Any], *, gpus: float) -> bool:
+    """``driver_serves: auto``: the run's own process serves a share of the clients beside its
+    workers when the pool's size is ``auto`` and it computes on CPUs (no GPU share). Its process
+    holds torch, the model and the data already and waits idle while the workers compute: on 2
+    cores, one worker and the driver keep both busy with a process (~450 MB) less than two
+    workers. An explicit ``workers`` keeps its meaning: that many workers, the driver coordinating."""
+    serves = node.get("driver_serves", "auto")
+    if serves != "auto":
+        return bool(serves)
+    num_gpus = node.get("num_gpus", "auto")
+    on_gpus = gpus > 0 if num_gpus == "auto" else float(num_gpus) > 0
+    return node.get("workers", "auto") == "auto" and not on_gpus
 
 
 def gpu_share(num_gpus: float | str, participants: int, cluster_gpus: float) -> float:
@@ -32,9 +48,11 @@ def gpu_share(num_gpus: float | str, participants: int, cluster_gpus: float) -> 
 
 
 def resolve(node: Mapping[str, Any], *, cpus: float, gpus: float) -> dict[str, Any]:
-    """A pool's config ``node`` (a copy) with ``workers`` and ``num_gpus`` resolved."""
-    workers = worker_count(node.get("workers", "auto"), node.get("num_cpus", 1), cpus)
-    return {**node, "workers": workers, "num_gpus": gpu_share(node.get("num_gpus", "auto"), workers + 1, gpus)}
+    """A pool's config ``node`` (a copy) with ``workers``, ``num_gpus`` and ``driver_serves`` resolved."""
+    serves = driver_serves(node, gpus=gpus)
+    workers = worker_count(node.get("workers", "auto"), node.get("num_cpus", 1), cpus, driver_serves=serves)
+    share = gpu_share(node.get("num_gpus", "auto"), workers + 1, gpus)
+    return {**node, "workers": workers, "num_gpus": share, "driver_serves": serves and workers > 0}
 
 
 def check_fits(node: Mapping[str, Any], *, cpus: float, gpus: float, where: str) -> None:

@@ -2,6 +2,7 @@
 
     python bench/ray_daemon.py        # 3 cycles
     python bench/ray_daemon.py 5      # 5 cycles
+    python bench/ray_daemon.py 3 --workers 2 runtime.driver_serves=false   # 2 warm workers; the runs' pools of 2
 
 The workload: the default config (digits, MLP, VRCS), ``runtime=ray rounds=1``. A fresh process
 does what ``python -m fedsweep.run`` does (compose and check the config, which imports torch,
@@ -32,13 +33,13 @@ import time
 PHASES = ("imported", "checked", "ray", "data", "workers", "first_round")
 
 
-def child(spawned: float) -> None:
+def child(spawned: float, overrides: list[str]) -> None:
     imported = time.time()
     from fedsweep.cli import exit_now
     from fedsweep.experiment.config import compose, to_container, validate
     from fedsweep.experiment.loop import run_experiment
 
-    cfg = to_container(compose(["runtime=ray", "rounds=1"]))
+    cfg = to_container(compose(["runtime=ray", "rounds=1", *overrides]))
     validate(cfg)
     checked = time.time()
     timings: dict[str, float] = {}
@@ -48,11 +49,11 @@ def child(spawned: float) -> None:
     exit_now(0)
 
 
-def one_run(state_dir: str) -> dict:
+def one_run(state_dir: str, overrides: list[str]) -> dict:
     env = {**os.environ, "FEDSWEEP_STATE_DIR": state_dir}
     spawned = time.time()
-    done = subprocess.run([sys.executable, __file__, "--child", repr(spawned)], env=env, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    done = subprocess.run([sys.executable, __file__, "--child", repr(spawned), *overrides], env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
     if done.returncode != 0:
         raise SystemExit(done.stderr[-3000:])
     stamps = json.loads(done.stdout.strip().splitlines()[-1])
@@ -60,20 +61,20 @@ def one_run(state_dir: str) -> dict:
     return stamps
 
 
-def main(cycles: int) -> None:
+def main(cycles: int, workers: int | str, overrides: list[str]) -> None:
     from fedsweep.federation.runtime import local_ray
 
     kept_dir, empty_dir = tempfile.mkdtemp(prefix="fsb-kept-"), tempfile.mkdtemp(prefix="fsb-none-")
     os.environ["FEDSWEEP_STATE_DIR"] = kept_dir
     loads = [os.getloadavg()[0]]
     began = time.time()
-    state = local_ray.start()
+    state = local_ray.start(workers=workers)
     print(f"kept Ray started in {time.time() - began:.1f} s at {state['address']}", flush=True)
     runs: dict[str, list[dict]] = {"own": [], "kept": [], "back to back": []}
     try:
         for _ in range(cycles):
             for which in runs:
-                stamps = one_run(empty_dir if which == "own" else kept_dir)
+                stamps = one_run(empty_dir if which == "own" else kept_dir, overrides)
                 runs[which].append(stamps)
                 loads.append(os.getloadavg()[0])
                 print(f"{which}: {_line(stamps)}  (load {loads[-1]:.2f})", flush=True)
@@ -103,6 +104,14 @@ def _line(stamps: dict) -> str:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
-        child(float(sys.argv[2]))
+        child(float(sys.argv[2]), sys.argv[3:])
     else:
-        main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)
+        import argparse
+
+        parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+        parser.add_argument("cycles", nargs="?", type=int, default=3)
+        parser.add_argument("--workers", default="auto", type=lambda v: v if v == "auto" else int(v),
+                            help="the kept Ray's warm workers (fedsweep ray start --workers)")  # fmt: skip
+        parser.add_argument("overrides", nargs="*", help="config overrides for every run")
+        args = parser.parse_intermixed_args()
+        main(args.cycles, args.workers, args.overrides)

@@ -151,7 +151,8 @@ def run_experiment(
 def _steps_with_torch_optim(cfg: Mapping[str, Any]) -> bool:
     """Whether the driver will run ``torch.optim``, whose first optimizer imports ``torch._dynamo``
     (0.75 s, ~90 MB of PSS): the method says so (``uses_torch_optim``: the server's argmin, a
-    server optimizer). FedAvg's driver, for one, never imports it."""
+    server optimizer). FedAvg's driver imports it only when it serves a share of the clients in
+    ``vmap``ed blocks, and then its pool starts the import (``RayRuntime.attach``)."""
     method = components.locate(cfg["method"]["_target_"], "method")
     return bool(getattr(method, "uses_torch_optim", False))
 

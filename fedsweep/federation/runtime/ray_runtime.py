@@ -12,6 +12,11 @@ that dtype anyway); the driver adds the partials in float64, in worker order. 10
 ``each`` (a method that keeps per-client state) splits its clients the same way, and each
 worker answers with its clients' own replies stacked; the driver joins them in order.
 
+With ``driver_serves`` the run's own process is one of the servers: it sends the workers their
+shares, serves the first share itself (its own model, on the object store's arrays), then
+gathers. It holds torch, the model and the data anyway and would otherwise wait through every
+request: on 2 cores, one worker and the driver keep both busy with a process less.
+
 Faults use Ray's actor fault tolerance: a worker that dies is restarted by Ray
 (``max_restarts``) and its request retried (``max_task_retries``); the restarted (fresh)
 worker answers that it lacks the run's setup, the driver sends it again (the data is
@@ -42,6 +47,7 @@ import ray
 from torch import nn
 
 from fedsweep.core.checks import check
+from fedsweep.core.threads import import_meanwhile
 from fedsweep.core.errors import RunError
 from fedsweep.federation.client_data import ClientData
 from fedsweep.federation.requests import Reply, Request, TrainRequest
@@ -85,8 +91,9 @@ def ray_pool(
     and ``num_gpus``; with no worker (``0``, or ``auto`` below 2 CPUs) the run's own process
     serves its clients. ``driver_serves``: the run's own process also serves a share beside the
     workers (``auto``: when ``workers`` is ``auto`` and the pool computes on CPUs, see
-    ``resources.driver_serves``; it then counts as one of the ``auto`` workers). ``address`` and ``dashboard`` say which Ray the run starts or joins
-    (``fedsweep.federation.runtime.ray_start``), before the pool is made."""
+    ``resources.driver_serves``; it then counts as one of the ``auto`` workers). ``address`` and
+    ``dashboard`` say which Ray the run starts or joins (``fedsweep.federation.runtime.ray_start``),
+    before the pool is made."""
     check_pool(workers=workers, num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts, dashboard=dashboard,
                driver_serves=driver_serves)  # fmt: skip
     check_vectorize(vectorize)
@@ -190,6 +197,8 @@ class RayRuntime(Runtime):
             setup: WorkerSetup = ray.get(self._setup[0])
             self.home = VirtualClients(setup.data, setup.model_fn, loss=setup.loss, device=self.device,
                                        vectorize=setup.vectorize)  # fmt: skip
+            if self.home.stacked:  # vmap imports torch._dynamo at first use (0.75-1.0 s): while the workers start
+                import_meanwhile("torch._dynamo")
 
     @property
     def lanes(self) -> int:

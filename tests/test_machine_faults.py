@@ -290,7 +290,10 @@ def test_an_address_where_something_else_listens_fails_fast(server):
     (["runtime.workers=8"], "runtime.workers=8", f"asks for 8 CPUs, this machine has {len(os.sched_getaffinity(0))}"),
     (["runtime.workers=1", "runtime.num_gpus=1"], "runtime.num_gpus=1", "asks for 1 GPUs, this machine has 0"),
     (["sweep", "runtime.workers=4"], "runtime.workers=4", f"asks for 4 CPUs, this machine has {len(os.sched_getaffinity(0))}"),
-], ids=["workers", "gpu", "sweep trials"])  # fmt: skip
+    (["sweep", f"runtime.workers={len(os.sched_getaffinity(0))}", "runtime.driver_serves=true"],
+     "and the trial's own share (runtime.driver_serves)",
+     f"asks for {len(os.sched_getaffinity(0)) + 1} CPUs, the Ray cluster has {len(os.sched_getaffinity(0))}"),
+], ids=["workers", "gpu", "sweep trials", "trials serving a share"])  # fmt: skip
 def test_infeasible_resources_fail_fast(ask, key, numbers, tmp_path):
     import torch
 
@@ -298,7 +301,7 @@ def test_infeasible_resources_fail_fast(ask, key, numbers, tmp_path):
         pytest.skip("this machine can give what the test asks")
     if ask[0] == "sweep":
         sweep = tmp_path / "s.yaml"
-        sweep.write_text(f"name: s\noverrides: [runtime=ray, rounds=1, {ask[1]}]\ngrid:\n  method.theta: [0.5, 0.3]\n")
+        sweep.write_text(f"name: s\noverrides: [runtime=ray, rounds=1, {', '.join(ask[1:])}]\ngrid:\n  method.theta: [0.5, 0.3]\n")
         args = ["fedsweep.tune", str(sweep), "--results", str(tmp_path / "results"), "--no-dashboard"]
     else:
         args = ["fedsweep.run", "runtime=ray", "rounds=1", f"log_dir={tmp_path / 'run'}", *ask]

@@ -88,7 +88,7 @@ def check_trials_fit(points: list[dict[str, Any]], share: dict[str, float]) -> N
     for point in points:
         if uses_ray(point):
             check_fits(resolve_runtime(point, **share)["runtime"], cpus=cluster.get("CPU", 0), gpus=cluster.get("GPU", 0),
-                       where="the Ray cluster")  # fmt: skip
+                       where="the Ray cluster", trial=True)  # fmt: skip
 
 
 def trial(config: dict[str, Any], *, tensorboard_root: str, share: dict[str, float], keys: tuple[str, ...] = ()) -> None:

@@ -55,15 +55,18 @@ def resolve(node: Mapping[str, Any], *, cpus: float, gpus: float) -> dict[str, A
     return {**node, "workers": workers, "num_gpus": share, "driver_serves": serves and workers > 0}
 
 
-def check_fits(node: Mapping[str, Any], *, cpus: float, gpus: float, where: str) -> None:
+def check_fits(node: Mapping[str, Any], *, cpus: float, gpus: float, where: str, trial: bool = False) -> None:
     """A one-line ConfigError when a pool (``node``, resolved) asks more than Ray ``where`` has:
     its workers' CPUs and GPUs together, or one worker's GPU share; Ray would keep such a
-    request pending forever."""
+    request pending forever. A sweep's ``trial`` also reserves its own process's CPUs when that
+    process serves a share (``driver_serves``)."""
     from fedsweep.core.errors import ConfigError
 
     workers, num_cpus, num_gpus = int(node["workers"]), float(node.get("num_cpus", 1)), float(node.get("num_gpus", 0) or 0)
-    if workers and workers * num_cpus > cpus:
-        raise ConfigError(f"runtime.workers={workers} x runtime.num_cpus={num_cpus:g} asks for {workers * num_cpus:g} CPUs, "
+    lanes = workers + (1 if trial and workers and node.get("driver_serves") is True else 0)
+    if workers and lanes * num_cpus > cpus:
+        asked = f"runtime.workers={workers}" + (" and the trial's own share (runtime.driver_serves)" if lanes > workers else "")
+        raise ConfigError(f"{asked} x runtime.num_cpus={num_cpus:g} asks for {lanes * num_cpus:g} CPUs, "
                           f"{where} has {cpus:g}")  # fmt: skip
     if workers and num_gpus > 0 and workers * num_gpus > gpus + 1e-9:
         raise ConfigError(f"runtime.workers={workers} x runtime.num_gpus={num_gpus:g} asks for {workers * num_gpus:g} GPUs, "

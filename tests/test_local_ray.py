@@ -42,6 +42,8 @@ def test_a_kept_ray_is_joined_by_a_run_and_stopped_by_pid(tmp_path, monkeypatch,
         ours = local_ray.processes(state["temp_dir"], state["address"])
         assert state["gcs_pid"] in ours and not ours & before
         assert [s for s in listening(ours) if not is_loopback(s[2])] == []
+        commands = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in ours if _running(pid)]
+        assert not [c for c in commands if b"dashboard/dashboard.py" in c]  # no API server without --dashboard
         assert main(["ray", "start"]) == 0 and "already running" in capsys.readouterr().out  # one kept Ray
         assert not with_in_command_line(f"--address={state['address']}") - ours  # every process of it is stopped by pid
 

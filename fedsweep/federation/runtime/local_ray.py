@@ -57,13 +57,13 @@ def start(*, num_cpus: float | None = None, dashboard: bool = False, object_stor
     if auth == "token":
         _ensure_token(env)
     command = [
-        sys.executable, "-m", "ray.scripts.scripts", "start", "--head",
+        sys.executable, "-m", "fedsweep.federation.runtime.ray_start", "start", "--head",  # Ray's `ray start`, lean
         f"--node-ip-address={LOOPBACK}", f"--port={port}", f"--dashboard-host={LOOPBACK}",
         f"--dashboard-port={dashboard_port}", f"--dashboard-agent-listen-port={agent_port}",
         f"--include-dashboard={str(dashboard).lower()}",
         f"--ray-client-server-port={client_port}",
         "--disable-usage-stats", f"--temp-dir={temp_dir}",
-        f"--system-config={json.dumps({'max_direct_call_object_size': INLINE_BYTES})}",
+        f"--system-config={json.dumps({'max_direct_call_object_size': INLINE_BYTES, 'prestart_worker_first_driver': False})}",
         *([f"--num-cpus={num_cpus:g}"] if num_cpus is not None else []),
         *([f"--object-store-memory={object_store_memory}"] if object_store_memory else []),
     ]  # fmt: skip

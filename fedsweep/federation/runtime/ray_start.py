@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -228,9 +229,9 @@ def _lean(*, agent_port: int, log_monitor: bool, dashboard: bool) -> Iterator[No
 
     ``ray.init`` takes none of these (``ray start`` does: ``--dashboard-agent-listen-port``); its
     parameters' defaults, and the head's start of its API server, are replaced for this start."""
-    from ray._private import node, parameter  # ray is pinned (pyproject.toml): tested by test_ray_clusters
+    from ray._private import parameter  # ray is pinned (pyproject.toml): tested by test_ray_clusters
 
-    init, api_server = parameter.RayParams.__init__, node.Node.start_api_server
+    init = parameter.RayParams.__init__
 
     def lean(self, *args, **kwargs):
         kwargs.setdefault("dashboard_agent_listen_port", agent_port)
@@ -239,12 +240,39 @@ def _lean(*, agent_port: int, log_monitor: bool, dashboard: bool) -> Iterator[No
         init(self, *args, **kwargs)
 
     parameter.RayParams.__init__ = lean
-    if not dashboard:
+    try:
+        with _api_server(dashboard):
+            yield
+    finally:
+        parameter.RayParams.__init__ = init
+
+
+@contextmanager
+def _api_server(wanted: bool) -> Iterator[None]:
+    """A head started here runs Ray's API server only when ``wanted`` (with the dashboard)."""
+    from ray._private import node  # ray is pinned (pyproject.toml): tested by test_ray_clusters, test_local_ray
+
+    start = node.Node.start_api_server
+    if not wanted:
         node.Node.start_api_server = lambda self, **kwargs: None
     try:
         yield
     finally:
-        parameter.RayParams.__init__, node.Node.start_api_server = init, api_server
+        node.Node.start_api_server = start
+
+
+def ray_start_head() -> None:
+    """Ray's own ``ray start`` (its arguments in ``sys.argv``, as ``python -m
+    fedsweep.federation.runtime.ray_start start --head …``), whose head runs Ray's API server
+    only with ``--include-dashboard=true``: the Ray ``fedsweep ray start`` keeps (``local_ray``)."""
+    from ray.scripts.scripts import main
+
+    with _api_server("--include-dashboard=true" in sys.argv):
+        main()
+
+
+if __name__ == "__main__":
+    ray_start_head()
 
 
 @contextmanager

@@ -26,7 +26,7 @@ def driver_serves(node: Mapping[str, Any], *, gpus: float) -> bool:
     """``driver_serves: auto``: the run's own process serves a share of the clients beside its
     workers when the pool's size is ``auto`` and it computes on CPUs (no GPU share). Its process
     holds torch, the model and the data already and waits idle while the workers compute: on 2
-    cores, one worker and the driver keep both busy with a process (~450 MB) less than two
+    cores, one worker and the driver keep both busy with a process (450–520 MB of PSS here) less than two
     workers. An explicit ``workers`` keeps its meaning: that many workers, the driver coordinating."""
     serves = node.get("driver_serves", "auto")
     if serves != "auto":

@@ -123,3 +123,25 @@ def test_training_improves_the_model(tmp_path):
     assert rounds[-1]["accuracy/test"] > 0.85
     assert rounds[-1]["loss/test"] < rounds[0]["loss/test"]
     assert rounds[-1]["comm/f"] >= 8 and rounds[-1]["comm/g"] >= 8  # one full communication per round
+
+
+@pytest.mark.slow
+def test_a_serving_driver_reads_the_object_store_s_copy_of_the_clients_data(ray_session):
+    """The driver's share computes on the examples mapped from Ray's object store, as the workers'
+    do: the run holds its clients' data once, not also in the driver's heap."""
+    import torch
+
+    from fedsweep.federation.client_data import ClientData
+    from fedsweep.federation.runtime.ray_runtime import ray_pool
+    from fedsweep.task.datasets import Dataset
+    from fedsweep.task.models import build_model
+
+    shards = [Dataset(torch.randn(2000, 1, 10, 10), torch.randint(0, 4, (2000,))) for _ in range(4)]  # 3.2 MB
+    data = ClientData.from_groups({"f": shards[:2], "g": shards[2:]})
+    with ray_pool(workers=1, num_cpus=0.5, num_gpus=0, device="cpu", label="home", driver_serves=True) as pool:
+        pool.attach(data, lambda: build_model("mlp", input_shape=(1, 10, 10), num_classes=4, hidden=6, seed=1))
+        address = pool.home.x.data_ptr()
+        (mapping,) = [line for line in open("/proc/self/maps")
+                      if int(line.split()[0].split("-")[0], 16) <= address < int(line.split()[0].split("-")[1], 16)]  # fmt: skip
+        assert "plasma" in mapping, mapping  # Ray's store file, not the heap
+        assert pool.lanes == 2 and pool.idle_cpus == 1.0

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from fedsweep.core.errors import RunError
-from fedsweep.federation.runtime.ray_start import INLINE_BYTES, LOOPBACK, free_port
+from fedsweep.federation.runtime.ray_start import LOOPBACK, SYSTEM_CONFIG, free_port
 from fedsweep.federation.runtime.ray_state import (
     process_alive,
     read_state,
@@ -63,7 +63,7 @@ def start(*, num_cpus: float | None = None, dashboard: bool = False, object_stor
         f"--include-dashboard={str(dashboard).lower()}",
         f"--ray-client-server-port={client_port}",
         "--disable-usage-stats", f"--temp-dir={temp_dir}",
-        f"--system-config={json.dumps({'max_direct_call_object_size': INLINE_BYTES, 'prestart_worker_first_driver': False})}",
+        f"--system-config={json.dumps(SYSTEM_CONFIG)}",
         *([f"--num-cpus={num_cpus:g}"] if num_cpus is not None else []),
         *([f"--object-store-memory={object_store_memory}"] if object_store_memory else []),
     ]  # fmt: skip

@@ -194,10 +194,8 @@ class RayRuntime(Runtime):
         for worker in self.workers:  # queued before any request: actor calls run in order
             worker.load.remote([self._setup[0]], self._setup[1], self._job)
         if self.driver_serves:  # on the object store's copy (mapped, zero-copy): the caller's may go
-            setup: WorkerSetup = ray.get(self._setup[0])
-            self.home = VirtualClients(setup.data, setup.model_fn, loss=setup.loss, device=self.device,
-                                       vectorize=setup.vectorize)  # fmt: skip
-            if self.home.stacked:  # vmap imports torch._dynamo at first use (0.75-1.0 s): while the workers start
+            self.home = ray.get(self._setup[0]).clients(self.device)
+            if self.home.stacked:  # vmap imports torch._dynamo at first use (0.9 s here): while the workers start
                 import_meanwhile("torch._dynamo")
 
     @property

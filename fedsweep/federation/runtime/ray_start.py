@@ -30,6 +30,13 @@ that fedsweep starts): a small model's request and replies then skip the store's
 measured ~2.6 → ~1.4 ms of overhead per worker call here."""
 
 
+SYSTEM_CONFIG = {"max_direct_call_object_size": INLINE_BYTES, "prestart_worker_first_driver": False}
+"""Ray's system config for a Ray fedsweep starts (a run's, a sweep's, the one ``fedsweep ray
+start`` keeps): objects up to ``INLINE_BYTES`` inline, and no idle worker processes started
+ahead of the first actor (one per CPU, of which a pool of one worker left one idle, 48 MB of
+PSS; start-up measured alike)."""
+
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -38,9 +45,7 @@ def init_ray(address: str | None, *, dashboard: bool, trial_output: bool = False
     ``RAY_ADDRESS``) keeps the cluster's settings. Otherwise the local Ray that ``fedsweep ray
     start`` keeps running (``local_ray``) is joined when there is one. A new local Ray is a single-machine Ray:
     every service of it (GCS, raylet, object manager, workers, agents, dashboard) listens on
-    127.0.0.1 only, it passes objects up to ``INLINE_BYTES`` inline, and it starts no idle
-    worker processes ahead of the first actor (Ray's ``prestart_worker_first_driver``: one per
-    CPU, of which a pool of one worker left one idle, 48 MB of PSS; start-up measured alike).
+    127.0.0.1 only, with :data:`SYSTEM_CONFIG`.
 
     Workers' output stays off the terminal, unless ``trial_output``: then what a sweep's trials
     print reaches the driver's terminal (each line carries the trial's short name, see
@@ -75,7 +80,7 @@ def init_ray(address: str | None, *, dashboard: bool, trial_output: bool = False
             log_to_driver=trial_output,
             logging_level=logging.WARNING,  # not Ray's start-up lines around fedsweep's own
             _node_ip_address=LOOPBACK,
-            _system_config={"max_direct_call_object_size": INLINE_BYTES, "prestart_worker_first_driver": False},
+            _system_config=SYSTEM_CONFIG,
         )
     if ray.util.get_node_ip_address() != LOOPBACK:  # a Ray that no longer honours the switch
         ray.shutdown()

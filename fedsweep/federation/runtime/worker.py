@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import ray
@@ -21,6 +22,9 @@ from fedsweep.federation.client_data import ClientData
 from fedsweep.federation.requests import Reply, Request, TrainRequest
 from fedsweep.federation.runtime.base import Part
 from fedsweep.task.losses import Loss
+
+if TYPE_CHECKING:
+    from fedsweep.federation.virtual_clients import VirtualClients
 
 
 READY_SECONDS = 120.0
@@ -35,6 +39,13 @@ class WorkerSetup:
     model_fn: Callable[[], nn.Module]
     loss: Loss
     vectorize: bool | str
+
+    def clients(self, device: str) -> VirtualClients:
+        """A server of the run's clients on ``device``, on these arrays (mapped from the object
+        store when this setup came from it: not copied)."""
+        from fedsweep.federation.virtual_clients import VirtualClients
+
+        return VirtualClients(self.data, self.model_fn, loss=self.loss, device=device, vectorize=self.vectorize)
 
 
 class Worker:
@@ -104,12 +115,9 @@ class Worker:
     def load(self, setup: list[ray.ObjectRef], setup_id: str, owner: str) -> None:
         """Take the run's clients and model (``setup[0]``: nested, so Ray hands over the reference)
         for the run of Ray job ``owner`` (a warm worker restarted by Ray is leased again)."""
-        from fedsweep.federation.virtual_clients import VirtualClients
-
         self._owner = owner
-        s: WorkerSetup = ray.get(setup[0])  # the arrays are mapped from the object store, not copied
         # Ray hides GPUs from actors without a GPU share, so "auto" is cuda exactly when it holds one
-        self._clients = VirtualClients(s.data, s.model_fn, loss=s.loss, device="auto", vectorize=s.vectorize)
+        self._clients = ray.get(setup[0]).clients("auto")  # the arrays are mapped from the object store
         self._setup_id = setup_id
 
     def serve(self, setup_id: str, request: Request, parts: list[Part]) -> list[Reply | None]:
